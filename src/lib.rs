@@ -1,0 +1,2 @@
+//! gsinfer: an inference appliance for satellite ground stations.
+#![deny(missing_docs)]
