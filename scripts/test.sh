@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test target. Tests that need the real telemetry read
+# GSINFER_DATA_DIR; default it to ../shared/data/telemanom when that exists.
+# Extra arguments go to cargo test (e.g. scripts/test.sh --release).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${GSINFER_DATA_DIR:-}" ] && [ -d ../shared/data/telemanom ]; then
+  GSINFER_DATA_DIR="$(cd ../shared/data/telemanom && pwd)"
+  export GSINFER_DATA_DIR
+fi
+
+exec cargo test --all-targets "$@"
