@@ -1,2 +1,28 @@
 //! gsinfer: an inference appliance for satellite ground stations.
+//!
+//! Telemetry arrives over MQTT, is cut into per-channel windows
+//! ([`window`]), micro-batched under a fixed latency budget ([`batch`]), run
+//! on an engine ([`engine`]), scored ([`score`]) and published ([`publish`]),
+//! while [`status`] shows what is happening. [`service`] wires the stages;
+//! [`eval`] runs the same [`pipeline`] offline; [`replay`] feeds recorded
+//! telemetry to a running service.
 #![deny(missing_docs)]
+
+pub mod batch;
+pub mod config;
+pub mod engine;
+pub mod eval;
+pub mod infer;
+pub mod ingest;
+pub mod labels;
+pub mod logging;
+pub mod model;
+pub mod pipeline;
+pub mod publish;
+pub mod replay;
+pub mod repository;
+pub mod score;
+pub mod service;
+pub mod shutdown;
+pub mod status;
+pub mod window;

@@ -1,1 +1,198 @@
-fn main(){}
+//! The `gsinfer` command line: a thin layer over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use gsinfer::config::Config;
+
+/// Inference appliance for satellite ground stations: telemetry in over
+/// MQTT, anomaly scores and events out.
+#[derive(Debug, Parser)]
+#[command(name = "gsinfer", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service until SIGTERM or SIGINT.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long, short, default_value = "/etc/gsinfer/gsinfer.toml")]
+        config: PathBuf,
+    },
+    /// Print the effective configuration, or every problem in it.
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(long, short, default_value = "/etc/gsinfer/gsinfer.toml")]
+        config: PathBuf,
+    },
+    /// Publish a recorded channel (`<data-dir>/test/<channel>.npy`) over MQTT.
+    Replay {
+        /// Configuration file (broker and topics).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Data set root in the telemanom layout.
+        #[arg(long, env = "GSINFER_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Channel to publish, e.g. A-1.
+        #[arg(long)]
+        channel: String,
+        /// Samples per second.
+        #[arg(long, conflicts_with = "fast", default_value_t = 100.0)]
+        rate: f64,
+        /// As fast as the broker acknowledges.
+        #[arg(long)]
+        fast: bool,
+        /// Samples per MQTT message (more than 1 sends JSON arrays).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Topic to publish on (default: from the first pipeline's filter).
+        #[arg(long)]
+        topic: Option<String>,
+        /// QoS of the telemetry messages.
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
+        /// Publish only the first N samples.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Run the pipeline offline over the test split and print scores and events.
+    Eval {
+        /// Configuration file (model and pipeline).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Data set root in the telemanom layout.
+        #[arg(long, env = "GSINFER_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Channels to evaluate.
+        #[arg(long, required_unless_present = "all")]
+        channel: Vec<String>,
+        /// Evaluate every channel under `<data-dir>/test/`.
+        #[arg(long)]
+        all: bool,
+        /// Model to evaluate (default: the first pipeline's).
+        #[arg(long)]
+        model: Option<String>,
+        /// One JSON object per line: every score and event.
+        #[arg(long)]
+        json: bool,
+        /// Channels evaluated in parallel (default: the number of CPUs).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+}
+
+fn load(config: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(config).map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    gsinfer::logging::init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    };
+    match cli.command {
+        Command::CheckConfig { config } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            print!("{}", c.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            runtime()?.block_on(gsinfer::service::run(c))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            config,
+            data_dir,
+            channel,
+            rate,
+            fast,
+            batch,
+            topic,
+            qos,
+            limit,
+        } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let opts = gsinfer::replay::ReplayOptions {
+                data_dir,
+                channel,
+                rate: (!fast).then_some(rate),
+                batch,
+                topic,
+                qos,
+                start_ns: gsinfer::eval::DEFAULT_START_NS,
+                step_ns: gsinfer::eval::DEFAULT_STEP_NS,
+                limit,
+            };
+            let stats = runtime()?.block_on(gsinfer::replay::run(&c, &opts))?;
+            eprintln!(
+                "replayed {} samples of {} in {} messages in {:.1} s ({:.0} samples/s)",
+                stats.samples,
+                opts.channel,
+                stats.messages,
+                stats.seconds,
+                stats.samples as f64 / stats.seconds.max(1e-9)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval {
+            config,
+            data_dir,
+            channel,
+            all,
+            model,
+            json,
+            jobs,
+        } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let opts = gsinfer::eval::EvalOptions {
+                data_dir,
+                channels: if all { Vec::new() } else { channel },
+                model,
+                json,
+                jobs: jobs.unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                }),
+            };
+            let stdout = std::io::stdout();
+            gsinfer::eval::run(&c, &opts, &mut stdout.lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Fixed-latency micro-batching (DESIGN.md, "Fixed-latency micro-batching").
+//!
+//! Every window gets a deadline `arrival + L` where `L` is the model's
+//! latency budget. A batch is dispatched as soon as it is full (the largest
+//! bucket) or when the oldest window's deadline arrives, whichever is first,
+//! and is padded up to the next bucket so an engine's time per dispatch
+//! depends only on the bucket. The queue is bounded: when full, the oldest
+//! window of the same channel is replaced by the newest.
+//!
+//! [`queue`] holds the policy as a pure state machine over an injected
+//! clock; [`worker`] is the small blocking loop that waits on it.
+
+pub mod queue;
+pub mod worker;
+
+pub use queue::{Batch, BatchQueue, Next, PushOutcome};
+pub use worker::BatchHandle;
+
+use serde::{Deserialize, Serialize};
+
+/// Batching settings of one pipeline (`[[pipeline]] batch = {...}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Latency budget `L` in µs: a window waits at most this long in the
+    /// queue before its batch is dispatched.
+    #[serde(default = "default_budget_us")]
+    pub latency_budget_us: u64,
+    /// Windows the queue holds before the full-policy replaces windows.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Batch-size buckets, ascending; a batch is padded up to the next one.
+    /// Empty: the model's `dynamic_batching.preferred_batch_size`, else the
+    /// powers of two up to `max_batch_size`.
+    #[serde(default)]
+    pub buckets: Vec<usize>,
+}
+
+fn default_budget_us() -> u64 {
+    20_000
+}
+
+fn default_queue_capacity() -> usize {
+    4096
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            latency_budget_us: default_budget_us(),
+            queue_capacity: default_queue_capacity(),
+            buckets: Vec::new(),
+        }
+    }
+}
+
+/// The buckets used when none are configured: `preferred` if given (sorted,
+/// deduplicated, capped at `max_batch_size`), else 1, 2, 4, ... up to
+/// `max_batch_size`, always ending at `max_batch_size` itself.
+///
+/// `max_batch_size` 0 (a model without a batch dimension) gives `[1]`.
+pub fn default_buckets(preferred: &[u32], max_batch_size: u32) -> Vec<usize> {
+    let max = max_batch_size.max(1) as usize;
+    let mut buckets: Vec<usize> = if preferred.is_empty() {
+        std::iter::successors(Some(1usize), |b| b.checked_mul(2))
+            .take_while(|b| *b < max)
+            .collect()
+    } else {
+        preferred
+            .iter()
+            .map(|b| *b as usize)
+            .filter(|b| *b > 0 && *b <= max)
+            .collect()
+    };
+    buckets.push(max);
+    buckets.sort_unstable();
+    buckets.dedup();
+    buckets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_buckets_are_powers_of_two_up_to_max() {
+        assert_eq!(default_buckets(&[], 64), vec![1, 2, 4, 8, 16, 32, 64]);
+        assert_eq!(default_buckets(&[], 48), vec![1, 2, 4, 8, 16, 32, 48]);
+        assert_eq!(default_buckets(&[], 0), vec![1]);
+        assert_eq!(default_buckets(&[8, 2, 2, 128], 64), vec![2, 8, 64]);
+    }
+}

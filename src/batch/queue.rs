@@ -1,0 +1,322 @@
+//! The batching policy: a pure state machine over a queue of windows.
+//!
+//! No I/O, no clock of its own: every call takes `now`, so tests drive it
+//! with a fake clock and never sleep. [`BatchQueue::next_batch`] is the
+//! whole dispatch policy.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// One queued item with its channel and dispatch deadline.
+#[derive(Debug)]
+struct Entry<T> {
+    channel: u32,
+    deadline: Instant,
+    item: T,
+}
+
+/// What [`BatchQueue::push`] did.
+#[derive(Debug, PartialEq)]
+pub enum PushOutcome<T> {
+    /// The item was queued; nothing was lost.
+    Queued,
+    /// The queue was full: the oldest queued window of the same channel was
+    /// replaced by the new one (which takes over its place and deadline).
+    /// The replaced item is handed back to be counted.
+    Replaced(T),
+    /// The queue was full and held no window of this channel: the oldest
+    /// window of any channel was dropped to make room; it is handed back.
+    Evicted(T),
+}
+
+/// A dispatched batch.
+#[derive(Debug, PartialEq)]
+pub struct Batch<T> {
+    /// The items, oldest first; `1..=bucket` of them.
+    pub items: Vec<T>,
+    /// The bucket the batch is padded to (`>= items.len()`).
+    pub bucket: usize,
+}
+
+/// The policy's answer to "what now?".
+#[derive(Debug, PartialEq)]
+pub enum Next<T> {
+    /// Run this batch now.
+    Dispatch(Batch<T>),
+    /// Nothing is due; ask again at this instant (or when an item arrives).
+    WaitUntil(Instant),
+    /// The queue is empty.
+    Idle,
+}
+
+/// A bounded queue of windows with per-window deadlines and bucketed
+/// dispatch; see the module docs of [`crate::batch`].
+#[derive(Debug)]
+pub struct BatchQueue<T> {
+    entries: VecDeque<Entry<T>>,
+    capacity: usize,
+    buckets: Vec<usize>,
+    budget: Duration,
+    draining: bool,
+}
+
+impl<T> BatchQueue<T> {
+    /// A queue holding at most `capacity` items, dispatching in `buckets`
+    /// (ascending, non-empty, checked by config validation), each item due
+    /// `budget` after it was pushed.
+    pub fn new(capacity: usize, buckets: Vec<usize>, budget: Duration) -> Self {
+        assert!(capacity > 0, "queue capacity must be positive");
+        assert!(!buckets.is_empty() && buckets.windows(2).all(|w| w[0] < w[1]) && buckets[0] > 0);
+        Self {
+            entries: VecDeque::with_capacity(capacity),
+            capacity,
+            buckets,
+            budget,
+            draining: false,
+        }
+    }
+
+    /// Items queued now.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The largest bucket: a batch this large is dispatched at once.
+    pub fn max_batch(&self) -> usize {
+        *self.buckets.last().expect("non-empty buckets")
+    }
+
+    /// The bucket a batch of `n` items is padded to.
+    pub fn bucket_for(&self, n: usize) -> usize {
+        self.buckets
+            .iter()
+            .copied()
+            .find(|b| *b >= n)
+            .unwrap_or_else(|| self.max_batch())
+    }
+
+    /// From now on dispatch everything at once, ignoring deadlines (used on
+    /// shutdown to drain the queue).
+    pub fn drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// Queues `item` of `channel` arriving at `now`, applying the full-policy
+    /// when the queue is at capacity.
+    pub fn push(&mut self, channel: u32, item: T, now: Instant) -> PushOutcome<T> {
+        if self.entries.len() < self.capacity {
+            self.entries.push_back(Entry {
+                channel,
+                deadline: now + self.budget,
+                item,
+            });
+            return PushOutcome::Queued;
+        }
+        if let Some(entry) = self.entries.iter_mut().find(|e| e.channel == channel) {
+            return PushOutcome::Replaced(std::mem::replace(&mut entry.item, item));
+        }
+        let oldest = self.entries.pop_front().expect("full queue is not empty");
+        self.entries.push_back(Entry {
+            channel,
+            deadline: now + self.budget,
+            item,
+        });
+        PushOutcome::Evicted(oldest.item)
+    }
+
+    /// The dispatch policy. Dispatches the largest bucket's worth of items
+    /// as soon as that many are queued; otherwise everything queued (up to
+    /// the largest bucket) once the oldest deadline is reached; otherwise
+    /// says when to ask again.
+    pub fn next_batch(&mut self, now: Instant) -> Next<T> {
+        let Some(oldest) = self.entries.front() else {
+            return Next::Idle;
+        };
+        let max = self.max_batch();
+        if self.entries.len() >= max || oldest.deadline <= now || self.draining {
+            let n = self.entries.len().min(max);
+            let items: Vec<T> = self.entries.drain(..n).map(|e| e.item).collect();
+            let bucket = self.bucket_for(items.len());
+            return Next::Dispatch(Batch { items, bucket });
+        }
+        Next::WaitUntil(oldest.deadline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUDGET: Duration = Duration::from_millis(10);
+
+    fn queue(capacity: usize) -> BatchQueue<u32> {
+        BatchQueue::new(capacity, vec![1, 2, 4, 8], BUDGET)
+    }
+
+    fn items(next: Next<u32>) -> (Vec<u32>, usize) {
+        match next {
+            Next::Dispatch(b) => (b.items, b.bucket),
+            other => panic!("expected a dispatch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_queue_is_idle() {
+        let mut q = queue(16);
+        assert_eq!(q.next_batch(Instant::now()), Next::Idle);
+    }
+
+    #[test]
+    fn waits_for_the_oldest_deadline_then_dispatches_padded() {
+        let t0 = Instant::now();
+        let mut q = queue(16);
+        q.push(0, 1, t0);
+        q.push(1, 2, t0 + Duration::from_millis(3));
+        q.push(2, 3, t0 + Duration::from_millis(4));
+        assert_eq!(
+            q.next_batch(t0 + Duration::from_millis(9)),
+            Next::WaitUntil(t0 + BUDGET)
+        );
+        let (got, bucket) = items(q.next_batch(t0 + BUDGET));
+        assert_eq!(got, vec![1, 2, 3]);
+        assert_eq!(bucket, 4);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn full_bucket_dispatches_before_the_deadline() {
+        let t0 = Instant::now();
+        let mut q = queue(16);
+        for i in 0..10 {
+            q.push(i, i, t0);
+        }
+        let (got, bucket) = items(q.next_batch(t0));
+        assert_eq!(got, (0..8).collect::<Vec<_>>());
+        assert_eq!(bucket, 8);
+        // The remaining two wait for their deadline.
+        assert_eq!(q.next_batch(t0), Next::WaitUntil(t0 + BUDGET));
+        let (rest, bucket) = items(q.next_batch(t0 + BUDGET));
+        assert_eq!(rest, vec![8, 9]);
+        assert_eq!(bucket, 2);
+    }
+
+    #[test]
+    fn full_queue_replaces_the_oldest_window_of_the_same_channel() {
+        let t0 = Instant::now();
+        let mut q = queue(3);
+        assert_eq!(q.push(7, 100, t0), PushOutcome::Queued);
+        assert_eq!(
+            q.push(8, 200, t0 + Duration::from_millis(1)),
+            PushOutcome::Queued
+        );
+        assert_eq!(
+            q.push(7, 101, t0 + Duration::from_millis(2)),
+            PushOutcome::Queued
+        );
+        assert_eq!(
+            q.push(7, 102, t0 + Duration::from_millis(3)),
+            PushOutcome::Replaced(100)
+        );
+        // The newest took the oldest's place and deadline.
+        assert_eq!(q.next_batch(t0), Next::WaitUntil(t0 + BUDGET));
+        let (got, _) = items(q.next_batch(t0 + BUDGET));
+        assert_eq!(got, vec![102, 200, 101]);
+    }
+
+    #[test]
+    fn full_queue_without_the_channel_evicts_the_oldest() {
+        let t0 = Instant::now();
+        let mut q = queue(2);
+        q.push(1, 10, t0);
+        q.push(2, 20, t0);
+        assert_eq!(
+            q.push(3, 30, t0 + Duration::from_millis(5)),
+            PushOutcome::Evicted(10)
+        );
+        assert_eq!(q.next_batch(t0), Next::WaitUntil(t0 + BUDGET));
+        // Once the oldest is due, everything queued rides along in its batch.
+        let (got, bucket) = items(q.next_batch(t0 + BUDGET));
+        assert_eq!(got, vec![20, 30]);
+        assert_eq!(bucket, 2);
+    }
+
+    #[test]
+    fn drain_dispatches_without_waiting() {
+        let t0 = Instant::now();
+        let mut q = queue(16);
+        q.push(0, 1, t0);
+        q.drain();
+        assert_eq!(items(q.next_batch(t0)).0, vec![1]);
+    }
+
+    /// The invariants over many pseudo-random traces: every pushed item is
+    /// dispatched or handed back exactly once, no batch exceeds its bucket,
+    /// and after each poll nothing left in the queue is past its deadline.
+    #[test]
+    fn invariants_hold_on_random_traces() {
+        let mut rng = 0x9e3779b97f4a7c15u64;
+        let mut next_rand = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _trace in 0..200 {
+            let t0 = Instant::now();
+            let capacity = 1 + (next_rand() % 12) as usize;
+            let mut q: BatchQueue<(u32, Instant)> =
+                BatchQueue::new(capacity, vec![1, 3, 5], BUDGET);
+            let mut now = t0;
+            let mut seen = Vec::new();
+            let mut pushed = 0u32;
+            for _ in 0..300 {
+                match next_rand() % 3 {
+                    0 | 1 => {
+                        let channel = (next_rand() % 4) as u32;
+                        match q.push(channel, (pushed, now), now) {
+                            PushOutcome::Queued => {}
+                            PushOutcome::Replaced((id, _)) | PushOutcome::Evicted((id, _)) => {
+                                seen.push(id)
+                            }
+                        }
+                        pushed += 1;
+                    }
+                    _ => now += Duration::from_micros(next_rand() % 4000),
+                }
+                loop {
+                    match q.next_batch(now) {
+                        Next::Dispatch(b) => {
+                            assert!(b.items.len() <= b.bucket && b.bucket <= 5);
+                            for (id, arrived) in b.items {
+                                // A window never leaves before it arrived.
+                                assert!(arrived <= now);
+                                seen.push(id);
+                            }
+                        }
+                        Next::WaitUntil(t) => {
+                            // Nothing left queued is overdue: the oldest deadline is ahead.
+                            assert!(t > now);
+                            break;
+                        }
+                        Next::Idle => break,
+                    }
+                }
+            }
+            q.drain();
+            while let Next::Dispatch(b) = q.next_batch(now) {
+                seen.extend(b.items.into_iter().map(|(id, _)| id));
+            }
+            seen.sort_unstable();
+            assert_eq!(
+                seen,
+                (0..pushed).collect::<Vec<_>>(),
+                "every item exactly once"
+            );
+        }
+    }
+}

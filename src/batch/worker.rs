@@ -1,0 +1,124 @@
+//! The blocking side of the batcher: a handle shared by the pipeline task
+//! (which pushes windows) and the engine threads (which wait for batches).
+//!
+//! The lock is held only for the policy's own bookkeeping (µs), never while
+//! an engine runs, so pushing never waits on inference.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::queue::{Batch, BatchQueue, Next, PushOutcome};
+
+#[derive(Debug)]
+struct Shared<T> {
+    queue: BatchQueue<T>,
+    closed: bool,
+}
+
+/// A cloneable handle over one model's [`BatchQueue`].
+#[derive(Debug)]
+pub struct BatchHandle<T> {
+    inner: Arc<(Mutex<Shared<T>>, Condvar)>,
+}
+
+impl<T> Clone for BatchHandle<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<T> BatchHandle<T> {
+    /// Wraps a queue.
+    pub fn new(queue: BatchQueue<T>) -> Self {
+        Self {
+            inner: Arc::new((
+                Mutex::new(Shared {
+                    queue,
+                    closed: false,
+                }),
+                Condvar::new(),
+            )),
+        }
+    }
+
+    /// Queues an item arriving now; see [`BatchQueue::push`].
+    pub fn push(&self, channel: u32, item: T, now: Instant) -> PushOutcome<T> {
+        let (lock, cvar) = &*self.inner;
+        let outcome = lock
+            .lock()
+            .expect("batch queue lock")
+            .queue
+            .push(channel, item, now);
+        cvar.notify_one();
+        outcome
+    }
+
+    /// Items queued now.
+    pub fn depth(&self) -> usize {
+        self.inner.0.lock().expect("batch queue lock").queue.len()
+    }
+
+    /// Stops accepting waits: everything queued is dispatched at once, then
+    /// [`BatchHandle::next_blocking`] returns `None`.
+    pub fn close(&self) {
+        let (lock, cvar) = &*self.inner;
+        let mut shared = lock.lock().expect("batch queue lock");
+        shared.closed = true;
+        shared.queue.drain();
+        cvar.notify_all();
+    }
+
+    /// Blocks until the policy dispatches a batch; `None` once closed and
+    /// empty. Called by engine threads only.
+    pub fn next_blocking(&self) -> Option<Batch<T>> {
+        let (lock, cvar) = &*self.inner;
+        let mut shared = lock.lock().expect("batch queue lock");
+        loop {
+            let now = Instant::now();
+            match shared.queue.next_batch(now) {
+                Next::Dispatch(batch) => {
+                    // Another engine thread may be able to take the rest.
+                    cvar.notify_one();
+                    return Some(batch);
+                }
+                Next::Idle if shared.closed => return None,
+                Next::Idle => shared = cvar.wait(shared).expect("batch queue lock"),
+                Next::WaitUntil(t) => {
+                    let wait = t
+                        .saturating_duration_since(now)
+                        .max(Duration::from_micros(1));
+                    shared = cvar.wait_timeout(shared, wait).expect("batch queue lock").0;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_thread_receives_everything_then_stops_on_close() {
+        let handle = BatchHandle::new(BatchQueue::new(64, vec![1, 4], Duration::from_millis(1)));
+        let consumer = {
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while let Some(batch) = handle.next_blocking() {
+                    got.extend(batch.items);
+                }
+                got
+            })
+        };
+        for i in 0..10u32 {
+            assert_eq!(handle.push(i % 3, i, Instant::now()), PushOutcome::Queued);
+        }
+        handle.close();
+        let mut got = consumer.join().unwrap();
+        got.sort_unstable();
+        assert_eq!(got, (0..10).collect::<Vec<_>>());
+    }
+}

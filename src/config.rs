@@ -1,0 +1,431 @@
+//! The whole configuration as typed structs, loaded once before anything
+//! starts: TOML file, then `GSINFER__<SECTION>__<KEY>` environment
+//! overrides (the `config` crate), then serde with the path of every bad key,
+//! then semantic validation that reports every problem at once.
+//!
+//! Each stage's settings live beside the stage and are re-exported here.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::batch::BatchConfig;
+pub use crate::ingest::decode::PayloadFormat;
+pub use crate::ingest::mqtt::BrokerConfig;
+pub use crate::ingest::IngestConfig;
+pub use crate::publish::PublishConfig;
+pub use crate::score::{ScoringConfig, ThresholdConfig};
+pub use crate::status::StatusConfig;
+pub use crate::window::WindowConfig;
+
+/// The model repository (`[repository]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// Folder in Triton's layout; a relative path is taken from the
+    /// configuration file's folder.
+    pub path: PathBuf,
+}
+
+/// One model served on a set of channels (`[[pipeline]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Model name in the repository.
+    pub model: String,
+    /// MQTT topic filters carrying this pipeline's telemetry; the channel is
+    /// the topic's last level, e.g. `telemetry/SMAP/+` → channel `A-1`.
+    pub topics: Vec<String>,
+    /// Channels served; empty serves every channel matching `topics`.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Payload format of the telemetry topics.
+    #[serde(default)]
+    pub format: PayloadFormat,
+    /// Values per sample (`F`), e.g. 25 for SMAP.
+    pub features: usize,
+    /// Window length and stride.
+    pub window: WindowConfig,
+    /// Micro-batching.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Scores, threshold and events.
+    pub scoring: ScoringConfig,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// MQTT broker connection.
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    /// HTTP status server.
+    #[serde(default)]
+    pub status: StatusConfig,
+    /// Where the models are.
+    pub repository: RepositoryConfig,
+    /// Input limits and queues.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// Result topics.
+    #[serde(default)]
+    pub publish: PublishConfig,
+    /// One entry per served model.
+    #[serde(rename = "pipeline")]
+    pub pipelines: Vec<PipelineConfig>,
+}
+
+/// One configuration problem: the file, the key, what is wrong and the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// Dotted key path, e.g. `pipeline[0].window.stride`; empty for the
+    /// file as a whole.
+    pub key: String,
+    /// What is wrong and how to fix it, lowercase.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in one configuration; printed one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Loads `path` (TOML) with `GSINFER__<SECTION>__<KEY>` overrides from the
+    /// environment, resolves relative paths against the file's folder, and
+    /// validates the result.
+    ///
+    /// # Errors
+    /// Every problem found, each naming the file and the key.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let one = |key: &str, message: String| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                key: key.to_string(),
+                message,
+            }])
+        };
+        if !path.is_file() {
+            return Err(one(
+                "",
+                "no such file; pass an existing TOML file with --config".into(),
+            ));
+        }
+        let merged = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("GSINFER")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(|e| one("", format!("{e}")))?;
+        let value: serde_json::Value = merged
+            .try_deserialize()
+            .map_err(|e| one("", format!("{e}")))?;
+        let mut config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            one(&key, e.into_inner().to_string())
+        })?;
+        if config.repository.path.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.repository.path = base.join(&config.repository.path);
+        }
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(
+                problems
+                    .into_iter()
+                    .map(|(key, message)| ConfigError {
+                        file: path.to_path_buf(),
+                        key,
+                        message,
+                    })
+                    .collect(),
+            ))
+        }
+    }
+
+    /// Semantic checks serde cannot make; `(key, message)` per problem.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut bad = |key: String, message: &str| problems.push((key, message.to_string()));
+        if self.broker.port == 0 {
+            bad(
+                "broker.port".into(),
+                "must be a TCP port between 1 and 65535, e.g. 1883",
+            );
+        }
+        if self.broker.host.trim().is_empty() {
+            bad(
+                "broker.host".into(),
+                "must name the broker, e.g. \"127.0.0.1\"",
+            );
+        }
+        if self.broker.reconnect_min_ms == 0
+            || self.broker.reconnect_min_ms > self.broker.reconnect_max_ms
+        {
+            bad(
+                "broker.reconnect_min_ms".into(),
+                "must be at least 1 and at most broker.reconnect_max_ms",
+            );
+        }
+        if self.broker.qos > 2 || self.publish.score_qos > 2 || self.publish.events_qos > 2 {
+            bad(
+                "broker.qos".into(),
+                "MQTT QoS levels are 0, 1 or 2 (broker.qos, publish.score_qos, publish.events_qos)",
+            );
+        }
+        if self.status.listen.parse::<SocketAddr>().is_err() {
+            bad(
+                "status.listen".into(),
+                "must be an address and port, e.g. \"127.0.0.1:8080\"",
+            );
+        }
+        if self.ingest.max_payload_bytes == 0
+            || self.ingest.queue_capacity == 0
+            || self.ingest.max_samples_per_payload == 0
+        {
+            bad(
+                "ingest".into(),
+                "max_payload_bytes, max_samples_per_payload and queue_capacity must be positive",
+            );
+        }
+        if !self.publish.score_max_rate_hz.is_finite() || self.publish.score_max_rate_hz < 0.0 {
+            bad(
+                "publish.score_max_rate_hz".into(),
+                "must be 0 (unlimited) or a positive rate in scores/s per channel",
+            );
+        }
+        if self.pipelines.is_empty() {
+            bad(
+                "pipeline".into(),
+                "add at least one [[pipeline]] section naming a model and its topics",
+            );
+        }
+        let mut models = std::collections::HashSet::new();
+        for (i, p) in self.pipelines.iter().enumerate() {
+            let k = |field: &str| format!("pipeline[{i}].{field}");
+            if !models.insert(p.model.as_str()) {
+                bad(k("model"), "serves a model another [[pipeline]] already serves; give each model one pipeline");
+            }
+            if p.topics.is_empty() {
+                bad(
+                    k("topics"),
+                    "add at least one MQTT topic filter, e.g. [\"telemetry/SMAP/+\"]",
+                );
+            }
+            for t in &p.topics {
+                if !rumqttc::valid_filter(t) {
+                    bad(k("topics"), &format!("`{t}` is not a valid MQTT topic filter ('+' and '#' must fill a whole level)"));
+                }
+            }
+            if p.features == 0 {
+                bad(
+                    k("features"),
+                    "must be the number of values per sample, at least 1",
+                );
+            }
+            if p.window.length == 0 {
+                bad(k("window.length"), "must be at least 1 sample");
+            }
+            if p.window.stride == 0 {
+                bad(
+                    k("window.stride"),
+                    "must be at least 1 sample (1 scores every sample)",
+                );
+            }
+            if p.batch.latency_budget_us == 0 || p.batch.latency_budget_us > 10_000_000 {
+                bad(
+                    k("batch.latency_budget_us"),
+                    "must be between 1 µs and 10 s (10000000)",
+                );
+            }
+            if p.batch.queue_capacity == 0 {
+                bad(k("batch.queue_capacity"), "must be at least 1 window");
+            }
+            if p.batch.buckets.first() == Some(&0)
+                || !p.batch.buckets.windows(2).all(|w| w[0] < w[1])
+            {
+                bad(
+                    k("batch.buckets"),
+                    "must be positive batch sizes in ascending order, e.g. [1, 4, 16, 64]",
+                );
+            }
+            if p.scoring.smoothing_span.is_nan() || p.scoring.smoothing_span < 1.0 {
+                bad(
+                    k("scoring.smoothing_span"),
+                    "must be at least 1 (1 disables smoothing)",
+                );
+            }
+            if p.scoring.target_feature >= p.features.max(1) {
+                bad(
+                    k("scoring.target_feature"),
+                    "must be a feature index below `features`",
+                );
+            }
+            let ThresholdConfig::Static { value } = p.scoring.threshold;
+            if !value.is_finite() {
+                bad(k("scoring.threshold.value"), "must be a finite number");
+            }
+        }
+        problems
+    }
+
+    /// The effective configuration as TOML, with secrets left out.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gsinfer.example.toml")
+    }
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("gsinfer.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Serialises the tests that read or write `GSINFER__*` variables.
+    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    const MINIMAL: &str = r#"
+[repository]
+path = "models"
+[[pipeline]]
+model = "m"
+topics = ["telemetry/+"]
+features = 2
+window = { length = 4 }
+scoring = { kind = "forecast", threshold = { method = "static", value = 0.3 } }
+"#;
+
+    #[test]
+    fn shipped_example_parses_and_validates() {
+        let c = Config::load(&example_path()).unwrap();
+        assert_eq!(c.status.listen, "127.0.0.1:8080");
+        assert!(!c.pipelines.is_empty());
+        assert!(c
+            .repository
+            .path
+            .join(&c.pipelines[0].model)
+            .join("config.pbtxt")
+            .is_file());
+    }
+
+    #[test]
+    fn defaults_and_relative_repository_path() {
+        let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&write(dir.path(), MINIMAL)).unwrap();
+        assert_eq!(c.broker.port, 1883);
+        assert_eq!(c.pipelines[0].window.stride, 1);
+        assert_eq!(c.repository.path, dir.path().join("models"));
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = MINIMAL.replace(
+            "window = { length = 4 }",
+            "window = { length = 4, strid = 2 }",
+        );
+        let err = Config::load(&write(dir.path(), &text)).unwrap_err();
+        let line = err.to_string();
+        assert!(
+            line.contains("pipeline[0].window") && line.contains("strid"),
+            "{line}"
+        );
+        assert!(line.contains("gsinfer.toml"), "{line}");
+    }
+
+    #[test]
+    fn wrong_type_names_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("[broker]\nport = \"abc\"\n{MINIMAL}");
+        let err = Config::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("broker.port"), "{err}");
+    }
+
+    #[test]
+    fn semantic_problems_are_all_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = MINIMAL
+            .replace(
+                "window = { length = 4 }",
+                "window = { length = 0, stride = 0 }",
+            )
+            .replace("telemetry/+", "telemetry/a+b");
+        let err = Config::load(&write(dir.path(), &text)).unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"pipeline[0].window.length"), "{keys:?}");
+        assert!(keys.contains(&"pipeline[0].window.stride"), "{keys:?}");
+        assert!(keys.contains(&"pipeline[0].topics"), "{keys:?}");
+        assert_eq!(err.to_string().lines().count(), err.0.len());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), MINIMAL);
+        std::env::set_var("GSINFER__BROKER__PORT", "1884");
+        std::env::set_var("GSINFER__STATUS__LISTEN", "127.0.0.1:9090");
+        let c = Config::load(&path);
+        std::env::remove_var("GSINFER__BROKER__PORT");
+        std::env::remove_var("GSINFER__STATUS__LISTEN");
+        let c = c.unwrap();
+        assert_eq!(c.broker.port, 1884);
+        assert_eq!(c.status.listen, "127.0.0.1:9090");
+    }
+
+    #[test]
+    fn missing_file_is_one_clear_line() {
+        let err = Config::load(Path::new("/nonexistent/gsinfer.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent/gsinfer.toml") && err.contains("--config"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,100 @@
+//! Engines: run a model on a batch of windows.
+//!
+//! One trait, several implementations: [`tract`] (the embedded CPU engine,
+//! always compiled) and, behind the `tensorrt` feature, TensorRT. The
+//! pipeline, `gsinfer eval` and `gsinfer bench` see only [`Engine`].
+
+pub mod tract;
+
+use thiserror::Error;
+
+/// Shape and name of one model input or output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Tensor name in the model (and in config.pbtxt).
+    pub name: String,
+    /// Dimensions per batch item, without the batch dimension.
+    pub dims: Vec<usize>,
+}
+
+impl TensorSpec {
+    /// Elements per batch item (the product of `dims`).
+    pub fn item_len(&self) -> usize {
+        self.dims.iter().product()
+    }
+}
+
+/// Errors of loading or running an engine.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// The model file could not be loaded or prepared.
+    #[error("cannot load model {path}: {reason}")]
+    Load {
+        /// The model file.
+        path: String,
+        /// What went wrong, with its causes.
+        reason: String,
+    },
+    /// The input given does not fit the model.
+    #[error("input {name}: expected {expected} values for batch {batch}, got {got}")]
+    InputShape {
+        /// Input tensor name.
+        name: String,
+        /// Batch size asked for.
+        batch: usize,
+        /// Values expected (`batch × item_len`).
+        expected: usize,
+        /// Values given.
+        got: usize,
+    },
+    /// The engine failed while running a batch.
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+/// A loaded, runnable model. One instance is used by one thread at a time.
+pub trait Engine: Send {
+    /// Short engine name for logs and the status page, e.g. `"tract"`.
+    fn kind(&self) -> &'static str;
+    /// The model's inputs, in order.
+    fn inputs(&self) -> &[TensorSpec];
+    /// The model's outputs, in order.
+    fn outputs(&self) -> &[TensorSpec];
+    /// Runs one batch of `batch` items. `inputs[i]` holds input `i` as
+    /// row-major `f32` `[batch, dims...]`; returns each output likewise.
+    ///
+    /// # Errors
+    /// [`EngineError::InputShape`] when an input's length is not
+    /// `batch × item_len`; [`EngineError::Run`] when the engine fails.
+    fn infer(&mut self, batch: usize, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, EngineError>;
+}
+
+/// Checks `inputs` against `specs` for a batch of `batch`.
+///
+/// # Errors
+/// [`EngineError::InputShape`] for the first input of the wrong length.
+pub fn check_inputs(
+    specs: &[TensorSpec],
+    batch: usize,
+    inputs: &[&[f32]],
+) -> Result<(), EngineError> {
+    for (spec, input) in specs.iter().zip(inputs) {
+        let expected = batch * spec.item_len();
+        if input.len() != expected {
+            return Err(EngineError::InputShape {
+                name: spec.name.clone(),
+                batch,
+                expected,
+                got: input.len(),
+            });
+        }
+    }
+    if inputs.len() != specs.len() {
+        return Err(EngineError::Run(format!(
+            "model takes {} inputs, got {}",
+            specs.len(),
+            inputs.len()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The embedded CPU engine, on tract (sonos/tract).
+//!
+//! The ONNX file is loaded once, its input fact set to `[N, dims...]` with
+//! a symbolic batch dimension `N`, optimised once, and made runnable once;
+//! each batch then runs on a reused state (load → optimise → runnable, as
+//! tract's own examples do).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+use super::{check_inputs, Engine, EngineError, TensorSpec};
+
+type Plan = Arc<TypedSimplePlan>;
+
+/// A tract engine for one ONNX model with one `f32` input.
+pub struct TractEngine {
+    plan: Plan,
+    /// One state per batch size: a state binds the batch symbol on its
+    /// first run, and the batcher only ever uses a handful of buckets.
+    states: HashMap<usize, TypedSimpleState>,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+}
+
+impl std::fmt::Debug for TractEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TractEngine")
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .finish()
+    }
+}
+
+impl TractEngine {
+    /// Loads and optimises the ONNX model at `path`, whose single input is
+    /// `input` (named, per-item dims without the batch dimension) and whose
+    /// outputs are `outputs` (names; per-item dims are read from the model).
+    ///
+    /// # Errors
+    /// [`EngineError::Load`] naming the file and tract's chain of causes.
+    pub fn load(path: &Path, input: &TensorSpec, outputs: &[String]) -> Result<Self, EngineError> {
+        let fail = |e: TractError| EngineError::Load {
+            path: path.display().to_string(),
+            reason: format!("{e:#}"),
+        };
+        let mut model = tract_onnx::onnx().model_for_path(path).map_err(fail)?;
+        let batch = model.symbols.sym("N");
+        let mut shape: TVec<TDim> = tvec![batch.into()];
+        shape.extend(input.dims.iter().map(|d| TDim::from(*d as i64)));
+        model = model
+            .with_input_fact(0, f32::fact(shape).into())
+            .map_err(fail)?;
+        let typed = model.into_optimized().map_err(fail)?;
+        let mut specs = Vec::new();
+        for (ix, outlet) in typed.output_outlets().map_err(fail)?.iter().enumerate() {
+            let fact = typed.outlet_fact(*outlet).map_err(fail)?;
+            let dims = fact
+                .shape
+                .iter()
+                .skip(1)
+                .map(|d| d.to_i64().map(|v| v as usize))
+                .collect::<Result<Vec<_>, _>>();
+            let dims = dims.map_err(|_| EngineError::Load {
+                path: path.display().to_string(),
+                reason: format!(
+                    "output {ix} has a dimension other than the batch that is not fixed ({:?})",
+                    fact.shape
+                ),
+            })?;
+            let name = outputs
+                .get(ix)
+                .cloned()
+                .unwrap_or_else(|| typed.node(outlet.node).name.clone());
+            specs.push(TensorSpec { name, dims });
+        }
+        let plan = typed.into_runnable().map_err(fail)?;
+        Ok(Self {
+            plan,
+            states: HashMap::new(),
+            inputs: vec![input.clone()],
+            outputs: specs,
+        })
+    }
+}
+
+impl Engine for TractEngine {
+    fn kind(&self) -> &'static str {
+        "tract"
+    }
+
+    fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    fn infer(&mut self, batch: usize, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, EngineError> {
+        check_inputs(&self.inputs, batch, inputs)?;
+        let mut shape = vec![batch];
+        shape.extend(&self.inputs[0].dims);
+        let tensor = Tensor::from_shape(&shape, inputs[0])
+            .map_err(|e| EngineError::Run(format!("{e:#}")))?;
+        let state = match self.states.entry(batch) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                self.plan
+                    .spawn()
+                    .map_err(|e| EngineError::Run(format!("{e:#}")))?,
+            ),
+        };
+        let outputs = state
+            .run(tvec![tensor.into()])
+            .map_err(|e| EngineError::Run(format!("{e:#}")))?;
+        outputs
+            .iter()
+            .map(|t| {
+                t.try_as_plain_ram()
+                    .and_then(|v| v.as_slice::<f32>().map(|s| s.to_vec()))
+                    .map_err(|e| EngineError::Run(format!("output is not plain f32: {e:#}")))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("model_repository/smap_lstm/1/model.onnx")
+    }
+
+    #[test]
+    fn example_model_runs_any_batch_with_consistent_rows() {
+        let input = TensorSpec {
+            name: "window".into(),
+            dims: vec![250, 25],
+        };
+        let mut engine = TractEngine::load(&example(), &input, &["forecast".into()]).unwrap();
+        assert_eq!(engine.outputs()[0].dims, vec![10]);
+        let one: Vec<f32> = (0..250 * 25)
+            .map(|i| ((i % 97) as f32 / 97.0) - 0.5)
+            .collect();
+        let single = engine.infer(1, &[&one]).unwrap().remove(0);
+        assert_eq!(single.len(), 10);
+        let mut three = one.clone();
+        three.extend(std::iter::repeat_n(0.0, 250 * 25));
+        three.extend(&one);
+        let batched = engine.infer(3, &[&three]).unwrap().remove(0);
+        assert_eq!(batched.len(), 30);
+        for k in 0..10 {
+            assert!((batched[k] - single[k]).abs() < 1e-4);
+            assert!((batched[20 + k] - single[k]).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn wrong_input_length_is_an_error() {
+        let input = TensorSpec {
+            name: "window".into(),
+            dims: vec![250, 25],
+        };
+        let mut engine = TractEngine::load(&example(), &input, &["forecast".into()]).unwrap();
+        let err = engine.infer(2, &[&[0.0; 10]]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EngineError::InputShape {
+                    expected: 12500,
+                    got: 10,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let input = TensorSpec {
+            name: "x".into(),
+            dims: vec![1],
+        };
+        let err = TractEngine::load(Path::new("/nonexistent/model.onnx"), &input, &[]).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/model.onnx"), "{err}");
+    }
+}

@@ -1,0 +1,48 @@
+//! Telemetry ingest: the stage that turns bytes from MQTT (and later
+//! serial links) into timestamped samples, rejecting bad input by reason
+//! instead of failing.
+
+pub mod decode;
+pub mod mqtt;
+
+pub use decode::{decode, DecodeLimits, Decoded, PayloadFormat, RawSample, Reject, RejectReason};
+
+use serde::{Deserialize, Serialize};
+
+/// Input limits and the ingest queue (`[ingest]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest telemetry payload accepted, in bytes; larger ones are
+    /// rejected as `oversized`.
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: usize,
+    /// Most samples in one payload (a JSON batch, CSV lines, binary records).
+    #[serde(default = "default_max_samples")]
+    pub max_samples_per_payload: usize,
+    /// Messages buffered between the MQTT event loop and the pipelines;
+    /// when full, new messages are dropped and counted
+    /// (`gsinfer_ingest_overflow_total`) so the event loop never blocks.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+}
+
+fn default_max_payload() -> usize {
+    1 << 20
+}
+fn default_max_samples() -> usize {
+    10_000
+}
+fn default_queue() -> usize {
+    8192
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: default_max_payload(),
+            max_samples_per_payload: default_max_samples(),
+            queue_capacity: default_queue(),
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The MQTT side: connection options, and the one task that polls the
+//! rumqttc event loop forever.
+//!
+//! The event loop must be polled continuously (rumqttc misses keep-alives
+//! otherwise), so this task never waits on anything downstream: incoming
+//! telemetry is handed over with `try_send` and counted when the ingest
+//! queue is full; subscriptions and the retained status are requested with
+//! `try_*` calls. After a lost connection it sleeps a capped, jittered,
+//! exponential backoff and polls again, which reconnects.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::shutdown::Stop;
+use crate::status::StatusBoard;
+
+/// MQTT broker connection (`[broker]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Broker host name or address.
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Broker TCP port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// MQTT client id; with a persistent session it must be unique and stable.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// User name, if the broker requires one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password (never the password itself in this file).
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+    /// Keep-alive interval in seconds.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u64,
+    /// Start a clean session on connect; `false` (default) keeps the session
+    /// so QoS 1 telemetry queued at the broker during a reconnect is not lost.
+    #[serde(default)]
+    pub clean_session: bool,
+    /// QoS of the telemetry subscriptions.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Largest MQTT packet accepted or sent, in bytes.
+    #[serde(default = "default_max_packet")]
+    pub max_packet_bytes: usize,
+    /// First reconnect delay in ms; doubles up to `reconnect_max_ms`.
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay in ms.
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_ms: u64,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    1883
+}
+fn default_client_id() -> String {
+    "gsinfer".into()
+}
+fn default_keep_alive() -> u64 {
+    15
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_max_packet() -> usize {
+    1 << 20
+}
+fn default_reconnect_min() -> u64 {
+    100
+}
+fn default_reconnect_max() -> u64 {
+    30_000
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            host: default_host(),
+            port: default_port(),
+            client_id: default_client_id(),
+            username: None,
+            password_file: None,
+            keep_alive_s: default_keep_alive(),
+            clean_session: false,
+            qos: default_qos(),
+            max_packet_bytes: default_max_packet(),
+            reconnect_min_ms: default_reconnect_min(),
+            reconnect_max_ms: default_reconnect_max(),
+        }
+    }
+}
+
+/// Errors preparing the MQTT connection.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// The password file could not be read.
+    #[error("broker.password_file {path}: {reason}; point it at a readable file holding only the password")]
+    PasswordFile {
+        /// The file.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+}
+
+/// MQTT QoS from its number (0, 1, anything else 2; validated in config).
+pub fn qos(level: u8) -> QoS {
+    match level {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// Connection options: client id, keep-alive, session, credentials, packet
+/// limits, and the last will `offline` (retained) on `status_topic`.
+///
+/// # Errors
+/// [`MqttError::PasswordFile`] when the password file cannot be read.
+pub fn options(
+    config: &BrokerConfig,
+    client_id: &str,
+    status_topic: Option<&str>,
+) -> Result<MqttOptions, MqttError> {
+    let mut o = MqttOptions::new(client_id, &config.host, config.port);
+    o.set_keep_alive(Duration::from_secs(config.keep_alive_s.max(1)));
+    o.set_clean_session(config.clean_session);
+    o.set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes);
+    o.set_inflight(100);
+    if let Some(user) = &config.username {
+        let password = match &config.password_file {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| MqttError::PasswordFile {
+                    path: p.display().to_string(),
+                    reason: e.to_string(),
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+            None => String::new(),
+        };
+        o.set_credentials(user, password);
+    }
+    if let Some(topic) = status_topic {
+        o.set_last_will(LastWill::new(
+            topic,
+            offline_payload(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
+    Ok(o)
+}
+
+/// The retained `gsinfer/status` payload of a service that is gone.
+pub fn offline_payload() -> Vec<u8> {
+    serde_json::json!({"state": "offline"})
+        .to_string()
+        .into_bytes()
+}
+
+/// One MQTT message as received.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// Topic it was published on.
+    pub topic: String,
+    /// Raw payload.
+    pub payload: bytes::Bytes,
+    /// When the event loop received it.
+    pub received: Instant,
+}
+
+/// What the event loop task needs besides the event loop.
+#[derive(Debug)]
+pub struct EventLoopTask {
+    /// Client handle, for subscribing and the status message.
+    pub client: AsyncClient,
+    /// Topic filters to subscribe on every new session.
+    pub subscriptions: Vec<(String, QoS)>,
+    /// Where telemetry goes.
+    pub inbound: mpsc::Sender<Inbound>,
+    /// Retained status topic and its `online` payload.
+    pub status: Option<(String, Vec<u8>)>,
+    /// Reconnect backoff bounds.
+    pub backoff: (Duration, Duration),
+    /// Shared state.
+    pub board: Arc<StatusBoard>,
+}
+
+impl EventLoopTask {
+    /// Polls `eventloop` until `stop` is set; never blocks on downstream work.
+    pub async fn run(self, mut eventloop: EventLoop, stop: Stop) {
+        let mut delay = self.backoff.0;
+        let mut connected = false;
+        loop {
+            let event = tokio::select! {
+                e = eventloop.poll() => e,
+                _ = stop.wait() => break,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    log::info!(target: "gsinfer::mqtt", "connected to the broker (session present: {})", ack.session_present);
+                    connected = true;
+                    delay = self.backoff.0;
+                    self.board.set_connected(true);
+                    for (filter, q) in &self.subscriptions {
+                        if let Err(e) = self.client.try_subscribe(filter.clone(), *q) {
+                            log::error!(target: "gsinfer::mqtt", "cannot subscribe to {filter}: {e}");
+                        }
+                    }
+                    if let Some((topic, payload)) = &self.status {
+                        let _ = self.client.try_publish(
+                            topic.clone(),
+                            QoS::AtLeastOnce,
+                            true,
+                            payload.clone(),
+                        );
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let msg = Inbound {
+                        topic: p.topic,
+                        payload: p.payload,
+                        received: Instant::now(),
+                    };
+                    if self.inbound.try_send(msg).is_err() {
+                        self.board.metrics.ingest_overflow.inc();
+                    }
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                    log::info!(target: "gsinfer::mqtt", "disconnected from the broker");
+                    self.board.set_connected(false);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if connected {
+                        log::warn!(target: "gsinfer::mqtt", "lost the broker connection: {e}; reconnecting");
+                        self.board.metrics.mqtt_disconnects.inc();
+                        self.board.set_connected(false);
+                        connected = false;
+                    } else {
+                        log::debug!(target: "gsinfer::mqtt", "cannot connect to the broker: {e}");
+                    }
+                    let jitter = rand::rng().random_range(0.5..1.0);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay.mul_f64(jitter)) => {},
+                        _ = stop.wait() => break,
+                    }
+                    delay = (delay * 2).min(self.backoff.1);
+                }
+            }
+        }
+    }
+}

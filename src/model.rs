@@ -1,0 +1,157 @@
+//! From a pipeline's configuration to a runnable engine: find the model in
+//! the repository, check its config.pbtxt against the pipeline's windows,
+//! pick the batch buckets, and open the engine that runs it.
+
+use crate::batch::default_buckets;
+use crate::config::PipelineConfig;
+use crate::engine::tract::TractEngine;
+use crate::engine::{Engine, TensorSpec};
+use crate::repository::{DataType, ModelEntry, ModelRepository, Platform};
+use crate::score::ScoringKind;
+
+/// Errors preparing a pipeline's model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The repository could not provide the model.
+    #[error(transparent)]
+    Repository(#[from] crate::repository::RepositoryError),
+    /// The model does not fit the pipeline.
+    #[error("model {model}: {message}")]
+    Mismatch {
+        /// Model name.
+        model: String,
+        /// What does not fit and how to fix it.
+        message: String,
+    },
+    /// The engine could not load the model.
+    #[error("model {model}: {source}")]
+    Engine {
+        /// Model name.
+        model: String,
+        /// The engine's error.
+        source: crate::engine::EngineError,
+    },
+}
+
+/// A pipeline's model, checked and ready to open engines for.
+#[derive(Debug, Clone)]
+pub struct PreparedModel {
+    /// The repository entry (config, version, file).
+    pub entry: ModelEntry,
+    /// The model's input, per item.
+    pub input: TensorSpec,
+    /// Batch buckets for the batcher.
+    pub buckets: Vec<usize>,
+    /// Engine instances to run (`instance_group` count).
+    pub instances: usize,
+}
+
+/// Loads `pipeline.model` from `repo` and checks it against the pipeline:
+/// one FP32 input of `window.length × features` values per item, and an
+/// output fitting the scoring kind.
+///
+/// # Errors
+/// [`ModelError::Repository`] or [`ModelError::Mismatch`] naming the fix.
+pub fn prepare(
+    repo: &ModelRepository,
+    pipeline: &PipelineConfig,
+) -> Result<PreparedModel, ModelError> {
+    let entry = repo.load(&pipeline.model)?;
+    let mismatch = |message: String| ModelError::Mismatch {
+        model: pipeline.model.clone(),
+        message,
+    };
+    let cfg = &entry.config;
+    if cfg.inputs.len() != 1 {
+        return Err(mismatch(format!(
+            "has {} inputs; gsinfer pipelines feed exactly one window input",
+            cfg.inputs.len()
+        )));
+    }
+    let input = &cfg.inputs[0];
+    if input.data_type != DataType::Fp32 {
+        return Err(mismatch(format!(
+            "input {} is {}; pipelines feed TYPE_FP32",
+            input.name,
+            input.data_type.triton_name()
+        )));
+    }
+    if input.dims.iter().any(|d| *d <= 0) {
+        return Err(mismatch(format!(
+            "input {} has variable dims {:?}; give fixed dims in config.pbtxt",
+            input.name, input.dims
+        )));
+    }
+    let dims: Vec<usize> = input.dims.iter().map(|d| *d as usize).collect();
+    let want = pipeline.window.length * pipeline.features;
+    let got: usize = dims.iter().product();
+    if got != want {
+        return Err(mismatch(format!(
+            "input {} takes {dims:?} = {got} values per window, but the pipeline cuts window.length {} × features {} = {want}",
+            input.name, pipeline.window.length, pipeline.features
+        )));
+    }
+    if let Some(output) = cfg.outputs.first() {
+        let out_len: i64 = output.dims.iter().product();
+        let ok = match pipeline.scoring.kind {
+            ScoringKind::Forecast => out_len >= 1,
+            ScoringKind::Reconstruction => out_len == want as i64,
+        };
+        if !ok {
+            return Err(mismatch(format!(
+                "output {} has dims {:?}, which does not fit scoring.kind {:?}",
+                output.name, output.dims, pipeline.scoring.kind
+            )));
+        }
+    }
+    let buckets = if pipeline.batch.buckets.is_empty() {
+        let preferred = cfg
+            .dynamic_batching
+            .as_ref()
+            .map(|d| d.preferred_batch_size.clone())
+            .unwrap_or_default();
+        default_buckets(&preferred, cfg.max_batch_size)
+    } else {
+        pipeline.batch.buckets.clone()
+    };
+    if cfg.max_batch_size > 0 && buckets.iter().any(|b| *b > cfg.max_batch_size as usize) {
+        return Err(mismatch(format!(
+            "batch.buckets {buckets:?} exceed max_batch_size {} of config.pbtxt",
+            cfg.max_batch_size
+        )));
+    }
+    let input = TensorSpec {
+        name: input.name.clone(),
+        dims,
+    };
+    let instances = cfg.instance_count.max(1) as usize;
+    Ok(PreparedModel {
+        entry,
+        input,
+        buckets,
+        instances,
+    })
+}
+
+/// Opens one engine instance for a prepared model.
+///
+/// # Errors
+/// [`ModelError::Engine`] when the engine cannot load the file;
+/// [`ModelError::Mismatch`] for a platform this build cannot run.
+pub fn open_engine(model: &PreparedModel) -> Result<Box<dyn Engine>, ModelError> {
+    let name = model.entry.name.clone();
+    match model.entry.config.platform {
+        Platform::OnnxRuntimeOnnx => {
+            let outputs: Vec<String> = model.entry.config.outputs.iter().map(|o| o.name.clone()).collect();
+            let engine = TractEngine::load(&model.entry.model_path, &model.input, &outputs)
+                .map_err(|source| ModelError::Engine { model: name, source })?;
+            Ok(Box::new(engine))
+        }
+        Platform::TensorRtPlan => Err(ModelError::Mismatch {
+            model: name,
+            message: "platform tensorrt_plan needs a build with the `tensorrt` feature on a box with TensorRT; \
+                      serve the ONNX file with platform \"onnxruntime_onnx\" meanwhile"
+                .into(),
+        }),
+    }
+}

@@ -1,0 +1,236 @@
+//! One pipeline's per-channel state, shared verbatim by the streaming
+//! service and `gsinfer eval`: validate a sample, cut its window, and turn
+//! window results into scores and events.
+//!
+//! It does no I/O and reads no clock, so the offline evaluation and the
+//! live service compute the same scores from the same samples, whatever
+//! batching and timing did in between.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use crate::config::PipelineConfig;
+use crate::ingest::decode::{RawSample, Reject, RejectReason};
+use crate::score::{ChannelScorer, ScoredOutput, WindowOutcome};
+use crate::window::ChannelWindows;
+
+/// A window on its way through the batcher and an engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowItem {
+    /// Channel id within its pipeline.
+    pub channel: u32,
+    /// Per-channel window number.
+    pub seq: u64,
+    /// Index of the window's last sample.
+    pub end_index: u64,
+    /// Time stamp of that sample, ns since the Unix epoch.
+    pub end_t_ns: i64,
+    /// When that sample was received (for the latency metric).
+    pub received: Instant,
+    /// `[L, F]` row-major values.
+    pub values: Vec<f32>,
+}
+
+/// A scored output of one channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelOutput {
+    /// Channel id within its pipeline.
+    pub channel: u32,
+    /// The score or event.
+    pub output: ScoredOutput,
+}
+
+#[derive(Debug)]
+struct ChannelState {
+    name: String,
+    windows: ChannelWindows,
+    scorer: ChannelScorer,
+    last_t_ns: Option<i64>,
+    last_seq: Option<u64>,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Pipeline {
+    config: PipelineConfig,
+    ids: HashMap<String, u32>,
+    channels: Vec<ChannelState>,
+    allowed: Option<HashSet<String>>,
+}
+
+impl Pipeline {
+    /// An empty pipeline; channels are created on their first sample.
+    pub fn new(config: &PipelineConfig) -> Self {
+        let allowed =
+            (!config.channels.is_empty()).then(|| config.channels.iter().cloned().collect());
+        Self {
+            config: config.clone(),
+            ids: HashMap::new(),
+            channels: Vec::new(),
+            allowed,
+        }
+    }
+
+    /// The pipeline's configuration.
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    /// The model this pipeline serves.
+    pub fn model(&self) -> &str {
+        &self.config.model
+    }
+
+    /// Whether `topic` matches one of the pipeline's topic filters.
+    pub fn matches_topic(&self, topic: &str) -> bool {
+        self.config
+            .topics
+            .iter()
+            .any(|f| rumqttc::matches(topic, f))
+    }
+
+    /// The name of channel `id`.
+    pub fn channel_name(&self, id: u32) -> &str {
+        &self.channels[id as usize].name
+    }
+
+    /// Number of channels seen so far.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Scorer counters summed over all channels: (late forecasts, skipped windows).
+    pub fn scorer_totals(&self) -> (u64, u64) {
+        self.channels.iter().fold((0, 0), |(l, s), c| {
+            let k = c.scorer.counters();
+            (l + k.late_forecasts, s + k.skipped_windows)
+        })
+    }
+
+    fn channel_id(&mut self, name: &str) -> Result<u32, Reject> {
+        if let Some(id) = self.ids.get(name) {
+            return Ok(*id);
+        }
+        if let Some(allowed) = &self.allowed {
+            if !allowed.contains(name) {
+                return Err(Reject {
+                    reason: RejectReason::UnknownChannel,
+                    detail: format!(
+                        "channel `{name}` is not in pipeline `{}`'s channels",
+                        self.config.model
+                    ),
+                });
+            }
+        }
+        let id = self.channels.len() as u32;
+        self.channels.push(ChannelState {
+            name: name.to_string(),
+            windows: ChannelWindows::new(&self.config.window, self.config.features),
+            scorer: ChannelScorer::new(&self.config.scoring),
+            last_t_ns: None,
+            last_seq: None,
+        });
+        self.ids.insert(name.to_string(), id);
+        Ok(id)
+    }
+
+    /// Accepts one sample of `channel` with time stamp `t_ns` (ns since
+    /// epoch), received at `received`. Returns the window it completes, if
+    /// any; scores it settles (forecasts waiting for it) go to `out`.
+    ///
+    /// # Errors
+    /// A [`Reject`] (wrong length, non-finite value, time going backwards,
+    /// repeated sequence number, unknown channel); the channel's state is
+    /// left exactly as it was.
+    pub fn on_sample(
+        &mut self,
+        channel: &str,
+        t_ns: i64,
+        sample: &RawSample,
+        received: Instant,
+        out: &mut Vec<ChannelOutput>,
+    ) -> Result<Option<WindowItem>, Reject> {
+        let features = self.config.features;
+        if sample.values.len() != features {
+            return Err(Reject {
+                reason: RejectReason::WrongLength,
+                detail: format!(
+                    "channel `{channel}`: {} values, expected {features}",
+                    sample.values.len()
+                ),
+            });
+        }
+        if let Some(i) = sample.values.iter().position(|v| !v.is_finite()) {
+            return Err(Reject {
+                reason: RejectReason::NonFinite,
+                detail: format!("channel `{channel}`: value {i} is not finite"),
+            });
+        }
+        let id = self.channel_id(channel)?;
+        let state = &mut self.channels[id as usize];
+        if let (Some(seq), Some(last)) = (sample.seq, state.last_seq) {
+            if seq <= last {
+                return Err(Reject {
+                    reason: RejectReason::Duplicate,
+                    detail: format!("channel `{channel}`: sequence {seq} after {last}"),
+                });
+            }
+        }
+        if let Some(last) = state.last_t_ns {
+            if t_ns < last {
+                return Err(Reject {
+                    reason: RejectReason::OutOfOrder,
+                    detail: format!("channel `{channel}`: time {t_ns} ns is before the previous sample's {last} ns"),
+                });
+            }
+            if t_ns == last && sample.seq.is_none() {
+                return Err(Reject {
+                    reason: RejectReason::Duplicate,
+                    detail: format!("channel `{channel}`: a second sample at {t_ns} ns"),
+                });
+            }
+        }
+        state.last_t_ns = Some(t_ns);
+        state.last_seq = sample.seq.or(state.last_seq);
+        let index = state.windows.count();
+        let mut scored = Vec::new();
+        state
+            .scorer
+            .on_sample(index, t_ns, &sample.values, &mut scored);
+        out.extend(scored.into_iter().map(|output| ChannelOutput {
+            channel: id,
+            output,
+        }));
+        Ok(state.windows.push(&sample.values).map(|w| WindowItem {
+            channel: id,
+            seq: w.seq,
+            end_index: w.end_index,
+            end_t_ns: t_ns,
+            received,
+            values: w.values,
+        }))
+    }
+
+    /// Reports what became of window `item` (its values may have been
+    /// moved into `outcome`); scores now due go to `out`.
+    pub fn on_window(
+        &mut self,
+        item: &WindowItem,
+        outcome: WindowOutcome,
+        out: &mut Vec<ChannelOutput>,
+    ) {
+        let state = &mut self.channels[item.channel as usize];
+        let mut scored = Vec::new();
+        state.scorer.on_window(
+            item.seq,
+            item.end_index,
+            item.end_t_ns,
+            outcome,
+            &mut scored,
+        );
+        out.extend(scored.into_iter().map(|output| ChannelOutput {
+            channel: item.channel,
+            output,
+        }));
+    }
+}

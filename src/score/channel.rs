@@ -1,0 +1,310 @@
+//! One channel's scoring state: pairs forecasts with the samples that
+//! arrive later, restores window order, smooths, thresholds, raises events.
+//!
+//! Windows may come back from the engines out of order (several engine
+//! instances) or not at all (replaced in a full queue); every window the
+//! pipeline cut is reported here exactly once, as a result or as dropped,
+//! and scores are computed strictly in window order so the EWMA — and so
+//! every score — is the same whatever the batching did.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Serialize;
+
+use super::error::{reconstruction_error, Ewma};
+use super::events::{AnomalyEvent, EventDetector};
+use super::threshold::Threshold;
+use super::{ScoringConfig, ScoringKind};
+
+/// Windows held for reordering before the scorer gives up on a missing one.
+const REORDER_LIMIT: usize = 4096;
+
+/// The score of one sample.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Score {
+    /// Sample index in the channel's stream.
+    pub index: u64,
+    /// The sample's time stamp, ns since the Unix epoch.
+    pub t_ns: i64,
+    /// Raw error (absolute forecast error, or reconstruction MSE).
+    pub error: f32,
+    /// Smoothed error.
+    pub score: f32,
+    /// Threshold in force.
+    pub threshold: f32,
+    /// `score > threshold`.
+    pub anomalous: bool,
+}
+
+/// What scoring a window or a sample produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScoredOutput {
+    /// A new score.
+    Score(Score),
+    /// An anomaly started or ended.
+    Event(AnomalyEvent),
+}
+
+/// What became of a window sent to the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WindowOutcome {
+    /// The engine's output row for the window, and the window itself
+    /// (`[L, F]`, needed by reconstruction scoring).
+    Output {
+        /// The model's output for this window (one row of the batch).
+        output: Vec<f32>,
+        /// The window's input values.
+        input: Vec<f32>,
+    },
+    /// The window never reached an engine (queue full, engine error).
+    Dropped,
+}
+
+/// Counters of one channel's scorer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScorerCounters {
+    /// Forecasts whose target sample had left the actuals ring.
+    pub late_forecasts: u64,
+    /// Windows skipped because a missing one was never reported.
+    pub skipped_windows: u64,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct ChannelScorer {
+    kind: ScoringKind,
+    target_feature: usize,
+    capacity: usize,
+    /// Recent `(t_ns, target value)` by sample index, starting at `base`.
+    actuals: VecDeque<(i64, f32)>,
+    base: u64,
+    /// Forecasts `(target index, prediction)` whose sample has not arrived.
+    pending: VecDeque<(u64, f32)>,
+    next_seq: u64,
+    reorder: BTreeMap<u64, (u64, i64, WindowOutcome)>,
+    ewma: Ewma,
+    threshold: Threshold,
+    events: EventDetector,
+    counters: ScorerCounters,
+}
+
+impl ChannelScorer {
+    /// A scorer for one channel of a pipeline.
+    pub fn new(config: &ScoringConfig) -> Self {
+        Self {
+            kind: config.kind,
+            target_feature: config.target_feature,
+            capacity: config.actuals_capacity.max(1),
+            actuals: VecDeque::new(),
+            base: 0,
+            pending: VecDeque::new(),
+            next_seq: 0,
+            reorder: BTreeMap::new(),
+            ewma: Ewma::new(config.smoothing_span),
+            threshold: Threshold::new(&config.threshold),
+            events: EventDetector::new(),
+            counters: ScorerCounters::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> ScorerCounters {
+        self.counters
+    }
+
+    /// Whether an anomaly is open on this channel.
+    pub fn anomaly_open(&self) -> bool {
+        self.events.is_open()
+    }
+
+    /// Records the accepted sample `index` (the next one of the channel)
+    /// and scores any forecast that was waiting for it.
+    pub fn on_sample(
+        &mut self,
+        index: u64,
+        t_ns: i64,
+        values: &[f32],
+        out: &mut Vec<ScoredOutput>,
+    ) {
+        if self.kind != ScoringKind::Forecast {
+            return;
+        }
+        debug_assert_eq!(index, self.base + self.actuals.len() as u64);
+        self.actuals.push_back((t_ns, values[self.target_feature]));
+        if self.actuals.len() > self.capacity {
+            self.actuals.pop_front();
+            self.base += 1;
+        }
+        while let Some(&(target, prediction)) = self.pending.front() {
+            if target > index {
+                break;
+            }
+            self.pending.pop_front();
+            self.score_forecast(target, prediction, out);
+        }
+    }
+
+    /// Reports window `seq` (ending at sample `end_index`, time `end_t_ns`)
+    /// and scores every window now in order.
+    pub fn on_window(
+        &mut self,
+        seq: u64,
+        end_index: u64,
+        end_t_ns: i64,
+        outcome: WindowOutcome,
+        out: &mut Vec<ScoredOutput>,
+    ) {
+        if seq < self.next_seq {
+            return; // already skipped past it
+        }
+        self.reorder.insert(seq, (end_index, end_t_ns, outcome));
+        if self.reorder.len() > REORDER_LIMIT {
+            let first = *self.reorder.keys().next().expect("non-empty");
+            self.counters.skipped_windows += first - self.next_seq;
+            self.next_seq = first;
+        }
+        while let Some(entry) = self.reorder.remove(&self.next_seq) {
+            self.next_seq += 1;
+            let (end_index, end_t_ns, outcome) = entry;
+            let WindowOutcome::Output { output, input } = outcome else {
+                continue;
+            };
+            match self.kind {
+                ScoringKind::Reconstruction => {
+                    let error = reconstruction_error(&input, &output);
+                    self.emit(end_index, end_t_ns, error, out);
+                }
+                ScoringKind::Forecast => {
+                    let target = end_index + 1;
+                    if target < self.base + self.actuals.len() as u64 {
+                        self.score_forecast(target, output[0], out);
+                    } else {
+                        self.pending.push_back((target, output[0]));
+                    }
+                }
+            }
+        }
+    }
+
+    fn score_forecast(&mut self, target: u64, prediction: f32, out: &mut Vec<ScoredOutput>) {
+        let Some(offset) = target.checked_sub(self.base) else {
+            self.counters.late_forecasts += 1;
+            return;
+        };
+        let (t_ns, actual) = self.actuals[offset as usize];
+        self.emit(target, t_ns, (prediction - actual).abs(), out);
+    }
+
+    fn emit(&mut self, index: u64, t_ns: i64, error: f32, out: &mut Vec<ScoredOutput>) {
+        let score = self.ewma.update(error);
+        let threshold = self.threshold.update(score);
+        out.push(ScoredOutput::Score(Score {
+            index,
+            t_ns,
+            error,
+            score,
+            threshold,
+            anomalous: score > threshold,
+        }));
+        if let Some(event) = self.events.observe(index, t_ns, score, threshold) {
+            out.push(ScoredOutput::Event(event));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::score::ThresholdConfig;
+
+    fn config(kind: ScoringKind) -> ScoringConfig {
+        ScoringConfig {
+            kind,
+            target_feature: 1,
+            smoothing_span: 1.0,
+            threshold: ThresholdConfig::Static { value: 0.5 },
+            actuals_capacity: 8,
+        }
+    }
+
+    fn scores(out: &[ScoredOutput]) -> Vec<(u64, f32)> {
+        out.iter()
+            .filter_map(|o| match o {
+                ScoredOutput::Score(s) => Some((s.index, s.error)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn forecast(p: f32) -> WindowOutcome {
+        WindowOutcome::Output {
+            output: vec![p, 99.0],
+            input: vec![],
+        }
+    }
+
+    #[test]
+    fn forecast_waits_for_the_next_sample() {
+        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast));
+        let mut out = Vec::new();
+        s.on_sample(0, 0, &[0.0, 1.0], &mut out);
+        s.on_window(0, 0, 0, forecast(2.5), &mut out);
+        assert!(out.is_empty(), "sample 1 has not arrived");
+        s.on_sample(1, 10, &[0.0, 2.0], &mut out);
+        assert_eq!(scores(&out), vec![(1, 0.5)]);
+    }
+
+    #[test]
+    fn forecast_after_its_sample_is_scored_at_once() {
+        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast));
+        let mut out = Vec::new();
+        s.on_sample(0, 0, &[0.0, 1.0], &mut out);
+        s.on_sample(1, 10, &[0.0, 3.0], &mut out);
+        s.on_window(0, 0, 0, forecast(2.0), &mut out);
+        assert_eq!(scores(&out), vec![(1, 1.0)]);
+        assert!(matches!(out[1], ScoredOutput::Event(_)));
+    }
+
+    #[test]
+    fn out_of_order_windows_are_scored_in_order_and_drops_are_skipped() {
+        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast));
+        let mut out = Vec::new();
+        for i in 0..5 {
+            s.on_sample(i, i as i64, &[0.0, i as f32], &mut out);
+        }
+        s.on_window(2, 2, 2, forecast(3.0), &mut out);
+        s.on_window(1, 1, 1, WindowOutcome::Dropped, &mut out);
+        assert!(out.is_empty(), "window 0 still missing");
+        s.on_window(0, 0, 0, forecast(1.0), &mut out);
+        assert_eq!(scores(&out), vec![(1, 0.0), (3, 0.0)]);
+    }
+
+    #[test]
+    fn forecast_older_than_the_ring_is_counted_late() {
+        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast));
+        let mut out = Vec::new();
+        for i in 0..20 {
+            s.on_sample(i, 0, &[0.0, 0.0], &mut out);
+        }
+        s.on_window(0, 0, 0, forecast(1.0), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(s.counters().late_forecasts, 1);
+    }
+
+    #[test]
+    fn reconstruction_scores_the_window_end() {
+        let mut s = ChannelScorer::new(&config(ScoringKind::Reconstruction));
+        let mut out = Vec::new();
+        s.on_window(
+            0,
+            7,
+            70,
+            WindowOutcome::Output {
+                output: vec![1.0, 1.0],
+                input: vec![1.0, 3.0],
+            },
+            &mut out,
+        );
+        assert_eq!(scores(&out), vec![(7, 2.0)]);
+    }
+}

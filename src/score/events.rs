@@ -1,0 +1,141 @@
+//! Anomaly events: runs of consecutive anomalous scores.
+
+use serde::Serialize;
+
+/// Whether an event opens or closes an anomaly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The first anomalous score of a run.
+    AnomalyStart,
+    /// The run ended: the first score at or under the threshold after it.
+    AnomalyEnd,
+}
+
+/// One anomaly event of a channel; `start`/`end` are sample indices of the
+/// channel's stream (inclusive), `*_t_ns` their time stamps (ns since epoch).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AnomalyEvent {
+    /// Start or end.
+    pub event: EventKind,
+    /// Index of the first anomalous sample.
+    pub start: u64,
+    /// Time stamp of `start`.
+    pub start_t_ns: i64,
+    /// Index of the last anomalous sample; `None` on `anomaly_start`.
+    pub end: Option<u64>,
+    /// Time stamp of `end`.
+    pub end_t_ns: Option<i64>,
+    /// Highest score seen in the run so far.
+    pub max_score: f32,
+    /// Threshold in force when the event was raised.
+    pub threshold: f32,
+}
+
+#[derive(Debug, Clone)]
+struct Open {
+    start: u64,
+    start_t_ns: i64,
+    last: u64,
+    last_t_ns: i64,
+    max_score: f32,
+}
+
+/// Turns a channel's scores, in index order, into start/end events.
+#[derive(Debug, Clone, Default)]
+pub struct EventDetector {
+    open: Option<Open>,
+}
+
+impl EventDetector {
+    /// A detector with no open anomaly.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether an anomaly is open.
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Observes the score of sample `index` (time `t_ns`); returns the event
+    /// it raises, if any.
+    pub fn observe(
+        &mut self,
+        index: u64,
+        t_ns: i64,
+        score: f32,
+        threshold: f32,
+    ) -> Option<AnomalyEvent> {
+        let anomalous = score > threshold;
+        match (&mut self.open, anomalous) {
+            (None, true) => {
+                self.open = Some(Open {
+                    start: index,
+                    start_t_ns: t_ns,
+                    last: index,
+                    last_t_ns: t_ns,
+                    max_score: score,
+                });
+                Some(AnomalyEvent {
+                    event: EventKind::AnomalyStart,
+                    start: index,
+                    start_t_ns: t_ns,
+                    end: None,
+                    end_t_ns: None,
+                    max_score: score,
+                    threshold,
+                })
+            }
+            (Some(open), true) => {
+                open.last = index;
+                open.last_t_ns = t_ns;
+                open.max_score = open.max_score.max(score);
+                None
+            }
+            (Some(_), false) => {
+                let open = self.open.take().expect("matched Some");
+                Some(AnomalyEvent {
+                    event: EventKind::AnomalyEnd,
+                    start: open.start,
+                    start_t_ns: open.start_t_ns,
+                    end: Some(open.last),
+                    end_t_ns: Some(open.last_t_ns),
+                    max_score: open.max_score,
+                    threshold,
+                })
+            }
+            (None, false) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_above_the_threshold_gives_one_start_and_one_end() {
+        let mut d = EventDetector::new();
+        let scores = [0.1, 0.5, 0.9, 0.7, 0.2, 0.1];
+        let events: Vec<_> = scores
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| d.observe(i as u64, i as i64 * 10, *s, 0.4))
+            .collect();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].event, EventKind::AnomalyStart);
+        assert_eq!(events[0].start, 1);
+        assert_eq!(events[1].event, EventKind::AnomalyEnd);
+        assert_eq!((events[1].start, events[1].end), (1, Some(3)));
+        assert_eq!(events[1].end_t_ns, Some(30));
+        assert_eq!(events[1].max_score, 0.9);
+        assert!(!d.is_open());
+    }
+
+    #[test]
+    fn equal_to_threshold_is_not_anomalous() {
+        let mut d = EventDetector::new();
+        assert!(d.observe(0, 0, 0.4, 0.4).is_none());
+    }
+}

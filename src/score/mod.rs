@@ -1,0 +1,61 @@
+//! Scoring: model outputs to anomaly scores, thresholds and anomaly events.
+//!
+//! A forecaster's raw error for sample `t+1` is `|ŷ(t+1) − x(t+1)|` where
+//! `ŷ(t+1)` is the one-step-ahead prediction of the window ending at `t`
+//! and `x(t+1)` the target feature of the sample that arrives next (the
+//! "first" aggregation of telemanom; Hundman et al., KDD 2018, §3.1). A
+//! reconstruction model's raw error for the window ending at `t` is the mean
+//! squared difference between the window and its reconstruction. Raw errors
+//! are smoothed with an EWMA (the score), compared with a threshold, and
+//! runs of scores above it become anomaly events.
+
+pub mod channel;
+pub mod error;
+pub mod events;
+pub mod threshold;
+
+pub use channel::{ChannelScorer, Score, ScoredOutput, ScorerCounters, WindowOutcome};
+pub use error::Ewma;
+pub use events::{AnomalyEvent, EventDetector, EventKind};
+pub use threshold::ThresholdConfig;
+
+use serde::{Deserialize, Serialize};
+
+/// How model outputs become raw errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoringKind {
+    /// The model forecasts the target feature; output `[batch, H]`.
+    Forecast,
+    /// The model reconstructs its input; output shaped like the input.
+    Reconstruction,
+}
+
+/// Scoring settings of one pipeline (`[[pipeline]] scoring = {...}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoringConfig {
+    /// `forecast` or `reconstruction`.
+    pub kind: ScoringKind,
+    /// Forecast only: the input feature the model predicts (0-based).
+    #[serde(default)]
+    pub target_feature: usize,
+    /// EWMA span `s` of the smoothing, in scored samples; `alpha = 2 / (s + 1)`.
+    /// 1 disables smoothing. telemanom uses 105 (batch 70 × window 30 × 5 %).
+    #[serde(default = "default_span")]
+    pub smoothing_span: f32,
+    /// Threshold on the smoothed score.
+    pub threshold: ThresholdConfig,
+    /// Samples of recent actual values kept per channel to pair with late
+    /// forecasts; a forecast older than this is dropped and counted.
+    #[serde(default = "default_actuals")]
+    pub actuals_capacity: usize,
+}
+
+fn default_span() -> f32 {
+    105.0
+}
+
+fn default_actuals() -> usize {
+    16_384
+}

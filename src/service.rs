@@ -1,0 +1,442 @@
+//! `gsinfer run`: wires the stages together, supervises them, and shuts
+//! them down in order.
+//!
+//! ```text
+//! MQTT event loop task ──Inbound (bounded, drop+count when full)──▶ pipeline task
+//! pipeline task ──windows──▶ BatchHandle (bounded, replace oldest of channel) ──▶ engine threads
+//! engine threads ──BatchResult (bounded, blocking)──▶ pipeline task ──Outgoing (bounded)──▶ publisher task
+//! ```
+//! Shutdown (SIGTERM or SIGINT): stop taking telemetry, close the batch
+//! queues so the engines drain what is queued, score and publish it, set
+//! the retained status to offline, disconnect.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use rumqttc::AsyncClient;
+use tokio::sync::mpsc;
+
+use crate::batch::{BatchHandle, BatchQueue, PushOutcome};
+use crate::config::Config;
+use crate::infer::{spawn_engine_thread, BatchResult};
+use crate::ingest::decode::{decode, DecodeLimits, Reject, RejectReason};
+use crate::ingest::mqtt::{self, EventLoopTask, Inbound};
+use crate::pipeline::{ChannelOutput, Pipeline, WindowItem};
+use crate::publish::{event_json, run_publisher, Outgoing};
+use crate::repository::ModelRepository;
+use crate::score::{ScoredOutput, WindowOutcome};
+use crate::shutdown::Stop;
+use crate::status::http::StatusServer;
+use crate::status::{ModelState, StatusBoard};
+
+/// Capacity of the engine → pipeline results channel, in batches.
+const RESULTS_CAPACITY: usize = 64;
+/// Capacity of the pipeline → publisher channel, in messages.
+const OUTGOING_CAPACITY: usize = 16_384;
+/// Longest a graceful shutdown waits for the broker to take the last messages.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Nanoseconds since the Unix epoch now.
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Logs rejected inputs at most once per reason every 10 s.
+#[derive(Debug, Default)]
+struct RejectLog {
+    last: HashMap<RejectReason, (Instant, u64)>,
+}
+
+impl RejectLog {
+    fn log(&mut self, topic: &str, reject: &Reject) {
+        let now = Instant::now();
+        let entry = self
+            .last
+            .entry(reject.reason)
+            .or_insert((now - Duration::from_secs(60), 0));
+        if now.duration_since(entry.0) >= Duration::from_secs(10) {
+            let suppressed = std::mem::take(&mut entry.1);
+            log::warn!(target: "gsinfer::ingest", "rejected input on {topic}: {reject} ({suppressed} more of this reason suppressed)");
+            entry.0 = now;
+        } else {
+            entry.1 += 1;
+        }
+    }
+}
+
+struct Served {
+    pipeline: Pipeline,
+    handle: BatchHandle<WindowItem>,
+    model: Arc<str>,
+    channel_names: Vec<Arc<str>>,
+    limits: DecodeLimits,
+}
+
+/// Runs the service until SIGTERM or SIGINT.
+///
+/// # Errors
+/// Start-up failures (status address, repository, models, broker options)
+/// with context; once running, faults are logged and counted, not returned.
+pub async fn run(config: Config) -> Result<()> {
+    let board = StatusBoard::new(config.status.clone());
+    let http = StatusServer::start(&config.status.listen, Arc::clone(&board), 2)?;
+    log::info!(target: "gsinfer", "status on http://{}/", config.status.listen);
+
+    let repo = ModelRepository::open(&config.repository.path).context("model repository")?;
+    let (results_tx, mut results_rx) = mpsc::channel::<BatchResult>(RESULTS_CAPACITY);
+    let mut served = Vec::new();
+    let mut engine_threads = Vec::new();
+    for (ix, p) in config.pipelines.iter().enumerate() {
+        let prepared = crate::model::prepare(&repo, p)?;
+        for w in &prepared.entry.warnings {
+            log::warn!(target: "gsinfer::repository", "model {}: {w}", p.model);
+        }
+        let budget = Duration::from_micros(p.batch.latency_budget_us);
+        board.set_model(
+            &p.model,
+            "tract",
+            ModelState::Loading,
+            prepared.entry.version,
+            p.batch.latency_budget_us,
+            &prepared.buckets,
+        );
+        let queue = BatchQueue::new(p.batch.queue_capacity, prepared.buckets.clone(), budget);
+        let handle = BatchHandle::new(queue);
+        for _ in 0..prepared.instances {
+            let engine = match crate::model::open_engine(&prepared) {
+                Ok(e) => e,
+                Err(e) => {
+                    board.set_model(
+                        &p.model,
+                        "tract",
+                        ModelState::Failed(e.to_string()),
+                        prepared.entry.version,
+                        p.batch.latency_budget_us,
+                        &prepared.buckets,
+                    );
+                    return Err(e.into());
+                }
+            };
+            let kind = engine.kind();
+            engine_threads.push(spawn_engine_thread(
+                p.model.clone(),
+                ix,
+                engine,
+                handle.clone(),
+                results_tx.clone(),
+                Arc::clone(&board),
+            ));
+            board.set_model(
+                &p.model,
+                kind,
+                ModelState::Ready,
+                prepared.entry.version,
+                p.batch.latency_budget_us,
+                &prepared.buckets,
+            );
+        }
+        log::info!(
+            target: "gsinfer",
+            "model {} version {} ready on tract: {} instance(s), buckets {:?}, latency budget {} µs",
+            p.model, prepared.entry.version, prepared.instances, prepared.buckets, p.batch.latency_budget_us
+        );
+        served.push(Served {
+            pipeline: Pipeline::new(p),
+            handle,
+            model: Arc::from(p.model.as_str()),
+            channel_names: Vec::new(),
+            limits: DecodeLimits {
+                max_payload_bytes: config.ingest.max_payload_bytes,
+                max_samples: config.ingest.max_samples_per_payload,
+                features: p.features,
+            },
+        });
+    }
+    drop(results_tx);
+
+    // MQTT.
+    let status_topic = config.publish.status_topic();
+    let options = mqtt::options(
+        &config.broker,
+        &config.broker.client_id,
+        Some(&status_topic),
+    )?;
+    let (client, eventloop) = AsyncClient::new(options, 1024);
+    let online = serde_json::json!({
+        "state": "online", "version": env!("CARGO_PKG_VERSION"),
+        "models": config.pipelines.iter().map(|p| p.model.clone()).collect::<Vec<_>>(),
+    })
+    .to_string()
+    .into_bytes();
+    let subscriptions = config
+        .pipelines
+        .iter()
+        .flat_map(|p| {
+            p.topics
+                .iter()
+                .map(|t| (t.clone(), mqtt::qos(config.broker.qos)))
+        })
+        .collect();
+    let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(config.ingest.queue_capacity);
+    let stop_loop = Stop::default();
+    let event_loop = tokio::spawn(
+        EventLoopTask {
+            client: client.clone(),
+            subscriptions,
+            inbound: inbound_tx,
+            status: Some((status_topic.clone(), online)),
+            backoff: (
+                Duration::from_millis(config.broker.reconnect_min_ms),
+                Duration::from_millis(config.broker.reconnect_max_ms),
+            ),
+            board: Arc::clone(&board),
+        }
+        .run(eventloop, stop_loop.clone()),
+    );
+    let (out_tx, out_rx) = mpsc::channel::<Outgoing>(OUTGOING_CAPACITY);
+    let publisher = tokio::spawn(run_publisher(
+        client.clone(),
+        out_rx,
+        config.publish.clone(),
+        Arc::clone(&board),
+    ));
+
+    let stop = Stop::default();
+    tokio::spawn(signals(stop.clone()));
+    let mut notified_ready = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut rejects = RejectLog::default();
+    let mut outputs = Vec::new();
+    loop {
+        tokio::select! {
+            msg = inbound_rx.recv(), if !stop.is_triggered() => {
+                let Some(msg) = msg else { break };
+                ingest(&mut served, &msg, &board, &mut rejects, &mut outputs);
+                forward(&mut served, &mut outputs, &out_tx, &board).await;
+            }
+            res = results_rx.recv() => {
+                let Some(res) = res else { break };
+                settle(&mut served, res, &mut outputs, &board);
+                forward(&mut served, &mut outputs, &out_tx, &board).await;
+            }
+            _ = tick.tick() => {
+                if !notified_ready && board.is_ready() {
+                    notified_ready = true;
+                    log::info!(target: "gsinfer", "ready");
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                }
+            }
+            _ = stop.wait(), if !stop.is_triggered() => {}
+        }
+        if stop.is_triggered() {
+            break;
+        }
+    }
+
+    // Graceful drain: engines finish what is queued; results are scored and published.
+    log::info!(target: "gsinfer", "stopping: draining queued windows");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    inbound_rx.close();
+    for s in &served {
+        s.handle.close();
+    }
+    while let Some(res) = results_rx.recv().await {
+        settle(&mut served, res, &mut outputs, &board);
+        forward(&mut served, &mut outputs, &out_tx, &board).await;
+    }
+    for t in engine_threads {
+        let _ = t.join();
+    }
+    drop(out_tx);
+    let _ = publisher.await;
+    let _ = client
+        .publish(
+            status_topic,
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            mqtt::offline_payload(),
+        )
+        .await;
+    let _ = client.disconnect().await;
+    if tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while board.is_ready() && !event_loop.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .is_err()
+    {
+        log::warn!(target: "gsinfer", "broker did not take the last messages within {DRAIN_TIMEOUT:?}");
+    }
+    stop_loop.trigger();
+    let _ = event_loop.await;
+    http.stop();
+    log::info!(target: "gsinfer", "stopped");
+    Ok(())
+}
+
+async fn signals(stop: Stop) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    stop.trigger();
+}
+
+/// Decodes one message and feeds its samples to every pipeline whose topic
+/// filters match.
+fn ingest(
+    served: &mut [Served],
+    msg: &Inbound,
+    board: &StatusBoard,
+    rejects: &mut RejectLog,
+    outputs: &mut Vec<(usize, ChannelOutput)>,
+) {
+    let channel = msg.topic.rsplit('/').next().unwrap_or("");
+    let mut matched = false;
+    for (ix, s) in served.iter_mut().enumerate() {
+        if !s.pipeline.matches_topic(&msg.topic) {
+            continue;
+        }
+        matched = true;
+        let decoded = decode(s.pipeline.config().format, &msg.payload, &s.limits);
+        for r in &decoded.rejects {
+            board
+                .metrics
+                .rejected
+                .with_label_values(&[r.reason.as_str()])
+                .inc();
+            rejects.log(&msg.topic, r);
+        }
+        let received_ns = now_ns();
+        let mut scored = Vec::new();
+        for sample in &decoded.samples {
+            let t = sample.t_ns.unwrap_or(received_ns);
+            match s
+                .pipeline
+                .on_sample(channel, t, sample, msg.received, &mut scored)
+            {
+                Ok(window) => {
+                    board.record_sample(&s.model, channel);
+                    if let Some(item) = window {
+                        board.metrics.windows.with_label_values(&[&s.model]).inc();
+                        let channel_id = item.channel;
+                        match s.handle.push(channel_id, item, Instant::now()) {
+                            PushOutcome::Queued => {}
+                            PushOutcome::Replaced(old) | PushOutcome::Evicted(old) => {
+                                board
+                                    .metrics
+                                    .windows_dropped
+                                    .with_label_values(&[&s.model, "queue_full"])
+                                    .inc();
+                                s.pipeline
+                                    .on_window(&old, WindowOutcome::Dropped, &mut scored);
+                            }
+                        }
+                    }
+                }
+                Err(r) => {
+                    board
+                        .metrics
+                        .rejected
+                        .with_label_values(&[r.reason.as_str()])
+                        .inc();
+                    rejects.log(&msg.topic, &r);
+                }
+            }
+        }
+        board
+            .metrics
+            .queue_depth
+            .with_label_values(&[&s.model])
+            .set(s.handle.depth() as i64);
+        outputs.extend(scored.into_iter().map(|o| (ix, o)));
+    }
+    if !matched {
+        let r = Reject {
+            reason: RejectReason::UnknownChannel,
+            detail: "no pipeline's topic filters match".into(),
+        };
+        board
+            .metrics
+            .rejected
+            .with_label_values(&[r.reason.as_str()])
+            .inc();
+        rejects.log(&msg.topic, &r);
+    }
+}
+
+/// Feeds one engine batch's results back to its pipeline.
+fn settle(
+    served: &mut [Served],
+    res: BatchResult,
+    outputs: &mut Vec<(usize, ChannelOutput)>,
+    board: &StatusBoard,
+) {
+    let s = &mut served[res.pipeline];
+    let now = Instant::now();
+    let mut scored = Vec::new();
+    for (item, outcome) in res.windows {
+        board.record_latency(
+            &s.model,
+            now.duration_since(item.received).as_micros() as u64,
+        );
+        s.pipeline.on_window(&item, outcome, &mut scored);
+    }
+    let (late, _) = s.pipeline.scorer_totals();
+    let counter = board.metrics.late_forecasts.with_label_values(&[&s.model]);
+    if late > counter.get() {
+        counter.inc_by(late - counter.get());
+    }
+    outputs.extend(scored.into_iter().map(|o| (res.pipeline, o)));
+}
+
+/// Hands scored outputs to the publisher and the status board.
+async fn forward(
+    served: &mut [Served],
+    outputs: &mut Vec<(usize, ChannelOutput)>,
+    out_tx: &mpsc::Sender<Outgoing>,
+    board: &StatusBoard,
+) {
+    for (ix, o) in outputs.drain(..) {
+        let s = &mut served[ix];
+        while s.channel_names.len() < s.pipeline.channel_count() {
+            let name = s.pipeline.channel_name(s.channel_names.len() as u32);
+            s.channel_names.push(Arc::from(name));
+        }
+        let channel = Arc::clone(&s.channel_names[o.channel as usize]);
+        let msg = match o.output {
+            ScoredOutput::Score(score) => {
+                board.record_score(&s.model, &channel, &score);
+                Outgoing::Score {
+                    model: Arc::clone(&s.model),
+                    channel,
+                    score,
+                }
+            }
+            ScoredOutput::Event(event) => {
+                let value = event_json(&s.model, &channel, &event);
+                let kind = value["event"].as_str().unwrap_or("").to_string();
+                log::warn!(target: "gsinfer::events", "model {} channel {channel}: {kind} at sample {} (max score {:.4}, threshold {:.4})",
+                    s.model, event.end.unwrap_or(event.start), event.max_score, event.threshold);
+                board.record_event(&s.model, &kind, value.clone());
+                Outgoing::Event(value)
+            }
+        };
+        if out_tx.send(msg).await.is_err() {
+            board.metrics.publish_errors.inc();
+        }
+    }
+}

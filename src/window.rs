@@ -1,0 +1,172 @@
+//! Per-channel windows: cuts each channel's sample stream into fixed-length,
+//! overlapping windows with a stride, the unit a model sees.
+//!
+//! A window of length `L` over `F` features is `L` consecutive samples laid
+//! out row-major as `[L, F]` `f32`, the layout of a model input
+//! `[batch, L, F]` (a model that takes `[batch, L * F]` reads the same
+//! bytes). The first window ends at sample index `L - 1`; after that one
+//! window ends every `stride` samples.
+//!
+//! The ring keeps every row twice (at `i` and `i + L`), so each window is
+//! one contiguous copy out of the ring, whatever the write position.
+
+use serde::{Deserialize, Serialize};
+
+/// Window shape of one pipeline (`[[pipeline]] window = {...}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Samples per window (`L`), e.g. 250 for the telemanom forecaster.
+    pub length: usize,
+    /// Samples between the ends of two consecutive windows; 1 scores every
+    /// sample.
+    #[serde(default = "default_stride")]
+    pub stride: usize,
+}
+
+fn default_stride() -> usize {
+    1
+}
+
+/// One complete window, ready for the batcher.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowData {
+    /// Per-channel window number, 0 for the first window, +1 for each next.
+    pub seq: u64,
+    /// Index of the window's last sample in the channel's stream (0-based).
+    pub end_index: u64,
+    /// `[L, F]` row-major samples, oldest first.
+    pub values: Vec<f32>,
+}
+
+/// The sliding window state of one channel.
+#[derive(Debug, Clone)]
+pub struct ChannelWindows {
+    length: usize,
+    stride: usize,
+    features: usize,
+    /// `2 * length` rows of `features` values.
+    ring: Vec<f32>,
+    /// Samples pushed so far.
+    count: u64,
+    /// Windows emitted so far.
+    windows: u64,
+}
+
+impl ChannelWindows {
+    /// A new, empty window state. `length`, `stride` and `features` must be
+    /// non-zero (checked by config validation).
+    pub fn new(config: &WindowConfig, features: usize) -> Self {
+        assert!(config.length > 0 && config.stride > 0 && features > 0);
+        Self {
+            length: config.length,
+            stride: config.stride,
+            features,
+            ring: vec![0.0; 2 * config.length * features],
+            count: 0,
+            windows: 0,
+        }
+    }
+
+    /// Samples pushed so far; the index the next sample gets.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Appends one sample of exactly `features` values and returns the window
+    /// ending at it, if one is due.
+    ///
+    /// # Panics
+    /// If `values.len() != features` (the decoder rejects such samples first).
+    pub fn push(&mut self, values: &[f32]) -> Option<WindowData> {
+        assert_eq!(
+            values.len(),
+            self.features,
+            "sample length checked by the caller"
+        );
+        let f = self.features;
+        let slot = (self.count % self.length as u64) as usize;
+        self.ring[slot * f..(slot + 1) * f].copy_from_slice(values);
+        let twin = slot + self.length;
+        self.ring[twin * f..(twin + 1) * f].copy_from_slice(values);
+        let index = self.count;
+        self.count += 1;
+        let len = self.length as u64;
+        if self.count < len || !(self.count - len).is_multiple_of(self.stride as u64) {
+            return None;
+        }
+        // The oldest row of the window sits right after the newest one.
+        let start = (slot + 1) % self.length;
+        let values = self.ring[start * f..(start + self.length) * f].to_vec();
+        let seq = self.windows;
+        self.windows += 1;
+        Some(WindowData {
+            seq,
+            end_index: index,
+            values,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(i: u64, f: usize) -> Vec<f32> {
+        (0..f).map(|k| i as f32 * 10.0 + k as f32).collect()
+    }
+
+    #[test]
+    fn first_window_ends_at_length_minus_one() {
+        let mut w = ChannelWindows::new(
+            &WindowConfig {
+                length: 3,
+                stride: 1,
+            },
+            2,
+        );
+        assert!(w.push(&sample(0, 2)).is_none());
+        assert!(w.push(&sample(1, 2)).is_none());
+        let win = w.push(&sample(2, 2)).unwrap();
+        assert_eq!(win.seq, 0);
+        assert_eq!(win.end_index, 2);
+        assert_eq!(win.values, vec![0.0, 1.0, 10.0, 11.0, 20.0, 21.0]);
+    }
+
+    #[test]
+    fn windows_match_a_naive_slice_for_any_stride() {
+        for length in 1..6 {
+            for stride in 1..5 {
+                let f = 3;
+                let mut w = ChannelWindows::new(&WindowConfig { length, stride }, f);
+                let all: Vec<Vec<f32>> = (0..40).map(|i| sample(i, f)).collect();
+                let mut seq = 0;
+                for (i, s) in all.iter().enumerate() {
+                    let got = w.push(s);
+                    let due = i + 1 >= length && (i + 1 - length) % stride == 0;
+                    assert_eq!(got.is_some(), due, "length {length} stride {stride} i {i}");
+                    if let Some(win) = got {
+                        let want: Vec<f32> = all[i + 1 - length..=i].concat();
+                        assert_eq!(win.values, want);
+                        assert_eq!(win.end_index, i as u64);
+                        assert_eq!(win.seq, seq);
+                        seq += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic]
+    fn wrong_sample_length_panics() {
+        let mut w = ChannelWindows::new(
+            &WindowConfig {
+                length: 2,
+                stride: 1,
+            },
+            2,
+        );
+        w.push(&[1.0]);
+    }
+}
