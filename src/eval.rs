@@ -241,6 +241,7 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
         }
     });
     let model = &pipeline.model;
+    let (mut n_events, mut n_true, mut n_labels, mut n_found) = (0usize, 0usize, 0usize, 0usize);
     for slot in results {
         let r = slot
             .into_inner()
@@ -287,6 +288,24 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
             wps
         )?;
         let chan_labels = labels.get(&r.channel).cloned().unwrap_or_default();
+        // Every anomaly: the closed ones, and one still open at the end.
+        let mut closed: Vec<(u64, u64)> = events
+            .iter()
+            .filter_map(|e| e.end.map(|end| (e.start, end)))
+            .collect();
+        if let Some(open) = events.last().filter(|e| e.end.is_none()) {
+            closed.push((open.start, u64::MAX));
+        }
+        n_events += closed.len();
+        n_true += closed
+            .iter()
+            .filter(|(s, e)| chan_labels.iter().any(|(a, b)| s <= b && e >= a))
+            .count();
+        n_labels += chan_labels.len();
+        n_found += chan_labels
+            .iter()
+            .filter(|(a, b)| closed.iter().any(|(s, e)| s <= b && e >= a))
+            .count();
         for e in events.iter().filter(|e| e.end.is_some()) {
             let end = e.end.unwrap_or(e.start);
             let hit = chan_labels.iter().any(|(a, b)| e.start <= *b && end >= *a);
@@ -308,6 +327,15 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
         for (a, b) in &chan_labels {
             writeln!(out, "  labelled {a}..={b}")?;
         }
+    }
+    if !opts.json && !labels.is_empty() {
+        writeln!(
+            out,
+            "total: {n_events} anomalies, {n_true} overlap a labelled interval (event precision {:.2}); \
+             {n_found} of {n_labels} labelled intervals overlapped by an anomaly (recall {:.2})",
+            n_true as f64 / n_events.max(1) as f64,
+            n_found as f64 / n_labels.max(1) as f64
+        )?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod batch;
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod eval;

@@ -60,6 +60,24 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Measure an engine's throughput on one model and batch size.
+    Bench {
+        /// Configuration file (model repository and pipelines).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Model to run.
+        #[arg(long)]
+        model: String,
+        /// Windows per batch.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Seconds to keep timing (at least 10 batches are timed).
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// One JSON line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the pipeline offline over the test split and print scores and events.
     Eval {
         /// Configuration file (model and pipeline).
@@ -164,6 +182,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 stats.seconds,
                 stats.samples as f64 / stats.seconds.max(1e-9)
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            config,
+            model,
+            batch,
+            seconds,
+            json,
+        } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let r = gsinfer::bench::run(
+                &c,
+                &model,
+                batch.max(1),
+                std::time::Duration::from_secs_f64(seconds),
+            )?;
+            if json {
+                println!("{}", r.to_json());
+            } else {
+                println!(
+                    "{} on {}: batch {}: {:.0} windows/s, {:.3} ms per batch (median of {})",
+                    r.model, r.engine, r.batch, r.windows_per_s, r.ms_per_batch, r.iterations
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval {

@@ -102,7 +102,7 @@ impl ChannelScorer {
             reorder: BTreeMap::new(),
             ewma: Ewma::new(config.smoothing_span),
             threshold: Threshold::new(&config.threshold),
-            events: EventDetector::new(),
+            events: EventDetector::new(config.event_hold),
             counters: ScorerCounters::default(),
         }
     }
@@ -224,6 +224,7 @@ mod tests {
             smoothing_span: 1.0,
             threshold: ThresholdConfig::Static { value: 0.5 },
             actuals_capacity: 8,
+            event_hold: 1,
         }
     }
 

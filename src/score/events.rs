@@ -42,15 +42,33 @@ struct Open {
 }
 
 /// Turns a channel's scores, in index order, into start/end events.
-#[derive(Debug, Clone, Default)]
+///
+/// An anomaly opens at the first score above the threshold and closes once
+/// `hold` consecutive scores are at or below it; its `end` is the last
+/// anomalous index. `hold` > 1 merges runs separated by short dips, so an
+/// operator sees one event per excursion instead of a flurry.
+#[derive(Debug, Clone)]
 pub struct EventDetector {
     open: Option<Open>,
+    hold: u32,
+    quiet: u32,
+}
+
+impl Default for EventDetector {
+    fn default() -> Self {
+        Self::new(1)
+    }
 }
 
 impl EventDetector {
-    /// A detector with no open anomaly.
-    pub fn new() -> Self {
-        Self::default()
+    /// A detector with no open anomaly, closing after `hold` (at least 1)
+    /// quiet scores.
+    pub fn new(hold: u32) -> Self {
+        Self {
+            open: None,
+            hold: hold.max(1),
+            quiet: 0,
+        }
     }
 
     /// Whether an anomaly is open.
@@ -88,12 +106,18 @@ impl EventDetector {
                 })
             }
             (Some(open), true) => {
+                self.quiet = 0;
                 open.last = index;
                 open.last_t_ns = t_ns;
                 open.max_score = open.max_score.max(score);
                 None
             }
             (Some(_), false) => {
+                self.quiet += 1;
+                if self.quiet < self.hold {
+                    return None;
+                }
+                self.quiet = 0;
                 let open = self.open.take().expect("matched Some");
                 Some(AnomalyEvent {
                     event: EventKind::AnomalyEnd,
@@ -115,8 +139,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hold_merges_runs_separated_by_short_dips() {
+        let mut d = EventDetector::new(3);
+        let scores = [0.9, 0.1, 0.1, 0.9, 0.1, 0.1, 0.1, 0.1];
+        let events: Vec<_> = scores
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| d.observe(i as u64, i as i64, *s, 0.5))
+            .collect();
+        assert_eq!(events.len(), 2);
+        assert_eq!((events[1].start, events[1].end), (0, Some(3)));
+    }
+
+    #[test]
     fn a_run_above_the_threshold_gives_one_start_and_one_end() {
-        let mut d = EventDetector::new();
+        let mut d = EventDetector::new(1);
         let scores = [0.1, 0.5, 0.9, 0.7, 0.2, 0.1];
         let events: Vec<_> = scores
             .iter()
@@ -135,7 +172,7 @@ mod tests {
 
     #[test]
     fn equal_to_threshold_is_not_anomalous() {
-        let mut d = EventDetector::new();
+        let mut d = EventDetector::default();
         assert!(d.observe(0, 0, 0.4, 0.4).is_none());
     }
 }

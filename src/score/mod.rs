@@ -46,6 +46,10 @@ pub struct ScoringConfig {
     pub smoothing_span: f32,
     /// Threshold on the smoothed score.
     pub threshold: ThresholdConfig,
+    /// Consecutive scores at or below the threshold that close an anomaly;
+    /// 1 closes it at the first quiet score.
+    #[serde(default = "default_hold")]
+    pub event_hold: u32,
     /// Samples of recent actual values kept per channel to pair with late
     /// forecasts; a forecast older than this is dropped and counted.
     #[serde(default = "default_actuals")]
@@ -54,6 +58,10 @@ pub struct ScoringConfig {
 
 fn default_span() -> f32 {
     105.0
+}
+
+fn default_hold() -> u32 {
+    1
 }
 
 fn default_actuals() -> usize {
