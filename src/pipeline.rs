@@ -234,3 +234,154 @@ impl Pipeline {
         }));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::BatchConfig;
+    use crate::score::{ScoringConfig, ScoringKind, ThresholdConfig};
+    use crate::window::WindowConfig;
+
+    fn config(channels: Vec<String>) -> PipelineConfig {
+        PipelineConfig {
+            model: "m".into(),
+            topics: vec!["telemetry/+".into()],
+            channels,
+            format: Default::default(),
+            features: 2,
+            window: WindowConfig {
+                length: 3,
+                stride: 1,
+            },
+            batch: BatchConfig::default(),
+            scoring: ScoringConfig {
+                kind: ScoringKind::Forecast,
+                target_feature: 0,
+                smoothing_span: 1.0,
+                threshold: ThresholdConfig::Static { value: 10.0 },
+                actuals_capacity: 64,
+                event_hold: 1,
+            },
+        }
+    }
+
+    fn sample(seq: Option<u64>, v: f32) -> RawSample {
+        RawSample {
+            t_ns: None,
+            seq,
+            values: vec![v, 0.0],
+        }
+    }
+
+    #[test]
+    fn rejected_samples_leave_the_channel_untouched() {
+        let mut p = Pipeline::new(&config(vec![]));
+        let now = Instant::now();
+        let mut out = Vec::new();
+        assert!(p
+            .on_sample("a", 10, &sample(None, 1.0), now, &mut out)
+            .unwrap()
+            .is_none());
+        let reasons: Vec<RejectReason> = [
+            p.on_sample("a", 5, &sample(None, 1.0), now, &mut out),
+            p.on_sample("a", 10, &sample(None, 1.0), now, &mut out),
+            p.on_sample(
+                "a",
+                11,
+                &RawSample {
+                    t_ns: None,
+                    seq: None,
+                    values: vec![1.0],
+                },
+                now,
+                &mut out,
+            ),
+            p.on_sample("a", 11, &sample(None, f32::NAN), now, &mut out),
+        ]
+        .into_iter()
+        .map(|r| r.unwrap_err().reason)
+        .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                RejectReason::OutOfOrder,
+                RejectReason::Duplicate,
+                RejectReason::WrongLength,
+                RejectReason::NonFinite
+            ]
+        );
+        // The next good samples complete the first window at index 2, as if nothing happened.
+        assert!(p
+            .on_sample("a", 11, &sample(None, 2.0), now, &mut out)
+            .unwrap()
+            .is_none());
+        let w = p
+            .on_sample("a", 12, &sample(None, 3.0), now, &mut out)
+            .unwrap()
+            .unwrap();
+        assert_eq!((w.seq, w.end_index, w.end_t_ns), (0, 2, 12));
+        assert_eq!(w.values, vec![1.0, 0.0, 2.0, 0.0, 3.0, 0.0]);
+    }
+
+    #[test]
+    fn sequence_numbers_must_increase() {
+        let mut p = Pipeline::new(&config(vec![]));
+        let now = Instant::now();
+        let mut out = Vec::new();
+        p.on_sample("a", 1, &sample(Some(7), 1.0), now, &mut out)
+            .unwrap();
+        let r = p
+            .on_sample("a", 2, &sample(Some(7), 1.0), now, &mut out)
+            .unwrap_err();
+        assert_eq!(r.reason, RejectReason::Duplicate);
+    }
+
+    #[test]
+    fn channels_outside_the_allow_list_are_unknown() {
+        let mut p = Pipeline::new(&config(vec!["a".into()]));
+        let mut out = Vec::new();
+        let r = p
+            .on_sample("b", 1, &sample(None, 1.0), Instant::now(), &mut out)
+            .unwrap_err();
+        assert_eq!(r.reason, RejectReason::UnknownChannel);
+        assert_eq!(p.channel_count(), 0);
+    }
+
+    #[test]
+    fn forecast_scores_pair_with_the_next_sample() {
+        let mut p = Pipeline::new(&config(vec![]));
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut windows = Vec::new();
+        for i in 0..5 {
+            if let Some(w) = p
+                .on_sample("a", i, &sample(None, i as f32), now, &mut out)
+                .unwrap()
+            {
+                windows.push(w);
+            }
+        }
+        assert_eq!(windows.len(), 3);
+        for w in &windows {
+            // Predict the last value again: error 1 against the next sample.
+            let last = w.values[w.values.len() - 2];
+            p.on_window(
+                w,
+                WindowOutcome::Output {
+                    output: vec![last],
+                    input: vec![],
+                },
+                &mut out,
+            );
+        }
+        let scores: Vec<(u64, f32)> = out
+            .iter()
+            .filter_map(|o| match &o.output {
+                ScoredOutput::Score(s) => Some((s.index, s.error)),
+                _ => None,
+            })
+            .collect();
+        // Windows end at 2, 3, 4; sample 5 has not arrived, so two scores.
+        assert_eq!(scores, vec![(3, 1.0), (4, 1.0)]);
+    }
+}

@@ -124,3 +124,54 @@ fn route(method: &Method, url: &str, board: &StatusBoard) -> Response<std::io::C
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{ModelState, StatusConfig};
+    use std::io::{Read, Write};
+
+    fn request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).unwrap();
+        let code = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (
+            code,
+            buf.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn endpoints_answer_and_readiness_follows_the_board() {
+        let board = StatusBoard::new(StatusConfig::default());
+        let server = StatusServer::start("127.0.0.1:0", Arc::clone(&board), 1).unwrap();
+        let addr = server.addr().unwrap();
+        assert_eq!(request(addr, "GET", "/healthz").0, 200);
+        assert_eq!(request(addr, "GET", "/readyz").0, 503);
+        board.set_model("m", "tract", ModelState::Ready, 1, 1000, &[1, 2]);
+        board.set_connected(true);
+        assert_eq!(request(addr, "GET", "/readyz").0, 200);
+        let (code, body) = request(addr, "GET", "/api/status");
+        assert_eq!(code, 200);
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status["models"][0]["state"], "ready");
+        assert_eq!(status["ready"], true);
+        let (code, metrics) = request(addr, "GET", "/metrics");
+        assert_eq!(code, 200);
+        assert!(metrics.contains("gsinfer_ready 1"), "{metrics}");
+        let (code, page) = request(addr, "GET", "/");
+        assert_eq!(code, 200);
+        assert!(page.contains("/api/status"));
+        assert_eq!(request(addr, "GET", "/nope").0, 404);
+        assert_eq!(request(addr, "POST", "/api/status").0, 405);
+        server.stop();
+    }
+}
