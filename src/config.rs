@@ -294,9 +294,8 @@ impl Config {
                     "must be a feature index below `features`",
                 );
             }
-            let ThresholdConfig::Static { value } = p.scoring.threshold;
-            if !value.is_finite() {
-                bad(k("scoring.threshold.value"), "must be a finite number");
+            for (field, message) in p.scoring.threshold.problems() {
+                bad(k(&format!("scoring.threshold.{field}")), &message);
             }
         }
         problems

@@ -10,12 +10,14 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::config::{Config, PipelineConfig};
+use crate::detection::Detection;
 use crate::infer::run_batch;
 use crate::ingest::decode::RawSample;
 use crate::model::{open_engine, prepare};
 use crate::pipeline::{ChannelOutput, Pipeline};
 use crate::publish::{event_json, score_json};
 use crate::repository::ModelRepository;
+use crate::score::ThresholdConfig;
 use crate::score::{ScoredOutput, WindowOutcome};
 
 /// Default time stamp of sample 0 in `eval` and `replay`: 2018-01-01T00:00:00Z, in ns.
@@ -189,34 +191,75 @@ pub struct EvalOptions {
     pub data_dir: PathBuf,
     /// Channels to run; empty means all under `test/`.
     pub channels: Vec<String>,
-    /// Model to run; `None` takes the first pipeline.
+    /// Only the pipeline serving this model; `None`: each channel goes to the
+    /// pipeline that lists it in `channels`, else to the first with no list.
     pub model: Option<String>,
-    /// One JSON object per line instead of a summary.
+    /// Replaces every pipeline's threshold (`--threshold`).
+    pub threshold: Option<ThresholdConfig>,
+    /// Event-level precision, recall and F1 against `labeled_anomalies.csv`.
+    pub metrics: bool,
+    /// One JSON object per line instead of text.
     pub json: bool,
     /// Channels evaluated in parallel.
     pub jobs: usize,
 }
 
+/// The pipeline that serves `channel` in `config` (see [`EvalOptions::model`]).
+pub fn pipeline_for<'a>(
+    config: &'a Config,
+    channel: &str,
+    model: Option<&str>,
+) -> Option<&'a PipelineConfig> {
+    let candidates = || {
+        config
+            .pipelines
+            .iter()
+            .filter(|p| model.is_none_or(|m| p.model == m))
+    };
+    candidates()
+        .find(|p| p.channels.iter().any(|c| c == channel))
+        .or_else(|| candidates().find(|p| p.channels.is_empty()))
+}
+
+/// The anomalies of a channel's events as inclusive intervals; one still
+/// open at the end of the data runs to `u64::MAX`.
+pub fn anomalies(events: &[&crate::score::AnomalyEvent]) -> Vec<(u64, u64)> {
+    let mut spans: Vec<(u64, u64)> = events
+        .iter()
+        .filter_map(|e| e.end.map(|end| (e.start, end)))
+        .collect();
+    if let Some(open) = events.last().filter(|e| e.end.is_none()) {
+        spans.push((open.start, u64::MAX));
+    }
+    spans
+}
+
 /// Runs `gsinfer eval` and writes its report to `out`.
 ///
 /// # Errors
-/// Unknown model, unreadable data, engine failures.
+/// A channel no pipeline serves, unreadable data, engine failures.
 pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<()> {
-    let pipeline = match &opts.model {
-        Some(m) => config
-            .pipelines
-            .iter()
-            .find(|p| &p.model == m)
-            .with_context(|| format!("no [[pipeline]] serves model {m}"))?,
-        None => &config.pipelines[0],
-    };
     let repo = ModelRepository::open(&config.repository.path)?;
     let channels = if opts.channels.is_empty() {
         list_channels(&opts.data_dir)?
     } else {
         opts.channels.clone()
     };
-    let labels = crate::labels::read_labels(&opts.data_dir).unwrap_or_default();
+    let mut pipelines = Vec::new();
+    for ch in &channels {
+        let mut p = pipeline_for(config, ch, opts.model.as_deref())
+            .with_context(|| format!("no [[pipeline]] serves channel {ch}; add it to a pipeline's channels or pass --model"))?
+            .clone();
+        if let Some(t) = &opts.threshold {
+            p.scoring.threshold = t.clone();
+        }
+        pipelines.push(p);
+    }
+    let labels = match crate::labels::read_labels(&opts.data_dir) {
+        Ok(l) => l,
+        Err(e) if opts.metrics => return Err(e.context("--metrics needs the labels")),
+        Err(_) => Default::default(),
+    };
     let jobs = opts.jobs.max(1).min(channels.len().max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<std::sync::Mutex<Option<Result<ChannelEval>>>> =
@@ -229,7 +272,7 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
                 let r = read_channel(&opts.data_dir, "test", ch).and_then(|rows| {
                     eval_channel(
                         &repo,
-                        pipeline,
+                        &pipelines[i],
                         ch,
                         &rows,
                         DEFAULT_START_NS,
@@ -240,13 +283,13 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
             });
         }
     });
-    let model = &pipeline.model;
-    let (mut n_events, mut n_true, mut n_labels, mut n_found) = (0usize, 0usize, 0usize, 0usize);
-    for slot in results {
+    let mut per_channel = Vec::new();
+    for (slot, pipeline) in results.into_iter().zip(&pipelines) {
         let r = slot
             .into_inner()
             .expect("result slot")
             .expect("every channel ran")?;
+        let model = &pipeline.model;
         let events: Vec<_> = r
             .outputs
             .iter()
@@ -255,13 +298,23 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
                 _ => None,
             })
             .collect();
+        let chan_labels = labels.get(&r.channel).cloned().unwrap_or_default();
+        let predicted = anomalies(&events);
+        let detection = Detection::count(&predicted, &chan_labels);
+        per_channel.push(detection);
         if opts.json {
             for o in &r.outputs {
                 let v = match o {
+                    ScoredOutput::Score(_) if opts.metrics => continue,
                     ScoredOutput::Score(s) => score_json(model, &r.channel, s),
                     ScoredOutput::Event(e) => event_json(model, &r.channel, e),
                 };
                 writeln!(out, "{v}")?;
+            }
+            if opts.metrics {
+                let line = serde_json::json!({"type": "metrics", "model": model, "channel": r.channel,
+                    "labels": chan_labels, "anomalies": predicted, "detection": detection});
+                writeln!(out, "{line}")?;
             }
             continue;
         }
@@ -281,60 +334,53 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
         };
         writeln!(
             out,
-            "{model} {}: {} samples, {} scores (max {max:.4}), {:.0} windows/s",
+            "{model} {}: {} samples, {} scores (max {max:.4}), {wps:.0} windows/s",
             r.channel,
             r.samples,
-            scores.len(),
-            wps
+            scores.len()
         )?;
-        let chan_labels = labels.get(&r.channel).cloned().unwrap_or_default();
-        // Every anomaly: the closed ones, and one still open at the end.
-        let mut closed: Vec<(u64, u64)> = events
-            .iter()
-            .filter_map(|e| e.end.map(|end| (e.start, end)))
-            .collect();
-        if let Some(open) = events.last().filter(|e| e.end.is_none()) {
-            closed.push((open.start, u64::MAX));
-        }
-        n_events += closed.len();
-        n_true += closed
-            .iter()
-            .filter(|(s, e)| chan_labels.iter().any(|(a, b)| s <= b && e >= a))
-            .count();
-        n_labels += chan_labels.len();
-        n_found += chan_labels
-            .iter()
-            .filter(|(a, b)| closed.iter().any(|(s, e)| s <= b && e >= a))
-            .count();
-        for e in events.iter().filter(|e| e.end.is_some()) {
-            let end = e.end.unwrap_or(e.start);
-            let hit = chan_labels.iter().any(|(a, b)| e.start <= *b && end >= *a);
+        for (start, end) in &predicted {
+            let hit = chan_labels.iter().any(|(a, b)| start <= b && end >= a);
+            let end = if *end == u64::MAX {
+                "(open)".to_string()
+            } else {
+                end.to_string()
+            };
             writeln!(
                 out,
-                "  anomaly {}..={end} max score {:.4}{}",
-                e.start,
-                e.max_score,
+                "  anomaly {start}..={end}{}",
                 if hit { " (overlaps a label)" } else { "" }
-            )?;
-        }
-        if let Some(open) = events.last().filter(|e| e.end.is_none()) {
-            writeln!(
-                out,
-                "  anomaly {}.. still open at the end of the data",
-                open.start
             )?;
         }
         for (a, b) in &chan_labels {
             writeln!(out, "  labelled {a}..={b}")?;
         }
+        if opts.metrics {
+            writeln!(
+                out,
+                "  tp {} fp {} fn {}: precision {:.3} recall {:.3} f1 {:.3}",
+                detection.true_positives,
+                detection.false_positives,
+                detection.false_negatives,
+                detection.precision,
+                detection.recall,
+                detection.f1
+            )?;
+        }
     }
-    if !opts.json && !labels.is_empty() {
+    let total = Detection::total(&per_channel);
+    if opts.json && opts.metrics {
         writeln!(
             out,
-            "total: {n_events} anomalies, {n_true} overlap a labelled interval (event precision {:.2}); \
-             {n_found} of {n_labels} labelled intervals overlapped by an anomaly (recall {:.2})",
-            n_true as f64 / n_events.max(1) as f64,
-            n_found as f64 / n_labels.max(1) as f64
+            "{}",
+            serde_json::json!({"type": "total", "channels": channels.len(), "total": total})
+        )?;
+    } else if !opts.json && !labels.is_empty() {
+        writeln!(
+            out,
+            "total over {} channels: tp {} fp {} fn {}: event-level precision {:.3} recall {:.3} f1 {:.3}",
+            channels.len(), total.true_positives, total.false_positives, total.false_negatives,
+            total.precision, total.recall, total.f1
         )?;
     }
     Ok(())

@@ -11,6 +11,7 @@
 pub mod batch;
 pub mod bench;
 pub mod config;
+pub mod detection;
 pub mod engine;
 pub mod eval;
 pub mod infer;

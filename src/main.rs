@@ -95,9 +95,16 @@ enum Command {
         /// Model to evaluate (default: the first pipeline's).
         #[arg(long)]
         model: Option<String>,
-        /// One JSON object per line: every score and event.
+        /// One JSON object per line: every score and event (with --metrics:
+        /// events, per-channel metrics, and a last line with the total).
         #[arg(long)]
         json: bool,
+        /// Event-level precision, recall and F1 against labeled_anomalies.csv.
+        #[arg(long)]
+        metrics: bool,
+        /// Replace every pipeline's threshold: ndt, pot, pot:<risk> or static:<value>.
+        #[arg(long, value_parser = gsinfer::score::ThresholdConfig::parse_spec)]
+        threshold: Option<gsinfer::score::ThresholdConfig>,
         /// Channels evaluated in parallel (default: the number of CPUs).
         #[arg(long)]
         jobs: Option<usize>,
@@ -218,6 +225,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             all,
             model,
             json,
+            metrics,
+            threshold,
             jobs,
         } => {
             let c = match load(&config) {
@@ -228,6 +237,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 data_dir,
                 channels: if all { Vec::new() } else { channel },
                 model,
+                threshold,
+                metrics,
                 json,
                 jobs: jobs.unwrap_or_else(|| {
                     std::thread::available_parallelism()

@@ -126,7 +126,7 @@ impl Pipeline {
         self.channels.push(ChannelState {
             name: name.to_string(),
             windows: ChannelWindows::new(&self.config.window, self.config.features),
-            scorer: ChannelScorer::new(&self.config.scoring),
+            scorer: ChannelScorer::new(&self.config.scoring, self.config.features),
             last_t_ns: None,
             last_seq: None,
         });

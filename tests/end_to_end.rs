@@ -32,7 +32,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn write_config(dir: &Path, broker_port: u16, status_port: u16) -> PathBuf {
+fn write_config(dir: &Path, broker_port: u16, status_port: u16, threshold: &str) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("model_repository");
     let example = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gsinfer.example.toml"),
@@ -54,7 +54,15 @@ fn write_config(dir: &Path, broker_port: u16, status_port: u16) -> PathBuf {
         )
         .replace("client_id = \"gsinfer\"", "client_id = \"gsinfer-e2e\"")
         .replace("score_qos = 0", "score_qos = 1")
-        .replace("queue_capacity = 4096", "queue_capacity = 16384");
+        .replace("queue_capacity = 4096", "queue_capacity = 16384")
+        .replace(
+            "threshold = { method = \"static\", value = 0.5 }",
+            threshold,
+        );
+    assert!(
+        text.contains(threshold),
+        "the example's threshold line changed"
+    );
     let path = dir.join("gsinfer.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -104,6 +112,22 @@ fn parse(payload: &[u8]) -> Value {
 
 #[test]
 fn streamed_scores_match_eval_and_events_hit_a_labelled_anomaly() {
+    streamed_matches_eval("threshold = { method = \"static\", value = 0.5 }");
+}
+
+#[test]
+fn streamed_events_match_eval_with_ndt() {
+    streamed_matches_eval("threshold = { method = \"ndt\" }");
+}
+
+#[test]
+fn streamed_events_match_eval_with_pot() {
+    streamed_matches_eval("threshold = { method = \"pot\", risk = 1e-5 }");
+}
+
+/// Streams the channel through the service with `threshold` and checks the
+/// scores and events against `gsinfer eval` on the same channel.
+fn streamed_matches_eval(threshold: &str) {
     if !mosquitto_available() {
         return;
     }
@@ -111,7 +135,7 @@ fn streamed_scores_match_eval_and_events_hit_a_labelled_anomaly() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let status_port = free_port();
-    let config = write_config(dir.path(), broker.port, status_port);
+    let config = write_config(dir.path(), broker.port, status_port, threshold);
 
     // The reference: the same pipeline offline.
     let eval = Command::new(bin())

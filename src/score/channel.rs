@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::error::{reconstruction_error, Ewma};
 use super::events::{AnomalyEvent, EventDetector};
-use super::threshold::Threshold;
+use super::threshold::{Decision, Point, Threshold};
 use super::{ScoringConfig, ScoringKind};
 
 /// Windows held for reordering before the scorer gives up on a missing one.
@@ -74,6 +74,7 @@ pub struct ScorerCounters {
 pub struct ChannelScorer {
     kind: ScoringKind,
     target_feature: usize,
+    features: usize,
     capacity: usize,
     /// Recent `(t_ns, target value)` by sample index, starting at `base`.
     actuals: VecDeque<(i64, f32)>,
@@ -86,14 +87,16 @@ pub struct ChannelScorer {
     threshold: Threshold,
     events: EventDetector,
     counters: ScorerCounters,
+    decisions: Vec<Decision>,
 }
 
 impl ChannelScorer {
-    /// A scorer for one channel of a pipeline.
-    pub fn new(config: &ScoringConfig) -> Self {
+    /// A scorer for one channel of a pipeline whose samples carry `features` values.
+    pub fn new(config: &ScoringConfig, features: usize) -> Self {
         Self {
             kind: config.kind,
             target_feature: config.target_feature,
+            features: features.max(1),
             capacity: config.actuals_capacity.max(1),
             actuals: VecDeque::new(),
             base: 0,
@@ -104,6 +107,7 @@ impl ChannelScorer {
             threshold: Threshold::new(&config.threshold),
             events: EventDetector::new(config.event_hold),
             counters: ScorerCounters::default(),
+            decisions: Vec::new(),
         }
     }
 
@@ -172,7 +176,12 @@ impl ChannelScorer {
             match self.kind {
                 ScoringKind::Reconstruction => {
                     let error = reconstruction_error(&input, &output);
-                    self.emit(end_index, end_t_ns, error, out);
+                    // The target feature of the window's last sample.
+                    let value = input
+                        .len()
+                        .checked_sub(self.features - self.target_feature)
+                        .map_or(0.0, |i| input[i]);
+                    self.emit(end_index, end_t_ns, error, value, out);
                 }
                 ScoringKind::Forecast => {
                     let target = end_index + 1;
@@ -192,22 +201,39 @@ impl ChannelScorer {
             return;
         };
         let (t_ns, actual) = self.actuals[offset as usize];
-        self.emit(target, t_ns, (prediction - actual).abs(), out);
+        self.emit(target, t_ns, (prediction - actual).abs(), actual, out);
     }
 
-    fn emit(&mut self, index: u64, t_ns: i64, error: f32, out: &mut Vec<ScoredOutput>) {
+    /// Smooths `error`, hands the point to the threshold, and turns every
+    /// decision the threshold makes final into a score and maybe an event.
+    fn emit(&mut self, index: u64, t_ns: i64, error: f32, value: f32, out: &mut Vec<ScoredOutput>) {
         let score = self.ewma.update(error);
-        let threshold = self.threshold.update(score);
-        out.push(ScoredOutput::Score(Score {
-            index,
-            t_ns,
-            error,
-            score,
-            threshold,
-            anomalous: score > threshold,
-        }));
-        if let Some(event) = self.events.observe(index, t_ns, score, threshold) {
-            out.push(ScoredOutput::Event(event));
+        self.threshold.push(
+            Point {
+                index,
+                t_ns,
+                error,
+                score,
+                value,
+            },
+            &mut self.decisions,
+        );
+        for d in self.decisions.drain(..) {
+            let p = d.point;
+            out.push(ScoredOutput::Score(Score {
+                index: p.index,
+                t_ns: p.t_ns,
+                error: p.error,
+                score: p.score,
+                threshold: d.threshold,
+                anomalous: d.anomalous,
+            }));
+            if let Some(event) =
+                self.events
+                    .observe(p.index, p.t_ns, p.score, d.threshold, d.anomalous)
+            {
+                out.push(ScoredOutput::Event(event));
+            }
         }
     }
 }
@@ -246,7 +272,7 @@ mod tests {
 
     #[test]
     fn forecast_waits_for_the_next_sample() {
-        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast));
+        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast), 2);
         let mut out = Vec::new();
         s.on_sample(0, 0, &[0.0, 1.0], &mut out);
         s.on_window(0, 0, 0, forecast(2.5), &mut out);
@@ -257,7 +283,7 @@ mod tests {
 
     #[test]
     fn forecast_after_its_sample_is_scored_at_once() {
-        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast));
+        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast), 2);
         let mut out = Vec::new();
         s.on_sample(0, 0, &[0.0, 1.0], &mut out);
         s.on_sample(1, 10, &[0.0, 3.0], &mut out);
@@ -268,7 +294,7 @@ mod tests {
 
     #[test]
     fn out_of_order_windows_are_scored_in_order_and_drops_are_skipped() {
-        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast));
+        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast), 2);
         let mut out = Vec::new();
         for i in 0..5 {
             s.on_sample(i, i as i64, &[0.0, i as f32], &mut out);
@@ -282,7 +308,7 @@ mod tests {
 
     #[test]
     fn forecast_older_than_the_ring_is_counted_late() {
-        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast));
+        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast), 2);
         let mut out = Vec::new();
         for i in 0..20 {
             s.on_sample(i, 0, &[0.0, 0.0], &mut out);
@@ -294,7 +320,7 @@ mod tests {
 
     #[test]
     fn reconstruction_scores_the_window_end() {
-        let mut s = ChannelScorer::new(&config(ScoringKind::Reconstruction));
+        let mut s = ChannelScorer::new(&config(ScoringKind::Reconstruction), 2);
         let mut out = Vec::new();
         s.on_window(
             0,

@@ -76,16 +76,17 @@ impl EventDetector {
         self.open.is_some()
     }
 
-    /// Observes the score of sample `index` (time `t_ns`); returns the event
-    /// it raises, if any.
+    /// Observes the decision for sample `index` (time `t_ns`, its score, the
+    /// threshold in force, whether it is anomalous); returns the event it
+    /// raises, if any.
     pub fn observe(
         &mut self,
         index: u64,
         t_ns: i64,
         score: f32,
         threshold: f32,
+        anomalous: bool,
     ) -> Option<AnomalyEvent> {
-        let anomalous = score > threshold;
         match (&mut self.open, anomalous) {
             (None, true) => {
                 self.open = Some(Open {
@@ -145,7 +146,7 @@ mod tests {
         let events: Vec<_> = scores
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| d.observe(i as u64, i as i64, *s, 0.5))
+            .filter_map(|(i, s)| d.observe(i as u64, i as i64, *s, 0.5, *s > 0.5))
             .collect();
         assert_eq!(events.len(), 2);
         assert_eq!((events[1].start, events[1].end), (0, Some(3)));
@@ -158,7 +159,7 @@ mod tests {
         let events: Vec<_> = scores
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| d.observe(i as u64, i as i64 * 10, *s, 0.4))
+            .filter_map(|(i, s)| d.observe(i as u64, i as i64 * 10, *s, 0.4, *s > 0.4))
             .collect();
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].event, EventKind::AnomalyStart);
@@ -171,8 +172,8 @@ mod tests {
     }
 
     #[test]
-    fn equal_to_threshold_is_not_anomalous() {
+    fn a_point_that_is_not_anomalous_opens_nothing() {
         let mut d = EventDetector::default();
-        assert!(d.observe(0, 0, 0.4, 0.4).is_none());
+        assert!(d.observe(0, 0, 0.4, 0.4, false).is_none());
     }
 }

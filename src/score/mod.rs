@@ -12,12 +12,16 @@
 pub mod channel;
 pub mod error;
 pub mod events;
+pub mod ndt;
+pub mod pot;
 pub mod threshold;
 
 pub use channel::{ChannelScorer, Score, ScoredOutput, ScorerCounters, WindowOutcome};
 pub use error::Ewma;
 pub use events::{AnomalyEvent, EventDetector, EventKind};
-pub use threshold::ThresholdConfig;
+pub use ndt::NdtConfig;
+pub use pot::SpotConfig;
+pub use threshold::{Decision, Point, Threshold, ThresholdConfig};
 
 use serde::{Deserialize, Serialize};
 

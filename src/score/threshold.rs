@@ -1,36 +1,138 @@
-//! Thresholds on the smoothed score.
+//! Thresholds on the smoothed score: static, NDT (Hundman et al. 2018) and
+//! POT/SPOT (Siffer et al. 2017), selectable per pipeline.
+//!
+//! A threshold takes scored points in index order and hands back decisions
+//! (threshold in force, anomalous or not) in the same order. Static and POT
+//! decide each point at once; NDT decides a whole batch of points when the
+//! batch is complete, so its decisions lag by up to `batch_size` samples.
 
 use serde::{Deserialize, Serialize};
 
-/// Which threshold a pipeline uses (`threshold = { method = "static", value = 0.2 }`).
+use super::ndt::{Ndt, NdtConfig};
+use super::pot::{Spot, SpotConfig};
+
+/// Which threshold a pipeline uses, e.g. `threshold = { method = "static", value = 0.2 }`,
+/// `threshold = { method = "ndt" }` or `threshold = { method = "pot", risk = 1e-3 }`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ThresholdConfig {
     /// A fixed value: a score strictly above it is anomalous.
     Static {
-        /// The threshold, in score units (smoothed absolute error).
+        /// The threshold, in score units (smoothed error).
         value: f32,
     },
+    /// Nonparametric dynamic thresholding over a trailing window of scores.
+    Ndt(NdtConfig),
+    /// Peaks-over-threshold with streaming updates (SPOT).
+    Pot(SpotConfig),
+}
+
+impl ThresholdConfig {
+    /// Parses the `--threshold` override of `gsinfer eval`: `static:<value>`,
+    /// `ndt` (defaults) or `pot[:<risk>]` (defaults, or the given risk `q`).
+    ///
+    /// # Errors
+    /// A message naming the accepted forms.
+    pub fn parse_spec(spec: &str) -> Result<Self, String> {
+        match spec.split_once(':') {
+            None if spec == "ndt" => Ok(Self::Ndt(NdtConfig::default())),
+            None if spec == "pot" => Ok(Self::Pot(SpotConfig::default())),
+            Some(("pot", q)) => q
+                .parse::<f64>()
+                .ok()
+                .filter(|q| *q > 0.0 && *q < 1.0)
+                .map(|risk| {
+                    Self::Pot(SpotConfig {
+                        risk,
+                        ..SpotConfig::default()
+                    })
+                })
+                .ok_or_else(|| format!("`{q}` is not a risk in (0, 1); use e.g. pot:1e-4")),
+            Some(("static", v)) => v
+                .parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .map(|value| Self::Static { value })
+                .ok_or_else(|| format!("`{v}` is not a number; use e.g. static:0.5")),
+            _ => Err(format!(
+                "unknown threshold `{spec}`; use ndt, pot, pot:<risk> or static:<value>"
+            )),
+        }
+    }
+
+    /// Problems with the parameters, as `(field, message)`.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Static { value } if !value.is_finite() => {
+                vec![("value", "must be a finite number".into())]
+            }
+            Self::Static { .. } => Vec::new(),
+            Self::Ndt(c) => c.problems(),
+            Self::Pot(c) => c.problems(),
+        }
+    }
+}
+
+/// A scored sample handed to a threshold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// Sample index in the channel's stream.
+    pub index: u64,
+    /// Its time stamp, ns since the Unix epoch.
+    pub t_ns: i64,
+    /// Raw error.
+    pub error: f32,
+    /// Smoothed error (the score).
+    pub score: f32,
+    /// The target feature's value at this sample (NDT's scale guards).
+    pub value: f32,
+}
+
+/// A point with the threshold's verdict.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    /// The point.
+    pub point: Point,
+    /// Threshold in force for it (`+inf` while a threshold is still calibrating).
+    pub threshold: f32,
+    /// Whether the point is anomalous.
+    pub anomalous: bool,
 }
 
 /// A threshold's running state for one channel.
 #[derive(Debug, Clone)]
-pub struct Threshold {
-    config: ThresholdConfig,
+pub enum Threshold {
+    /// See [`ThresholdConfig::Static`].
+    Static(f32),
+    /// See [`Ndt`].
+    Ndt(Box<Ndt>),
+    /// See [`Spot`].
+    Pot(Spot),
 }
 
 impl Threshold {
-    /// State for one channel.
+    /// Fresh state for one channel.
     pub fn new(config: &ThresholdConfig) -> Self {
-        Self {
-            config: config.clone(),
+        match config {
+            ThresholdConfig::Static { value } => Self::Static(*value),
+            ThresholdConfig::Ndt(c) => Self::Ndt(Box::new(Ndt::new(c.clone()))),
+            ThresholdConfig::Pot(c) => Self::Pot(Spot::new(c.clone())),
         }
     }
 
-    /// Observes `score` and returns the threshold in force for it.
-    pub fn update(&mut self, _score: f32) -> f32 {
-        match self.config {
-            ThresholdConfig::Static { value } => value,
+    /// Observes `point` and appends every decision now final to `out`, in
+    /// index order.
+    pub fn push(&mut self, point: Point, out: &mut Vec<Decision>) {
+        match self {
+            Self::Static(value) => {
+                out.push(Decision {
+                    point,
+                    threshold: *value,
+                    anomalous: point.score > *value,
+                });
+            }
+            Self::Ndt(ndt) => ndt.push(point, out),
+            Self::Pot(spot) => out.push(spot.push(point)),
         }
     }
 }
@@ -39,10 +141,68 @@ impl Threshold {
 mod tests {
     use super::*;
 
+    fn point(score: f32) -> Point {
+        Point {
+            index: 0,
+            t_ns: 0,
+            error: score,
+            score,
+            value: 0.0,
+        }
+    }
+
     #[test]
-    fn static_threshold_is_constant() {
+    fn static_threshold_is_constant_and_strict() {
         let mut t = Threshold::new(&ThresholdConfig::Static { value: 0.5 });
-        assert_eq!(t.update(10.0), 0.5);
-        assert_eq!(t.update(0.0), 0.5);
+        let mut out = Vec::new();
+        t.push(point(10.0), &mut out);
+        t.push(point(0.5), &mut out);
+        assert_eq!(
+            out.iter()
+                .map(|d| (d.threshold, d.anomalous))
+                .collect::<Vec<_>>(),
+            vec![(0.5, true), (0.5, false)]
+        );
+    }
+
+    #[test]
+    fn spec_parsing() {
+        assert_eq!(
+            ThresholdConfig::parse_spec("static:0.25").unwrap(),
+            ThresholdConfig::Static { value: 0.25 }
+        );
+        assert!(matches!(
+            ThresholdConfig::parse_spec("ndt").unwrap(),
+            ThresholdConfig::Ndt(_)
+        ));
+        assert!(matches!(
+            ThresholdConfig::parse_spec("pot").unwrap(),
+            ThresholdConfig::Pot(_)
+        ));
+        assert!(ThresholdConfig::parse_spec("static:x").is_err());
+        assert!(
+            matches!(ThresholdConfig::parse_spec("pot:1e-4").unwrap(), ThresholdConfig::Pot(SpotConfig { risk, .. }) if risk == 1e-4)
+        );
+        assert!(ThresholdConfig::parse_spec("otsu")
+            .unwrap_err()
+            .contains("ndt, pot"));
+    }
+
+    #[test]
+    fn config_syntax() {
+        #[derive(Deserialize)]
+        struct W {
+            threshold: ThresholdConfig,
+        }
+        let w: W = toml::from_str("threshold = { method = \"ndt\", batch_size = 10 }").unwrap();
+        assert!(matches!(
+            w.threshold,
+            ThresholdConfig::Ndt(NdtConfig { batch_size: 10, .. })
+        ));
+        let w: W = toml::from_str("threshold = { method = \"pot\", risk = 0.01 }").unwrap();
+        assert!(
+            matches!(w.threshold, ThresholdConfig::Pot(SpotConfig { risk, .. }) if risk == 0.01)
+        );
+        assert!(toml::from_str::<W>("threshold = { method = \"ndt\", zz = 1 }").is_err());
     }
 }

@@ -1,0 +1,468 @@
+//! Nonparametric dynamic thresholding (NDT), streaming.
+//!
+//! Source: Hundman, Constantinou, Laporte, Colwell, Soderstrom, "Detecting
+//! Spacecraft Anomalies Using LSTMs and Nonparametric Dynamic Thresholding",
+//! KDD 2018, §3.2–3.3, and the authors' telemanom reference implementation.
+//!
+//! Over a trailing window of `window_batches × batch_size` smoothed errors
+//! `e_s` (30 × 70 = 2100 in the paper), the threshold is `ε = μ(e_s) + z·σ(e_s)`
+//! with `z ∈ {2.5, 3.0, …, 11.5}` chosen to maximise
+//! `(Δμ/μ + Δσ/σ) / (|E_seq|² + |e_a|)`, where `Δμ`, `Δσ` are the drops in mean
+//! and standard deviation when the errors above `ε` are removed, `e_a` the
+//! anomalous errors widened by `error_buffer` (100) on each side and `E_seq`
+//! their contiguous sequences; candidates flagging more than 5 sequences or
+//! half the window are refused. Errors above `ε` (and above 5 % of the
+//! window's 5–95 percentile value range) are flagged, widened by the buffer,
+//! grouped into sequences, and pruned: sequences are sorted by their maximum
+//! error with the largest non-anomalous error appended, and a sequence whose
+//! maximum is less than `p` = 13 % above the next is dropped unless a later
+//! one clears the gap. The same is done for the errors mirrored about their
+//! mean (unusually *low* errors are anomalous too). A window whose errors are
+//! small against the values (σ(e_s) ≤ 5 % of σ(values) and max(e_s) ≤ 5 % of the
+//! value range, or max(e_s) ≤ 0.05) flags nothing.
+//!
+//! As in telemanom, the first evaluation happens once the window is full and
+//! decides all of it except the first `ignore_first` errors; every later
+//! evaluation, one per `batch_size` new errors, decides only that batch.
+//!
+//! Where this differs from telemanom: it runs as errors arrive, so a
+//! stream's last partial batch stays undecided (telemanom stretches its last
+//! window to the end of the file); the smoothing is the pipeline's EWMA
+//! (`adjust=False`, started at the first error) rather than pandas'
+//! `adjust=True` with the first `l_s` values replaced by their mean; the
+//! largest non-anomalous error excludes exactly the indices already flagged
+//! (telemanom's reference offsets them by one batch); and ties between equal
+//! sequence maxima are resolved by position.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use super::threshold::{Decision, Point};
+
+/// NDT parameters (`threshold = { method = "ndt", ... }`); defaults are the paper's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NdtConfig {
+    /// Errors per evaluation step (`batch_size`, 70).
+    pub batch_size: usize,
+    /// Batches in the trailing window (`window_size`, 30).
+    pub window_batches: usize,
+    /// Samples added on each side of an anomalous error (`error_buffer`, 100).
+    pub error_buffer: usize,
+    /// Minimum relative separation of a sequence's maximum from the next (`p`, 0.13).
+    pub p: f32,
+    /// Smallest `z` tried (2.5).
+    pub z_min: f32,
+    /// `z` tried up to, exclusive; also the `z` used when no candidate wins (12).
+    pub z_max: f32,
+    /// Step between `z` candidates (0.5).
+    pub z_step: f32,
+    /// Errors at the start of the stream never flagged (2 × the 250-step window).
+    pub ignore_first: usize,
+    /// Also flag unusually low errors (mirrored about the mean).
+    pub inverse: bool,
+}
+
+impl Default for NdtConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 70,
+            window_batches: 30,
+            error_buffer: 100,
+            p: 0.13,
+            z_min: 2.5,
+            z_max: 12.0,
+            z_step: 0.5,
+            ignore_first: 500,
+            inverse: true,
+        }
+    }
+}
+
+impl NdtConfig {
+    /// Problems with the parameters, as `(field, message)`.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut v = Vec::new();
+        if self.batch_size == 0 || self.window_batches == 0 {
+            v.push((
+                "batch_size",
+                "batch_size and window_batches must be at least 1".to_string(),
+            ));
+        }
+        if self.error_buffer == 0 {
+            v.push((
+                "error_buffer",
+                "must be at least 1 (1 adds no neighbours)".to_string(),
+            ));
+        }
+        if !(self.z_step > 0.0
+            && self.z_min < self.z_max
+            && self.z_min.is_finite()
+            && self.z_max.is_finite())
+        {
+            v.push((
+                "z_step",
+                "z_min < z_max and z_step > 0 are required, e.g. 2.5, 12, 0.5".to_string(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.p) {
+            v.push(("p", "must be in [0, 1), e.g. 0.13".to_string()));
+        }
+        v
+    }
+}
+
+/// One channel's NDT state.
+#[derive(Debug, Clone)]
+pub struct Ndt {
+    config: NdtConfig,
+    window: VecDeque<Point>,
+    /// Parallel to `window`: already flagged anomalous.
+    flagged: VecDeque<bool>,
+    pending: usize,
+    started: bool,
+}
+
+fn mean_std(xs: &[f32]) -> (f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let mean = xs.iter().map(|x| *x as f64).sum::<f64>() / n;
+    let var = xs.iter().map(|x| (*x as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
+
+/// numpy's default (linear) percentile of unsorted `xs`, `q` in [0, 100].
+fn percentile(xs: &[f32], q: f64) -> f64 {
+    let mut v: Vec<f32> = xs.to_vec();
+    v.sort_by(f32::total_cmp);
+    let pos = q / 100.0 * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] as f64 + (pos - lo as f64) * (v[hi] as f64 - v[lo] as f64)
+}
+
+/// Marks `[x − (buffer−1), x + (buffer−1)]` around every `x` with `hit(x)`,
+/// clipped to `[from, n)`.
+fn widen(n: usize, buffer: usize, from: usize, hit: impl Fn(usize) -> bool) -> Vec<bool> {
+    let mut diff = vec![0i32; n + 1];
+    for x in (0..n).filter(|x| hit(*x)) {
+        let lo = x.saturating_sub(buffer - 1).max(from);
+        let hi = (x + buffer).min(n);
+        if lo < hi {
+            diff[lo] += 1;
+            diff[hi] -= 1;
+        }
+    }
+    let mut run = 0;
+    (0..n)
+        .map(|i| {
+            run += diff[i];
+            run > 0
+        })
+        .collect()
+}
+
+/// Contiguous runs of `true` longer than one element, as inclusive `(start, end)`.
+fn sequences(flags: &[bool]) -> Vec<(usize, usize)> {
+    let mut seqs = Vec::new();
+    let mut start = None;
+    for (i, f) in flags.iter().chain(std::iter::once(&false)).enumerate() {
+        match (*f, start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                if i - 1 > s {
+                    seqs.push((s, i - 1));
+                }
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    seqs
+}
+
+impl Ndt {
+    /// Fresh state.
+    pub fn new(config: NdtConfig) -> Self {
+        Self {
+            config,
+            window: VecDeque::new(),
+            flagged: VecDeque::new(),
+            pending: 0,
+            started: false,
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.config.batch_size * self.config.window_batches
+    }
+
+    /// Adds one point; appends the decisions of a completed evaluation.
+    pub fn push(&mut self, point: Point, out: &mut Vec<Decision>) {
+        self.window.push_back(point);
+        self.flagged.push_back(false);
+        if self.window.len() > self.capacity() {
+            self.window.pop_front();
+            self.flagged.pop_front();
+        }
+        self.pending += 1;
+        let due = if self.started {
+            self.pending >= self.config.batch_size
+        } else {
+            self.window.len() == self.capacity()
+        };
+        if due {
+            let first = !self.started;
+            self.started = true;
+            self.pending = 0;
+            self.evaluate(first, out);
+        }
+    }
+
+    /// The `z` that maximises the NDT objective over `e` (§3.2).
+    fn find_z(&self, e: &[f32], mean: f64, sd: f64) -> f64 {
+        let c = &self.config;
+        let n = e.len();
+        let mut best = (0.0f64, c.z_max as f64);
+        if mean == 0.0 || sd == 0.0 {
+            return best.1;
+        }
+        let mut z = c.z_min as f64;
+        while z < c.z_max as f64 {
+            let eps = mean + sd * z;
+            let pruned: Vec<f32> = e.iter().copied().filter(|x| (*x as f64) < eps).collect();
+            let anomalous = widen(n, c.error_buffer, 0, |i| e[i] as f64 > eps);
+            let count = anomalous.iter().filter(|a| **a).count();
+            if count > 0 && !pruned.is_empty() {
+                let seqs = sequences(&anomalous).len();
+                let (pm, ps) = mean_std(&pruned);
+                let s = ((mean - pm) / mean + (sd - ps) / sd) / ((seqs * seqs + count) as f64);
+                if s >= best.0 && seqs <= 5 && (count as f64) < n as f64 * 0.5 {
+                    best = (s, z);
+                }
+            }
+            z += c.z_step as f64;
+        }
+        best.1
+    }
+
+    /// Flags errors above `eps` in the decided region, then prunes (§3.3).
+    #[allow(clippy::too_many_arguments)]
+    fn flag(
+        &self,
+        e: &[f32],
+        eps: f64,
+        sd: f64,
+        chan_sd: f64,
+        range: f64,
+        from: usize,
+    ) -> Vec<bool> {
+        let c = &self.config;
+        let n = e.len();
+        let max = e.iter().copied().fold(f32::MIN, f32::max) as f64;
+        if !(sd > 0.05 * chan_sd || max > 0.05 * range) || max <= 0.05 {
+            return vec![false; n];
+        }
+        let mut flags = widen(n, c.error_buffer, from, |x| {
+            e[x] as f64 > eps && e[x] as f64 > 0.05 * range
+        });
+        let non_anom_max = (0..n)
+            .filter(|x| !flags[*x] && !self.flagged[*x])
+            .map(|x| e[x])
+            .fold(0.0f32, f32::max);
+        let seqs = sequences(&flags);
+        if seqs.is_empty() {
+            return flags;
+        }
+        // Prune: sequence maxima (telemanom slices [start, end)), largest first.
+        let mut maxima: Vec<(f32, Option<usize>)> = seqs
+            .iter()
+            .enumerate()
+            .map(|(k, (s, end))| {
+                (
+                    e[*s..*end].iter().copied().fold(f32::MIN, f32::max),
+                    Some(k),
+                )
+            })
+            .collect();
+        maxima.sort_by(|a, b| b.0.total_cmp(&a.0));
+        if non_anom_max > 0.0 {
+            maxima.push((non_anom_max, None));
+        }
+        let mut remove = Vec::new();
+        for w in maxima.windows(2) {
+            if (w[0].0 - w[1].0) / w[0].0 < c.p {
+                remove.extend(w[0].1);
+            } else {
+                remove.clear();
+            }
+        }
+        for (k, (s, end)) in seqs.iter().enumerate() {
+            if remove.contains(&k) {
+                flags[*s..=*end].iter_mut().for_each(|f| *f = false);
+            }
+        }
+        // Flags outside every kept sequence (isolated points) go too.
+        let kept: Vec<(usize, usize)> = seqs
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| !remove.contains(k))
+            .map(|(_, s)| *s)
+            .collect();
+        for (i, f) in flags.iter_mut().enumerate() {
+            if *f && !kept.iter().any(|(s, end)| (*s..=*end).contains(&i)) {
+                *f = false;
+            }
+        }
+        flags
+    }
+
+    fn evaluate(&mut self, first: bool, out: &mut Vec<Decision>) {
+        let c = self.config.clone();
+        let e: Vec<f32> = self.window.iter().map(|p| p.score).collect();
+        let values: Vec<f32> = self.window.iter().map(|p| p.value).collect();
+        let n = e.len();
+        let (mean, sd) = mean_std(&e);
+        let (_, chan_sd) = mean_std(&values);
+        let range = percentile(&values, 95.0) - percentile(&values, 5.0);
+        let from = if first {
+            c.ignore_first.min(n)
+        } else {
+            n - c.batch_size.min(n)
+        };
+        let z = self.find_z(&e, mean, sd);
+        let eps = mean + z * sd;
+        let mut flags = self.flag(&e, eps, sd, chan_sd, range, from);
+        if c.inverse {
+            let inv: Vec<f32> = e.iter().map(|x| (2.0 * mean - *x as f64) as f32).collect();
+            let z_inv = self.find_z(&inv, mean, sd);
+            let inv_flags = self.flag(&inv, mean + z_inv * sd, sd, chan_sd, range, from);
+            flags.iter_mut().zip(inv_flags).for_each(|(f, i)| *f |= i);
+        }
+        let decide_from = if first { 0 } else { from };
+        for (i, flag) in flags.iter().enumerate().skip(decide_from) {
+            self.flagged[i] = *flag;
+            out.push(Decision {
+                point: self.window[i],
+                threshold: eps as f32,
+                anomalous: *flag,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> NdtConfig {
+        NdtConfig {
+            batch_size: 10,
+            window_batches: 10,
+            error_buffer: 3,
+            ignore_first: 0,
+            ..NdtConfig::default()
+        }
+    }
+
+    /// Deterministic pseudo-noise in [0, 1).
+    fn noise(i: u64) -> f32 {
+        (i.wrapping_mul(2654435761) % 1000) as f32 / 1000.0
+    }
+
+    fn run(config: NdtConfig, scores: &[f32]) -> Vec<Decision> {
+        let mut ndt = Ndt::new(config);
+        let mut out = Vec::new();
+        for (i, s) in scores.iter().enumerate() {
+            let p = Point {
+                index: i as u64,
+                t_ns: i as i64,
+                error: *s,
+                score: *s,
+                value: noise(i as u64 + 7) * 2.0 - 1.0,
+            };
+            ndt.push(p, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn every_point_is_decided_once_in_order_after_warm_up() {
+        let scores: Vec<f32> = (0..305).map(|i| 0.1 + 0.05 * noise(i)).collect();
+        let out = run(small(), &scores);
+        // 100 at the first evaluation, then 10 per batch; the last 5 wait.
+        assert_eq!(out.len(), 300);
+        assert!(out
+            .iter()
+            .enumerate()
+            .all(|(i, d)| d.point.index == i as u64));
+    }
+
+    #[test]
+    fn a_clear_excursion_is_flagged_and_quiet_noise_is_not() {
+        let mut scores: Vec<f32> = (0..400).map(|i| 0.1 + 0.05 * noise(i)).collect();
+        for s in &mut scores[250..262] {
+            *s += 2.0;
+        }
+        let out = run(small(), &scores);
+        let flagged: Vec<u64> = out
+            .iter()
+            .filter(|d| d.anomalous)
+            .map(|d| d.point.index)
+            .collect();
+        assert!(!flagged.is_empty());
+        assert!(
+            flagged.iter().all(|i| (240..275).contains(i)),
+            "{flagged:?}"
+        );
+        assert!(flagged.contains(&250) && flagged.contains(&261));
+    }
+
+    #[test]
+    fn errors_small_against_the_values_flag_nothing() {
+        let mut scores: Vec<f32> = (0..400).map(|i| 0.001 + 0.001 * noise(i)).collect();
+        scores[300] = 0.02;
+        assert!(run(small(), &scores).iter().all(|d| !d.anomalous));
+    }
+
+    #[test]
+    fn helpers_match_numpy_and_telemanom() {
+        assert_eq!(percentile(&[4.0, 1.0, 3.0, 2.0], 50.0), 2.5);
+        assert_eq!(
+            sequences(&[true, true, false, true, false, true, true, true]),
+            vec![(0, 1), (5, 7)]
+        );
+        assert_eq!(
+            widen(10, 2, 0, |x| x == 5),
+            vec![false, false, false, false, true, true, true, false, false, false]
+        );
+        assert_eq!(
+            widen(10, 3, 5, |x| x == 5),
+            vec![false, false, false, false, false, true, true, true, false, false]
+        );
+    }
+
+    #[test]
+    fn pruning_drops_a_sequence_barely_above_the_background() {
+        let mut ndt = Ndt::new(NdtConfig {
+            error_buffer: 1,
+            ..small()
+        });
+        ndt.flagged = std::iter::repeat_n(false, 20).collect();
+        let mut e = vec![0.5f32; 20];
+        e[5] = 1.0;
+        e[6] = 1.0;
+        e[12] = 0.95;
+        e[13] = 0.95;
+        // Maxima 1.0, 0.95, then the background 0.5: 1.0 is within p of 0.95,
+        // but 0.95 clears the background by far, which resets the chain, so
+        // both sequences survive.
+        let flags = ndt.flag(&e, 0.9, 0.2, 0.1, 1.0, 0);
+        assert!(flags[5] && flags[12]);
+        // A lone run just 5 % above the background is pruned.
+        let mut e = vec![0.9f32; 20];
+        e[5] = 0.95;
+        e[6] = 0.95;
+        let flags = ndt.flag(&e, 0.92, 0.2, 0.1, 1.0, 0);
+        assert!(flags.iter().all(|f| !f));
+    }
+}
