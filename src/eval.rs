@@ -91,6 +91,8 @@ pub fn list_channels(data_dir: &Path) -> Result<Vec<String>> {
 pub struct ChannelEval {
     /// Channel name.
     pub channel: String,
+    /// The threshold the scores and events were made with.
+    pub threshold: ThresholdConfig,
     /// Samples fed.
     pub samples: usize,
     /// Scores and events in the order the pipeline produced them.
@@ -102,86 +104,100 @@ pub struct ChannelEval {
 }
 
 /// Runs `pipeline` over `rows` exactly as the service would, batching
-/// windows into the largest bucket.
+/// windows into the largest bucket; once per threshold in `thresholds`
+/// (the pipeline's own when empty), running the engine only once.
 ///
 /// # Errors
-/// When the model cannot be loaded or run.
+/// When the model cannot be loaded or run, or a row is rejected.
 pub fn eval_channel(
     repo: &ModelRepository,
     pipeline: &PipelineConfig,
+    thresholds: &[ThresholdConfig],
     channel: &str,
     rows: &[Vec<f32>],
     start_ns: i64,
     step_ns: i64,
-) -> Result<ChannelEval> {
+) -> Result<Vec<ChannelEval>> {
     let prepared = prepare(repo, pipeline)?;
     let mut engine = open_engine(&prepared)?;
     let max_batch = *prepared.buckets.last().expect("buckets are non-empty");
-    let mut p = Pipeline::new(pipeline);
     let now = Instant::now();
-    let mut outs: Vec<ChannelOutput> = Vec::new();
-    let mut pending = Vec::new();
-    let mut input = Vec::new();
-    let (mut engine_s, mut windows) = (0.0, 0);
-    let flush = |p: &mut Pipeline,
-                 pending: &mut Vec<_>,
-                 outs: &mut Vec<ChannelOutput>,
-                 engine: &mut Box<dyn crate::engine::Engine>,
-                 input: &mut Vec<f32>|
-     -> Result<f64> {
-        if pending.is_empty() {
-            return Ok(0.0);
-        }
-        let items: Vec<_> = std::mem::take(pending);
-        let bucket = prepared
-            .buckets
-            .iter()
-            .copied()
-            .find(|b| *b >= items.len())
-            .unwrap_or(max_batch);
-        let t = Instant::now();
-        let rows = run_batch(engine.as_mut(), &items, bucket, input)?;
-        let spent = t.elapsed().as_secs_f64();
-        for (mut item, output) in items.into_iter().zip(rows) {
-            let values = std::mem::take(&mut item.values);
-            p.on_window(
-                &item,
-                WindowOutcome::Output {
-                    output,
-                    input: values,
+    let samples: Vec<(i64, RawSample)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            (
+                start_ns + i as i64 * step_ns,
+                RawSample {
+                    t_ns: None,
+                    seq: Some(i as u64),
+                    values: row.clone(),
                 },
-                outs,
-            );
-        }
-        Ok(spent)
-    };
-    for (i, row) in rows.iter().enumerate() {
-        let sample = RawSample {
-            t_ns: None,
-            seq: Some(i as u64),
-            values: row.clone(),
-        };
-        let t = start_ns + i as i64 * step_ns;
-        match p.on_sample(channel, t, &sample, now, &mut outs) {
-            Ok(Some(w)) => {
-                pending.push(w);
-                windows += 1;
-                if pending.len() == max_batch {
-                    engine_s += flush(&mut p, &mut pending, &mut outs, &mut engine, &mut input)?;
-                }
-            }
+            )
+        })
+        .collect();
+    // Cut every window, run them in full batches, keep each outcome.
+    let mut cutter = Pipeline::new(pipeline);
+    let mut discard = Vec::new();
+    let mut windows = Vec::new();
+    for (i, (t, sample)) in samples.iter().enumerate() {
+        match cutter.on_sample(channel, *t, sample, now, &mut discard) {
+            Ok(Some(w)) => windows.push(w),
             Ok(None) => {}
             Err(r) => bail!("channel {channel} row {i}: {r}"),
         }
     }
-    engine_s += flush(&mut p, &mut pending, &mut outs, &mut engine, &mut input)?;
-    Ok(ChannelEval {
-        channel: channel.into(),
-        samples: rows.len(),
-        outputs: outs.into_iter().map(|o| o.output).collect(),
-        engine_s,
-        windows,
-    })
+    let mut outcomes = Vec::with_capacity(windows.len());
+    let mut input = Vec::new();
+    let mut engine_s = 0.0;
+    for chunk in windows.chunks(max_batch) {
+        let bucket = prepared
+            .buckets
+            .iter()
+            .copied()
+            .find(|b| *b >= chunk.len())
+            .unwrap_or(max_batch);
+        let t = Instant::now();
+        let outputs = run_batch(engine.as_mut(), chunk, bucket, &mut input)?;
+        engine_s += t.elapsed().as_secs_f64();
+        for (item, output) in chunk.iter().zip(outputs) {
+            outcomes.push(WindowOutcome::Output {
+                output,
+                input: item.values.clone(),
+            });
+        }
+    }
+    // Score: samples first, then the outcomes in window order. The pipeline
+    // scores in window order whatever the interleaving, so this equals the
+    // service's result for any arrival timing.
+    let own = [pipeline.scoring.threshold.clone()];
+    let variants = if thresholds.is_empty() {
+        &own[..]
+    } else {
+        thresholds
+    };
+    let mut evals = Vec::new();
+    for threshold in variants {
+        let mut config = pipeline.clone();
+        config.scoring.threshold = threshold.clone();
+        let mut p = Pipeline::new(&config);
+        let mut outs: Vec<ChannelOutput> = Vec::new();
+        for (t, sample) in &samples {
+            p.on_sample(channel, *t, sample, now, &mut outs)?;
+        }
+        for (item, outcome) in windows.iter().zip(&outcomes) {
+            p.on_window(item, outcome.clone(), &mut outs);
+        }
+        evals.push(ChannelEval {
+            channel: channel.into(),
+            threshold: threshold.clone(),
+            samples: rows.len(),
+            outputs: outs.into_iter().map(|o| o.output).collect(),
+            engine_s,
+            windows: windows.len(),
+        });
+    }
+    Ok(evals)
 }
 
 /// Options of `gsinfer eval`.
@@ -194,8 +210,9 @@ pub struct EvalOptions {
     /// Only the pipeline serving this model; `None`: each channel goes to the
     /// pipeline that lists it in `channels`, else to the first with no list.
     pub model: Option<String>,
-    /// Replaces every pipeline's threshold (`--threshold`).
-    pub threshold: Option<ThresholdConfig>,
+    /// Replaces every pipeline's threshold (`--threshold`, repeatable: each
+    /// is evaluated on the same engine outputs); empty keeps the pipelines' own.
+    pub thresholds: Vec<ThresholdConfig>,
     /// Event-level precision, recall and F1 against `labeled_anomalies.csv`.
     pub metrics: bool,
     /// One JSON object per line instead of text.
@@ -247,13 +264,9 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
     };
     let mut pipelines = Vec::new();
     for ch in &channels {
-        let mut p = pipeline_for(config, ch, opts.model.as_deref())
-            .with_context(|| format!("no [[pipeline]] serves channel {ch}; add it to a pipeline's channels or pass --model"))?
-            .clone();
-        if let Some(t) = &opts.threshold {
-            p.scoring.threshold = t.clone();
-        }
-        pipelines.push(p);
+        let p = pipeline_for(config, ch, opts.model.as_deref())
+            .with_context(|| format!("no [[pipeline]] serves channel {ch}; add it to a pipeline's channels or pass --model"))?;
+        pipelines.push(p.clone());
     }
     let labels = match crate::labels::read_labels(&opts.data_dir) {
         Ok(l) => l,
@@ -262,7 +275,7 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
     };
     let jobs = opts.jobs.max(1).min(channels.len().max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<Result<ChannelEval>>>> =
+    let results: Vec<std::sync::Mutex<Option<Result<Vec<ChannelEval>>>>> =
         channels.iter().map(|_| Default::default()).collect();
     std::thread::scope(|scope| {
         for _ in 0..jobs {
@@ -273,6 +286,7 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
                     eval_channel(
                         &repo,
                         &pipelines[i],
+                        &opts.thresholds,
                         ch,
                         &rows,
                         DEFAULT_START_NS,
@@ -283,105 +297,137 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
             });
         }
     });
-    let mut per_channel = Vec::new();
-    for (slot, pipeline) in results.into_iter().zip(&pipelines) {
-        let r = slot
-            .into_inner()
-            .expect("result slot")
-            .expect("every channel ran")?;
-        let model = &pipeline.model;
-        let events: Vec<_> = r
-            .outputs
-            .iter()
-            .filter_map(|o| match o {
-                ScoredOutput::Event(e) => Some(e),
-                _ => None,
-            })
-            .collect();
-        let chan_labels = labels.get(&r.channel).cloned().unwrap_or_default();
-        let predicted = anomalies(&events);
-        let detection = Detection::count(&predicted, &chan_labels);
-        per_channel.push(detection);
-        if opts.json {
-            for o in &r.outputs {
-                let v = match o {
-                    ScoredOutput::Score(_) if opts.metrics => continue,
-                    ScoredOutput::Score(s) => score_json(model, &r.channel, s),
-                    ScoredOutput::Event(e) => event_json(model, &r.channel, e),
-                };
-                writeln!(out, "{v}")?;
-            }
-            if opts.metrics {
-                let line = serde_json::json!({"type": "metrics", "model": model, "channel": r.channel,
-                    "labels": chan_labels, "anomalies": predicted, "detection": detection});
-                writeln!(out, "{line}")?;
-            }
-            continue;
+    let mut evals = Vec::new();
+    for slot in results {
+        evals.push(
+            slot.into_inner()
+                .expect("result slot")
+                .expect("every channel ran")?,
+        );
+    }
+    let variants = evals.first().map_or(0, |e| e.len());
+    for v in 0..variants {
+        let mut per_channel = Vec::new();
+        let threshold = serde_json::to_value(&evals[0][v].threshold)?;
+        if !opts.json && variants > 1 {
+            writeln!(out, "== threshold {threshold}")?;
         }
-        let scores: Vec<f32> = r
-            .outputs
-            .iter()
-            .filter_map(|o| match o {
-                ScoredOutput::Score(s) => Some(s.score),
-                _ => None,
-            })
-            .collect();
-        let max = scores.iter().copied().fold(f32::NAN, f32::max);
-        let wps = if r.engine_s > 0.0 {
-            r.windows as f64 / r.engine_s
+        for (channel_evals, pipeline) in evals.iter().zip(&pipelines) {
+            let r = &channel_evals[v];
+            per_channel.push(report_channel(
+                r,
+                &pipeline.model,
+                &labels,
+                opts,
+                &threshold,
+                out,
+            )?);
+        }
+        let total = Detection::total(&per_channel);
+        if opts.json && opts.metrics {
+            let line = serde_json::json!({"type": "total", "threshold": threshold, "channels": channels.len(), "total": total});
+            writeln!(out, "{line}")?;
+        } else if !opts.json && !labels.is_empty() {
+            writeln!(
+                out,
+                "total over {} channels: tp {} fp {} fn {}: event-level precision {:.3} recall {:.3} f1 {:.3}",
+                channels.len(),
+                total.true_positives,
+                total.false_positives,
+                total.false_negatives,
+                total.precision,
+                total.recall,
+                total.f1
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes one channel's part of the report and returns its detection counts.
+fn report_channel(
+    r: &ChannelEval,
+    model: &str,
+    labels: &crate::labels::Labels,
+    opts: &EvalOptions,
+    threshold: &serde_json::Value,
+    out: &mut dyn Write,
+) -> Result<Detection> {
+    let events: Vec<_> = r
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            ScoredOutput::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    let chan_labels = labels.get(&r.channel).cloned().unwrap_or_default();
+    let predicted = anomalies(&events);
+    let detection = Detection::count(&predicted, &chan_labels);
+    if opts.json {
+        for o in &r.outputs {
+            let v = match o {
+                ScoredOutput::Score(_) if opts.metrics => continue,
+                ScoredOutput::Score(s) => score_json(model, &r.channel, s),
+                ScoredOutput::Event(e) => event_json(model, &r.channel, e),
+            };
+            writeln!(out, "{v}")?;
+        }
+        if opts.metrics {
+            let line = serde_json::json!({"type": "metrics", "model": model, "channel": r.channel, "threshold": threshold,
+                "labels": chan_labels, "anomalies": predicted, "detection": detection});
+            writeln!(out, "{line}")?;
+        }
+        return Ok(detection);
+    }
+    let scores: Vec<f32> = r
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            ScoredOutput::Score(s) => Some(s.score),
+            _ => None,
+        })
+        .collect();
+    let max = scores.iter().copied().fold(f32::NAN, f32::max);
+    let wps = if r.engine_s > 0.0 {
+        r.windows as f64 / r.engine_s
+    } else {
+        0.0
+    };
+    writeln!(
+        out,
+        "{model} {}: {} samples, {} scores (max {max:.4}), {wps:.0} windows/s",
+        r.channel,
+        r.samples,
+        scores.len()
+    )?;
+    for (start, end) in &predicted {
+        let hit = chan_labels.iter().any(|(a, b)| start <= b && end >= a);
+        let end = if *end == u64::MAX {
+            "(open)".to_string()
         } else {
-            0.0
+            end.to_string()
         };
         writeln!(
             out,
-            "{model} {}: {} samples, {} scores (max {max:.4}), {wps:.0} windows/s",
-            r.channel,
-            r.samples,
-            scores.len()
-        )?;
-        for (start, end) in &predicted {
-            let hit = chan_labels.iter().any(|(a, b)| start <= b && end >= a);
-            let end = if *end == u64::MAX {
-                "(open)".to_string()
-            } else {
-                end.to_string()
-            };
-            writeln!(
-                out,
-                "  anomaly {start}..={end}{}",
-                if hit { " (overlaps a label)" } else { "" }
-            )?;
-        }
-        for (a, b) in &chan_labels {
-            writeln!(out, "  labelled {a}..={b}")?;
-        }
-        if opts.metrics {
-            writeln!(
-                out,
-                "  tp {} fp {} fn {}: precision {:.3} recall {:.3} f1 {:.3}",
-                detection.true_positives,
-                detection.false_positives,
-                detection.false_negatives,
-                detection.precision,
-                detection.recall,
-                detection.f1
-            )?;
-        }
-    }
-    let total = Detection::total(&per_channel);
-    if opts.json && opts.metrics {
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({"type": "total", "channels": channels.len(), "total": total})
-        )?;
-    } else if !opts.json && !labels.is_empty() {
-        writeln!(
-            out,
-            "total over {} channels: tp {} fp {} fn {}: event-level precision {:.3} recall {:.3} f1 {:.3}",
-            channels.len(), total.true_positives, total.false_positives, total.false_negatives,
-            total.precision, total.recall, total.f1
+            "  anomaly {start}..={end}{}",
+            if hit { " (overlaps a label)" } else { "" }
         )?;
     }
-    Ok(())
+    for (a, b) in &chan_labels {
+        writeln!(out, "  labelled {a}..={b}")?;
+    }
+    if opts.metrics {
+        writeln!(
+            out,
+            "  tp {} fp {} fn {}: precision {:.3} recall {:.3} f1 {:.3}",
+            detection.true_positives,
+            detection.false_positives,
+            detection.false_negatives,
+            detection.precision,
+            detection.recall,
+            detection.f1
+        )?;
+    }
+    Ok(detection)
 }

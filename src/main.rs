@@ -102,9 +102,10 @@ enum Command {
         /// Event-level precision, recall and F1 against labeled_anomalies.csv.
         #[arg(long)]
         metrics: bool,
-        /// Replace every pipeline's threshold: ndt, pot, pot:<risk> or static:<value>.
+        /// Replace every pipeline's threshold: ndt, pot, pot:<risk> or
+        /// static:<value>; repeat it to evaluate several on the same model outputs.
         #[arg(long, value_parser = gsinfer::score::ThresholdConfig::parse_spec)]
-        threshold: Option<gsinfer::score::ThresholdConfig>,
+        threshold: Vec<gsinfer::score::ThresholdConfig>,
         /// Channels evaluated in parallel (default: the number of CPUs).
         #[arg(long)]
         jobs: Option<usize>,
@@ -237,7 +238,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 data_dir,
                 channels: if all { Vec::new() } else { channel },
                 model,
-                threshold,
+                thresholds: threshold,
                 metrics,
                 json,
                 jobs: jobs.unwrap_or_else(|| {
