@@ -294,6 +294,16 @@ impl Config {
                     "must be a feature index below `features`",
                 );
             }
+            if p.scoring
+                .reconstruction_features
+                .iter()
+                .any(|f| *f >= p.features)
+            {
+                bad(
+                    k("scoring.reconstruction_features"),
+                    "must list feature indices below `features`",
+                );
+            }
             for (field, message) in p.scoring.threshold.problems() {
                 bad(k(&format!("scoring.threshold.{field}")), &message);
             }

@@ -261,6 +261,7 @@ mod tests {
                 threshold: ThresholdConfig::Static { value: 10.0 },
                 actuals_capacity: 64,
                 event_hold: 1,
+                reconstruction_features: vec![],
             },
         }
     }

@@ -75,6 +75,7 @@ pub struct ChannelScorer {
     kind: ScoringKind,
     target_feature: usize,
     features: usize,
+    selected: Vec<usize>,
     capacity: usize,
     /// Recent `(t_ns, target value)` by sample index, starting at `base`.
     actuals: VecDeque<(i64, f32)>,
@@ -97,6 +98,7 @@ impl ChannelScorer {
             kind: config.kind,
             target_feature: config.target_feature,
             features: features.max(1),
+            selected: config.reconstruction_features.clone(),
             capacity: config.actuals_capacity.max(1),
             actuals: VecDeque::new(),
             base: 0,
@@ -175,7 +177,8 @@ impl ChannelScorer {
             };
             match self.kind {
                 ScoringKind::Reconstruction => {
-                    let error = reconstruction_error(&input, &output);
+                    let error =
+                        reconstruction_error(&input, &output, self.features, &self.selected);
                     // The target feature of the window's last sample.
                     let value = input
                         .len()
@@ -251,6 +254,7 @@ mod tests {
             threshold: ThresholdConfig::Static { value: 0.5 },
             actuals_capacity: 8,
             event_hold: 1,
+            reconstruction_features: vec![],
         }
     }
 
@@ -332,6 +336,7 @@ mod tests {
             },
             &mut out,
         );
-        assert_eq!(scores(&out), vec![(7, 2.0)]);
+        // One row of two features: sqrt((0 + 4) / 2).
+        assert_eq!(scores(&out), vec![(7, 2.0f32.sqrt())]);
     }
 }

@@ -28,19 +28,42 @@ impl Ewma {
     }
 }
 
-/// Mean squared difference between a window and its reconstruction.
+/// Root-mean-square difference between a window (`[L, F]` row-major) and
+/// its reconstruction, over the features in `features` (all when empty), in
+/// the units of the values — comparable with a forecaster's absolute error,
+/// so the same thresholds and NDT's scale guards apply.
 ///
 /// # Panics
 /// If the slices differ in length (the engine's output shape is validated
-/// against the window at start-up).
-pub fn reconstruction_error(window: &[f32], reconstruction: &[f32]) -> f32 {
+/// against the window at start-up) or a feature index is `>= F`.
+pub fn reconstruction_error(
+    window: &[f32],
+    reconstruction: &[f32],
+    features: usize,
+    selected: &[usize],
+) -> f32 {
     assert_eq!(window.len(), reconstruction.len());
-    let sum: f64 = window
-        .iter()
-        .zip(reconstruction)
-        .map(|(a, b)| ((a - b) as f64).powi(2))
-        .sum();
-    (sum / window.len().max(1) as f64) as f32
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for (row, rec) in window
+        .chunks(features.max(1))
+        .zip(reconstruction.chunks(features.max(1)))
+    {
+        if selected.is_empty() {
+            sum += row
+                .iter()
+                .zip(rec)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>();
+            n += row.len();
+        } else {
+            sum += selected
+                .iter()
+                .map(|f| ((row[*f] - rec[*f]) as f64).powi(2))
+                .sum::<f64>();
+            n += selected.len();
+        }
+    }
+    (sum / n.max(1) as f64).sqrt() as f32
 }
 
 #[cfg(test)]
@@ -59,7 +82,21 @@ mod tests {
     }
 
     #[test]
-    fn reconstruction_error_is_the_mse() {
-        assert_eq!(reconstruction_error(&[1.0, 2.0], &[1.0, 4.0]), 2.0);
+    fn reconstruction_error_is_the_rmse_over_the_selected_features() {
+        // Two rows of two features.
+        let window = [1.0, 2.0, 1.0, 2.0];
+        let rec = [1.0, 4.0, 4.0, 2.0];
+        assert_eq!(
+            reconstruction_error(&window, &rec, 2, &[]),
+            (13.0f32 / 4.0).sqrt()
+        );
+        assert_eq!(
+            reconstruction_error(&window, &rec, 2, &[0]),
+            (9.0f32 / 2.0).sqrt()
+        );
+        assert_eq!(
+            reconstruction_error(&window, &rec, 2, &[1]),
+            (4.0f32 / 2.0).sqrt()
+        );
     }
 }

@@ -4,8 +4,9 @@
 //! `ŷ(t+1)` is the one-step-ahead prediction of the window ending at `t`
 //! and `x(t+1)` the target feature of the sample that arrives next (the
 //! "first" aggregation of telemanom; Hundman et al., KDD 2018, §3.1). A
-//! reconstruction model's raw error for the window ending at `t` is the mean
-//! squared difference between the window and its reconstruction. Raw errors
+//! reconstruction model's raw error for the window ending at `t` is the
+//! root-mean-square difference between the window and its reconstruction
+//! over `reconstruction_features`. Raw errors
 //! are smoothed with an EWMA (the score), compared with a threshold, and
 //! runs of scores above it become anomaly events.
 
@@ -50,6 +51,10 @@ pub struct ScoringConfig {
     pub smoothing_span: f32,
     /// Threshold on the smoothed score.
     pub threshold: ThresholdConfig,
+    /// Reconstruction only: the features whose error counts (all when
+    /// empty), e.g. `[0]` for the telemetry value without command flags.
+    #[serde(default)]
+    pub reconstruction_features: Vec<usize>,
     /// Consecutive scores at or below the threshold that close an anomaly;
     /// 1 closes it at the first quiet score.
     #[serde(default = "default_hold")]
