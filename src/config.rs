@@ -360,6 +360,28 @@ scoring = { kind = "forecast", threshold = { method = "static", value = 0.3 } }
     }
 
     #[test]
+    fn shipped_per_channel_configs_parse_and_name_existing_models() {
+        for family in ["lstm", "tfm", "vae"] {
+            let path =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("config/smap_{family}.toml"));
+            let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(c.pipelines.len(), 40, "{family}");
+            for p in &c.pipelines {
+                assert_eq!(p.channels.len(), 1);
+                assert!(
+                    c.repository
+                        .path
+                        .join(&p.model)
+                        .join("1/model.onnx")
+                        .is_file(),
+                    "{}",
+                    p.model
+                );
+            }
+        }
+    }
+
+    #[test]
     fn defaults_and_relative_repository_path() {
         let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
