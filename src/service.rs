@@ -53,6 +53,16 @@ struct RejectLog {
 }
 
 impl RejectLog {
+    /// Counts `reject` by reason and logs it (rate-limited).
+    fn reject(&mut self, board: &StatusBoard, topic: &str, reject: &Reject) {
+        board
+            .metrics
+            .rejected
+            .with_label_values(&[reject.reason.as_str()])
+            .inc();
+        self.log(topic, reject);
+    }
+
     fn log(&mut self, topic: &str, reject: &Reject) {
         let now = Instant::now();
         let entry = self
@@ -313,12 +323,7 @@ fn ingest(
         matched = true;
         let decoded = decode(s.pipeline.config().format, &msg.payload, &s.limits);
         for r in &decoded.rejects {
-            board
-                .metrics
-                .rejected
-                .with_label_values(&[r.reason.as_str()])
-                .inc();
-            rejects.log(&msg.topic, r);
+            rejects.reject(board, &msg.topic, r);
         }
         let received_ns = now_ns();
         let mut scored = Vec::new();
@@ -348,12 +353,7 @@ fn ingest(
                     }
                 }
                 Err(r) => {
-                    board
-                        .metrics
-                        .rejected
-                        .with_label_values(&[r.reason.as_str()])
-                        .inc();
-                    rejects.log(&msg.topic, &r);
+                    rejects.reject(board, &msg.topic, &r);
                 }
             }
         }
@@ -369,12 +369,7 @@ fn ingest(
             reason: RejectReason::UnknownChannel,
             detail: "no pipeline's topic filters match".into(),
         };
-        board
-            .metrics
-            .rejected
-            .with_label_values(&[r.reason.as_str()])
-            .inc();
-        rejects.log(&msg.topic, &r);
+        rejects.reject(board, &msg.topic, &r);
     }
 }
 

@@ -174,13 +174,7 @@ mod tests {
     use super::*;
 
     fn point(score: f32) -> Point {
-        Point {
-            index: 0,
-            t_ns: 0,
-            error: score,
-            score,
-            value: 0.0,
-        }
+        Point::with_score(score)
     }
 
     /// Exponential(1) quantiles, deterministic.

@@ -88,6 +88,20 @@ pub struct Point {
     pub value: f32,
 }
 
+#[cfg(test)]
+impl Point {
+    /// A point at index 0 whose error and score are both `score` (tests).
+    pub(crate) fn with_score(score: f32) -> Self {
+        Self {
+            index: 0,
+            t_ns: 0,
+            error: score,
+            score,
+            value: 0.0,
+        }
+    }
+}
+
 /// A point with the threshold's verdict.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
@@ -142,13 +156,7 @@ mod tests {
     use super::*;
 
     fn point(score: f32) -> Point {
-        Point {
-            index: 0,
-            t_ns: 0,
-            error: score,
-            score,
-            value: 0.0,
-        }
+        Point::with_score(score)
     }
 
     #[test]
