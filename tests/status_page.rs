@@ -184,8 +184,11 @@ fn status_page_shows_live_numbers_and_sparklines() {
             .text()
             .await
             .unwrap();
+        // (Pills are upper-cased by CSS; innerText follows the rendering.)
+        let sources = sources.to_lowercase();
         assert!(sources.contains("connected") && sources.contains("samples/s"), "{sources}");
         let models = client.find(Locator::Css("#models")).await.unwrap().text().await.unwrap();
+        let models = models.to_lowercase();
         assert!(models.contains("smap_lstm") && models.contains("ready"), "{models}");
 
         // Let the replay run on a little so the sparklines fill, then look.

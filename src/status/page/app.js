@@ -69,7 +69,7 @@ function renderModels(models) {
       '<dl><div><dt>Queue depth</dt><dd>' + num(m.queue_depth) + ' items</dd></div>' +
       '<div><dt>Windows dropped</dt><dd' + (m.windows_dropped > 0 ? ' style="color:var(--bad)"' : '') + '>' + num(m.windows_dropped) + '</dd></div>' +
       '<div><dt>Windows</dt><dd>' + num(m.windows) + '</dd></div>' +
-      '<div><dt>HTTP requests</dt><dd>' + num(m.requests ? m.requests.success : 0) + (m.requests && m.requests.fail ? ' / ' + num(m.requests.fail) + ' failed' : '') + '</dd></div>' +
+      '<div><dt>Served / failed</dt><dd>' + num(m.requests ? m.requests.success : 0) + ' / ' + num(m.requests ? m.requests.fail : 0) + '</dd></div>' +
       '<div><dt>Engine / batch p50</dt><dd>' + ms(m.inference_us ? m.inference_us.p50 : null) + '</dd></div>' +
       '<div><dt>Engine / batch p99</dt><dd>' + ms(m.inference_us ? m.inference_us.p99 : null) + '</dd></div>' +
       '<div><dt>Queue wait p99</dt><dd>' + ms(m.queue_us ? m.queue_us.p99 : null) + '</dd></div>' +
@@ -103,7 +103,7 @@ function render(s) {
   $('tiles').innerHTML =
     tile('Ingest', num(samplesPerS, 1), 'samples/s', false, 'tile-rate') +
     tile('Windows', num(windows), '', false, 'tile-windows') +
-    tile('Latency p99', p99 ? (p99 / 1000).toFixed(1) : dash, p99 ? 'ms / ' + (budget / 1000).toFixed(0) + ' ms budget' : '', p99 > budget) +
+    tile('Latency p99 · budget ' + (budget / 1000).toFixed(0) + ' ms', p99 ? (p99 / 1000).toFixed(1) : dash, p99 ? 'ms' : '', p99 > budget) +
     tile('Queued', num(queued), 'items', false) +
     tile('Dropped', num(dropped), 'windows', dropped > 0) +
     tile('Rejected', num(rejected), 'inputs', rejected > 0);
@@ -122,12 +122,12 @@ function render(s) {
     '<tr' + (n > 0 ? ' class="anomalous"' : '') + '>' + td(esc(r.replace(/_/g, ' '))) + td(num(n), 'num') + '</tr>').join('');
 
   $('channels').innerHTML = row([th('Channel'), th('Model', 'hide-narrow'), th('Samples', 'num hide-narrow'), th('Last score', 'num'),
-    th('Threshold', 'num'), th('Recent scores'), th('State')]) +
+    th('Threshold', 'num hide-narrow'), th('Recent scores'), th('State')]) +
     (s.channels.length ? s.channels.map((c) => {
       const last = c.last;
       const bad = last && last.anomalous;
       return '<tr' + (bad ? ' class="anomalous"' : '') + '>' + td('<b>' + esc(c.channel) + '</b>') + td(esc(c.model), 'hide-narrow') +
-        td(num(c.samples), 'num hide-narrow') + td(last ? fixed(last.score, 4) : dash, 'num') + td(last ? fixed(last.threshold, 4) : dash, 'num') +
+        td(num(c.samples), 'num hide-narrow') + td(last ? fixed(last.score, 4) : dash, 'num') + td(last ? fixed(last.threshold, 4) : dash, 'num hide-narrow') +
         td(sparkline(c.recent_scores, c.recent_thresholds)) +
         td(last ? pill(bad ? 'anomaly' : 'nominal', bad ? 'bad' : 'ok') : pill('warming up', 'wait')) + '</tr>';
     }).join('') : empty(7, 'no telemetry received yet'));
