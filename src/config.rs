@@ -155,9 +155,17 @@ impl Config {
             let key = if key == "." { String::new() } else { key };
             one(&key, e.into_inner().to_string())
         })?;
+        let base = path.parent().unwrap_or(Path::new("."));
         if config.repository.path.is_relative() {
-            let base = path.parent().unwrap_or(Path::new("."));
             config.repository.path = base.join(&config.repository.path);
+        }
+        if let Some(token) = config
+            .status
+            .token_file
+            .as_mut()
+            .filter(|t| t.is_relative())
+        {
+            *token = base.join(&*token);
         }
         let problems = config.validate();
         if problems.is_empty() {
@@ -211,6 +219,21 @@ impl Config {
                 "status.listen".into(),
                 "must be an address and port, e.g. \"127.0.0.1:8080\"",
             );
+        }
+        if self.status.threads == 0
+            || self.status.max_body_bytes == 0
+            || self.status.read_timeout_ms == 0
+            || self.status.infer_timeout_ms == 0
+        {
+            bad(
+                "status".into(),
+                "threads, max_body_bytes, read_timeout_ms and infer_timeout_ms must be positive",
+            );
+        }
+        if let Some(token) = &self.status.token_file {
+            if let Err(e) = crate::status::limits::read_token(token) {
+                bad("status.token_file".into(), &e.to_string());
+            }
         }
         if self.ingest.max_payload_bytes == 0
             || self.ingest.queue_capacity == 0

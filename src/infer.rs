@@ -1,18 +1,127 @@
-//! Running batches of windows on an engine: padding to the bucket,
-//! splitting outputs per window, and the engine threads of the service.
+//! Running batches on an engine: what the batcher queues ([`Job`]: a
+//! telemetry window or one item of an HTTP inference request), padding to
+//! the bucket, splitting outputs per item, and the engine threads of the
+//! service, which route each item's result back where it came from.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::batch::{Batch, BatchHandle};
 use crate::engine::{Engine, EngineError};
 use crate::pipeline::WindowItem;
 use crate::score::WindowOutcome;
+use crate::status::stats::{InferStats, Timing};
 use crate::status::StatusBoard;
 
-/// Runs `items` (1..=`bucket` windows of `item_len` values each) as one
-/// batch padded with zeros to `bucket`, and returns the first output's row
-/// for each item, in order.
+/// Channel id under which HTTP request items are queued: no telemetry
+/// channel has it, so the full-policy never replaces them by a window.
+pub const HTTP_CHANNEL: u32 = u32::MAX;
+
+/// One entry of a model's batch queue.
+#[derive(Debug)]
+pub struct Job {
+    /// When it was queued (for the queue-time metrics).
+    pub queued: Instant,
+    /// What to run.
+    pub work: Work,
+}
+
+/// What a [`Job`] carries.
+#[derive(Debug)]
+pub enum Work {
+    /// A telemetry window; its result goes to the pipeline task.
+    Window(WindowItem),
+    /// One item (batch row) of an HTTP inference request; its result goes
+    /// back to the waiting HTTP worker.
+    Request(RequestItem),
+}
+
+impl Job {
+    /// A telemetry window queued at `now`.
+    pub fn window(item: WindowItem, now: Instant) -> Self {
+        Self {
+            queued: now,
+            work: Work::Window(item),
+        }
+    }
+
+    fn values(&self) -> &[f32] {
+        match &self.work {
+            Work::Window(w) => &w.values,
+            Work::Request(r) => &r.values,
+        }
+    }
+}
+
+/// One item of an HTTP inference request.
+#[derive(Debug)]
+pub struct RequestItem {
+    /// Its row in the request's batch.
+    pub row: usize,
+    /// Its input, `item_len` values.
+    pub values: Vec<f32>,
+    /// Where its result goes.
+    pub reply: crossbeam_channel::Sender<ItemResult>,
+}
+
+impl RequestItem {
+    /// Answers the item with an error (dropped from the queue, engine failure).
+    pub fn fail(self, queued: Instant, message: String) {
+        let _ = self.reply.send(ItemResult {
+            row: self.row,
+            outputs: Err(message),
+            timing: Timing {
+                queue: queued.elapsed(),
+                ..Timing::default()
+            },
+        });
+    }
+}
+
+/// The result of one [`RequestItem`].
+#[derive(Debug)]
+pub struct ItemResult {
+    /// The item's row in its request.
+    pub row: usize,
+    /// Each output's row for this item, in the engine's output order; or why not.
+    pub outputs: Result<Vec<Vec<f32>>, String>,
+    /// Where the item's time went.
+    pub timing: Timing,
+}
+
+/// Copies `rows` (1..=`bucket` inputs of `item_len` values each) into
+/// `input`, padded with zeros to `bucket` items.
+pub fn gather<'a>(
+    rows: impl Iterator<Item = &'a [f32]>,
+    item_len: usize,
+    bucket: usize,
+    input: &mut Vec<f32>,
+) {
+    input.clear();
+    for row in rows {
+        input.extend_from_slice(row);
+    }
+    input.resize(bucket * item_len, 0.0);
+}
+
+/// Runs `rows` (1..=`bucket` inputs of `item_len` values each) as one batch
+/// padded with zeros to `bucket`; returns every output for the whole
+/// bucket, row-major `[bucket, dims...]`.
+///
+/// # Errors
+/// The engine's error.
+pub fn run_rows<'a>(
+    engine: &mut dyn Engine,
+    rows: impl Iterator<Item = &'a [f32]>,
+    bucket: usize,
+    input: &mut Vec<f32>,
+) -> Result<Vec<Vec<f32>>, EngineError> {
+    gather(rows, engine.inputs()[0].item_len(), bucket, input);
+    engine.infer(bucket, &[input])
+}
+
+/// Runs `items` (1..=`bucket` windows) as one batch padded with zeros to
+/// `bucket`, and returns the first output's row for each item, in order.
 ///
 /// # Errors
 /// The engine's error; no item is scored then.
@@ -22,21 +131,18 @@ pub fn run_batch(
     bucket: usize,
     input: &mut Vec<f32>,
 ) -> Result<Vec<Vec<f32>>, EngineError> {
-    let item_len = engine.inputs()[0].item_len();
-    input.clear();
-    for item in items {
-        input.extend_from_slice(&item.values);
-    }
-    input.resize(bucket * item_len, 0.0);
-    let outputs = engine.infer(bucket, &[input])?;
-    let out = &outputs[0];
-    let row = out.len() / bucket;
+    let outputs = run_rows(
+        engine,
+        items.iter().map(|i| i.values.as_slice()),
+        bucket,
+        input,
+    )?;
     Ok((0..items.len())
-        .map(|i| out[i * row..(i + 1) * row].to_vec())
+        .map(|i| row_of(&outputs[0], bucket, i))
         .collect())
 }
 
-/// What an engine thread hands back for one batch.
+/// What an engine thread hands back for the windows of one batch.
 #[derive(Debug)]
 pub struct BatchResult {
     /// Index of the pipeline (model) in the service.
@@ -45,59 +151,129 @@ pub struct BatchResult {
     pub windows: Vec<(WindowItem, WindowOutcome)>,
 }
 
-/// Splits a batch's items and outputs into per-window outcomes.
-fn outcomes(
-    items: Vec<WindowItem>,
-    result: Result<Vec<Vec<f32>>, EngineError>,
-) -> Vec<(WindowItem, WindowOutcome)> {
-    match result {
-        Ok(rows) => items
-            .into_iter()
-            .zip(rows)
-            .map(|(mut item, output)| {
-                let input = std::mem::take(&mut item.values);
-                (item, WindowOutcome::Output { output, input })
-            })
-            .collect(),
-        Err(_) => items
-            .into_iter()
-            .map(|item| (item, WindowOutcome::Dropped))
-            .collect(),
-    }
+/// Row `i` of `output` (`[bucket, ...]`).
+fn row_of(output: &[f32], bucket: usize, i: usize) -> Vec<f32> {
+    let n = output.len() / bucket;
+    output[i * n..(i + 1) * n].to_vec()
 }
 
-/// Starts one engine thread: it takes batches from `handle` until the
-/// handle is closed and drained, runs them, and sends the results on
-/// `results` (blocking when the pipeline task is behind).
-pub fn spawn_engine_thread(
-    name: String,
-    pipeline: usize,
-    mut engine: Box<dyn Engine>,
-    handle: BatchHandle<WindowItem>,
-    results: tokio::sync::mpsc::Sender<BatchResult>,
-    board: Arc<StatusBoard>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name(format!("engine-{name}"))
-        .spawn(move || {
-            let mut input = Vec::new();
-            while let Some(Batch { items, bucket }) = handle.next_blocking() {
-                board.metrics.queue_depth.with_label_values(&[&name]).set(handle.depth() as i64);
-                let started = Instant::now();
-                let result = run_batch(engine.as_mut(), &items, bucket, &mut input);
-                let micros = started.elapsed().as_micros() as u64;
-                match &result {
-                    Ok(_) => board.record_batch(&name, bucket, micros),
-                    Err(e) => {
-                        log::error!(target: "gsinfer::engine", "model {name}: batch of {} failed: {e}", items.len());
-                        board.metrics.windows_dropped.with_label_values(&[&name, "engine_error"]).inc_by(items.len() as u64);
+/// Everything an engine thread needs besides its engine.
+#[derive(Debug)]
+pub struct EngineThread {
+    /// Model name.
+    pub name: String,
+    /// Index of the pipeline in the service.
+    pub pipeline: usize,
+    /// The model's batch queue.
+    pub handle: BatchHandle<Job>,
+    /// Where window results go (blocking when the pipeline task is behind).
+    pub results: tokio::sync::mpsc::Sender<BatchResult>,
+    /// Status, metrics.
+    pub board: Arc<StatusBoard>,
+    /// The model's inference statistics.
+    pub stats: Arc<InferStats>,
+}
+
+impl EngineThread {
+    /// Starts the thread: it takes batches from the handle until it is
+    /// closed and drained, runs them, sends window results to the pipeline
+    /// task and request results to their HTTP workers.
+    pub fn spawn(self, mut engine: Box<dyn Engine>) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name(format!("engine-{}", self.name))
+            .spawn(move || {
+                let mut input = Vec::new();
+                while let Some(batch) = self.handle.next_blocking() {
+                    if !self.run(engine.as_mut(), batch, &mut input) {
+                        break; // the service is shutting down
                     }
                 }
-                let windows = outcomes(items, result);
-                if results.blocking_send(BatchResult { pipeline, windows }).is_err() {
-                    break; // the service is shutting down
+            })
+            .expect("spawn engine thread")
+    }
+
+    /// Runs one batch and routes its results; false once the pipeline task is gone.
+    fn run(&self, engine: &mut dyn Engine, batch: Batch<Job>, input: &mut Vec<f32>) -> bool {
+        let Batch { items, bucket } = batch;
+        let name = self.name.as_str();
+        let n = items.len();
+        self.board
+            .metrics
+            .set_queue_depth(name, self.handle.depth());
+        let dispatched = Instant::now();
+        for job in &items {
+            let source = match job.work {
+                Work::Window(_) => "telemetry",
+                Work::Request(_) => "http",
+            };
+            let waited = dispatched.saturating_duration_since(job.queued);
+            self.board
+                .record_queue_time(name, source, waited.as_micros() as u64);
+        }
+        gather(
+            items.iter().map(Job::values),
+            engine.inputs()[0].item_len(),
+            bucket,
+            input,
+        );
+        let gathered = Instant::now();
+        let result = engine.infer(bucket, &[input]);
+        let inferred = Instant::now();
+        let mut timing = Timing {
+            queue: Duration::ZERO,
+            compute_input: gathered - dispatched,
+            compute_infer: inferred - gathered,
+            compute_output: Duration::ZERO,
+        };
+        let mut windows = Vec::new();
+        match result {
+            Ok(outputs) => {
+                self.board
+                    .record_batch(name, bucket, timing.compute_infer.as_micros() as u64);
+                for (i, job) in items.into_iter().enumerate() {
+                    timing.queue = dispatched.saturating_duration_since(job.queued);
+                    timing.compute_output = inferred.elapsed();
+                    match job.work {
+                        Work::Window(mut item) => {
+                            let output = row_of(&outputs[0], bucket, i);
+                            let input = std::mem::take(&mut item.values);
+                            self.stats.record_success(job.queued.elapsed(), &timing);
+                            windows.push((item, WindowOutcome::Output { output, input }));
+                        }
+                        Work::Request(r) => {
+                            let outputs = outputs.iter().map(|o| row_of(o, bucket, i)).collect();
+                            let _ = r.reply.send(ItemResult {
+                                row: r.row,
+                                outputs: Ok(outputs),
+                                timing,
+                            });
+                        }
+                    }
+                }
+                timing.compute_output = inferred.elapsed();
+                self.stats.record_execution(bucket, n, &timing);
+            }
+            Err(e) => {
+                log::error!(target: "gsinfer::engine", "model {name}: batch of {n} failed: {e}");
+                self.board.metrics.dropped(name, "engine_error", n as u64);
+                for job in items {
+                    match job.work {
+                        Work::Window(item) => {
+                            self.stats.record_failure(job.queued.elapsed());
+                            windows.push((item, WindowOutcome::Dropped));
+                        }
+                        Work::Request(r) => r.fail(job.queued, format!("inference failed: {e}")),
+                    }
                 }
             }
-        })
-        .expect("spawn engine thread")
+        }
+        windows.is_empty()
+            || self
+                .results
+                .blocking_send(BatchResult {
+                    pipeline: self.pipeline,
+                    windows,
+                })
+                .is_ok()
+    }
 }

@@ -4,7 +4,9 @@
 //! ```text
 //! MQTT event loop task ──Inbound (bounded, drop+count when full)──▶ pipeline task
 //! pipeline task ──windows──▶ BatchHandle (bounded, replace oldest of channel) ──▶ engine threads
+//! HTTP workers ──KServe request items (all or none, 503 when full)──▶ the same BatchHandle
 //! engine threads ──BatchResult (bounded, blocking)──▶ pipeline task ──Outgoing (bounded)──▶ publisher task
+//! engine threads ──item results (one per item)──▶ the waiting HTTP worker
 //! ```
 //! Shutdown (SIGTERM or SIGINT): stop taking telemetry, close the batch
 //! queues so the engines drain what is queued, score and publish it, set
@@ -20,16 +22,18 @@ use tokio::sync::mpsc;
 
 use crate::batch::{BatchHandle, BatchQueue, PushOutcome};
 use crate::config::Config;
-use crate::infer::{spawn_engine_thread, BatchResult};
+use crate::infer::{BatchResult, EngineThread, Job, Work};
 use crate::ingest::decode::{decode, DecodeLimits, Reject, RejectReason};
 use crate::ingest::mqtt::{self, EventLoopTask, Inbound};
-use crate::pipeline::{ChannelOutput, Pipeline, WindowItem};
+use crate::pipeline::{ChannelOutput, Pipeline};
 use crate::publish::{event_json, run_publisher, Outgoing};
 use crate::repository::ModelRepository;
 use crate::score::{ScoredOutput, WindowOutcome};
 use crate::shutdown::Stop;
+use crate::status::board::MQTT_SOURCE;
 use crate::status::http::StatusServer;
-use crate::status::{ModelState, StatusBoard};
+use crate::status::kserve::{ServedModel, ServedModels};
+use crate::status::{Metrics, ModelState, StatusBoard};
 
 /// Capacity of the engine → pipeline results channel, in batches.
 const RESULTS_CAPACITY: usize = 64;
@@ -55,11 +59,7 @@ struct RejectLog {
 impl RejectLog {
     /// Counts `reject` by reason and logs it (rate-limited).
     fn reject(&mut self, board: &StatusBoard, topic: &str, reject: &Reject) {
-        board
-            .metrics
-            .rejected
-            .with_label_values(&[reject.reason.as_str()])
-            .inc();
+        board.metrics.reject(reject.reason.as_str());
         self.log(topic, reject);
     }
 
@@ -81,7 +81,7 @@ impl RejectLog {
 
 struct Served {
     pipeline: Pipeline,
-    handle: BatchHandle<WindowItem>,
+    handle: BatchHandle<Job>,
     model: Arc<str>,
     channel_names: Vec<Arc<str>>,
     limits: DecodeLimits,
@@ -94,10 +94,16 @@ struct Served {
 /// with context; once running, faults are logged and counted, not returned.
 pub async fn run(config: Config) -> Result<()> {
     let board = StatusBoard::new(config.status.clone());
-    let http = StatusServer::start(&config.status.listen, Arc::clone(&board), 2)?;
-    log::info!(target: "gsinfer", "status on http://{}/", config.status.listen);
-
     let repo = ModelRepository::open(&config.repository.path).context("model repository")?;
+    let kserve = Arc::new(ServedModels::new(Some(repo.clone())));
+    let http = StatusServer::start(&config.status, Arc::clone(&board), Arc::clone(&kserve))?;
+    log::info!(target: "gsinfer", "status on http://{}/", config.status.listen);
+    board.register_source(
+        MQTT_SOURCE,
+        "mqtt",
+        &format!("{}:{}", config.broker.host, config.broker.port),
+    );
+
     let (results_tx, mut results_rx) = mpsc::channel::<BatchResult>(RESULTS_CAPACITY);
     let mut served = Vec::new();
     let mut engine_threads = Vec::new();
@@ -117,6 +123,8 @@ pub async fn run(config: Config) -> Result<()> {
         );
         let queue = BatchQueue::new(p.batch.queue_capacity, prepared.buckets.clone(), budget);
         let handle = BatchHandle::new(queue);
+        let stats = board.stats(&p.model).expect("model registered above");
+        let mut outputs = Vec::new();
         for _ in 0..prepared.instances {
             let engine = match crate::model::open_engine(&prepared) {
                 Ok(e) => e,
@@ -133,14 +141,18 @@ pub async fn run(config: Config) -> Result<()> {
                 }
             };
             let kind = engine.kind();
-            engine_threads.push(spawn_engine_thread(
-                p.model.clone(),
-                ix,
-                engine,
-                handle.clone(),
-                results_tx.clone(),
-                Arc::clone(&board),
-            ));
+            outputs = engine.outputs().to_vec();
+            engine_threads.push(
+                EngineThread {
+                    name: p.model.clone(),
+                    pipeline: ix,
+                    handle: handle.clone(),
+                    results: results_tx.clone(),
+                    board: Arc::clone(&board),
+                    stats: Arc::clone(&stats),
+                }
+                .spawn(engine),
+            );
             board.set_model(
                 &p.model,
                 kind,
@@ -149,7 +161,18 @@ pub async fn run(config: Config) -> Result<()> {
                 p.batch.latency_budget_us,
                 &prepared.buckets,
             );
+            board.set_device(&p.model, "CPU");
         }
+        kserve.insert(ServedModel {
+            name: p.model.clone(),
+            version: prepared.entry.version,
+            config: prepared.entry.config.clone(),
+            input: prepared.input.clone(),
+            outputs,
+            handle: handle.clone(),
+            max_batch: *prepared.buckets.last().expect("buckets are non-empty"),
+            stats,
+        });
         log::info!(
             target: "gsinfer",
             "model {} version {} ready on tract: {} instance(s), buckets {:?}, latency budget {} µs",
@@ -316,6 +339,7 @@ fn ingest(
 ) {
     let channel = msg.topic.rsplit('/').next().unwrap_or("");
     let mut matched = false;
+    let mut accepted = 0;
     for (ix, s) in served.iter_mut().enumerate() {
         if !s.pipeline.matches_topic(&msg.topic) {
             continue;
@@ -334,20 +358,32 @@ fn ingest(
                 .on_sample(channel, t, sample, msg.received, &mut scored)
             {
                 Ok(window) => {
+                    accepted += 1;
                     board.record_sample(&s.model, channel);
                     if let Some(item) = window {
-                        board.metrics.windows.with_label_values(&[&s.model]).inc();
+                        Metrics::add(&board.metrics.windows, &s.model, 1);
                         let channel_id = item.channel;
-                        match s.handle.push(channel_id, item, Instant::now()) {
+                        let now = Instant::now();
+                        match s.handle.push(channel_id, Job::window(item, now), now) {
                             PushOutcome::Queued => {}
                             PushOutcome::Replaced(old) | PushOutcome::Evicted(old) => {
-                                board
-                                    .metrics
-                                    .windows_dropped
-                                    .with_label_values(&[&s.model, "queue_full"])
-                                    .inc();
-                                s.pipeline
-                                    .on_window(&old, WindowOutcome::Dropped, &mut scored);
+                                board.metrics.dropped(&s.model, "queue_full", 1);
+                                match old.work {
+                                    Work::Window(old) => {
+                                        s.pipeline.on_window(
+                                            &old,
+                                            WindowOutcome::Dropped,
+                                            &mut scored,
+                                        );
+                                    }
+                                    Work::Request(r) => r.fail(
+                                        old.queued,
+                                        format!(
+                                            "model {}'s batch queue overflowed; retry later",
+                                            s.model
+                                        ),
+                                    ),
+                                }
                             }
                         }
                     }
@@ -357,11 +393,7 @@ fn ingest(
                 }
             }
         }
-        board
-            .metrics
-            .queue_depth
-            .with_label_values(&[&s.model])
-            .set(s.handle.depth() as i64);
+        board.metrics.set_queue_depth(&s.model, s.handle.depth());
         outputs.extend(scored.into_iter().map(|o| (ix, o)));
     }
     if !matched {
@@ -371,6 +403,7 @@ fn ingest(
         };
         rejects.reject(board, &msg.topic, &r);
     }
+    board.record_input(MQTT_SOURCE, msg.payload.len(), accepted);
 }
 
 /// Feeds one engine batch's results back to its pipeline.
@@ -391,9 +424,9 @@ fn settle(
         s.pipeline.on_window(&item, outcome, &mut scored);
     }
     let (late, _) = s.pipeline.scorer_totals();
-    let counter = board.metrics.late_forecasts.with_label_values(&[&s.model]);
-    if late > counter.get() {
-        counter.inc_by(late - counter.get());
+    let counted = Metrics::value(&board.metrics.late_forecasts, &s.model);
+    if late > counted {
+        Metrics::add(&board.metrics.late_forecasts, &s.model, late - counted);
     }
     outputs.extend(scored.into_iter().map(|o| (res.pipeline, o)));
 }

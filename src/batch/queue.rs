@@ -129,6 +129,31 @@ impl<T> BatchQueue<T> {
         PushOutcome::Evicted(oldest.item)
     }
 
+    /// Queues every item of `items` of `channel` arriving at `now`, all
+    /// sharing one deadline, if they fit without applying the full-policy;
+    /// otherwise queues none and hands them back. Used for the items of one
+    /// HTTP inference request, which must not displace telemetry windows.
+    ///
+    /// # Errors
+    /// The items, untouched, when fewer than `items.len()` places are free.
+    pub fn push_all_if_room(
+        &mut self,
+        channel: u32,
+        items: Vec<T>,
+        now: Instant,
+    ) -> Result<(), Vec<T>> {
+        if self.capacity - self.entries.len() < items.len() {
+            return Err(items);
+        }
+        let deadline = now + self.budget;
+        self.entries.extend(items.into_iter().map(|item| Entry {
+            channel,
+            deadline,
+            item,
+        }));
+        Ok(())
+    }
+
     /// The dispatch policy. Dispatches the largest bucket's worth of items
     /// as soon as that many are queued; otherwise everything queued (up to
     /// the largest bucket) once the oldest deadline is reached; otherwise
@@ -243,6 +268,23 @@ mod tests {
         let (got, bucket) = items(q.next_batch(t0 + BUDGET));
         assert_eq!(got, vec![20, 30]);
         assert_eq!(bucket, 2);
+    }
+
+    #[test]
+    fn push_all_if_room_is_all_or_nothing() {
+        let t0 = Instant::now();
+        let mut q = queue(4);
+        q.push(0, 1, t0);
+        q.push(0, 2, t0);
+        assert_eq!(
+            q.push_all_if_room(9, vec![10, 11, 12], t0),
+            Err(vec![10, 11, 12])
+        );
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.push_all_if_room(9, vec![10, 11], t0), Ok(()));
+        assert_eq!(q.len(), 4);
+        // They share the budget: at the deadline all four go, in arrival order.
+        assert_eq!(items(q.next_batch(t0 + BUDGET)).0, vec![1, 2, 10, 11]);
     }
 
     #[test]

@@ -55,6 +55,27 @@ impl<T> BatchHandle<T> {
         outcome
     }
 
+    /// Queues all of `items` or none; see [`BatchQueue::push_all_if_room`].
+    ///
+    /// # Errors
+    /// The items, when the queue has no room for all of them or is closed.
+    pub fn push_all_if_room(
+        &self,
+        channel: u32,
+        items: Vec<T>,
+        now: Instant,
+    ) -> Result<(), Vec<T>> {
+        let (lock, cvar) = &*self.inner;
+        let mut shared = lock.lock().expect("batch queue lock");
+        if shared.closed {
+            return Err(items);
+        }
+        let outcome = shared.queue.push_all_if_room(channel, items, now);
+        drop(shared);
+        cvar.notify_one();
+        outcome
+    }
+
     /// Items queued now.
     pub fn depth(&self) -> usize {
         self.inner.0.lock().expect("batch queue lock").queue.len()

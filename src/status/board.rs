@@ -1,5 +1,8 @@
 //! The status board: the live state every stage reports to, read by the
 //! HTTP endpoints. Cheap to update (one uncontended lock per call).
+//!
+//! [`StatusBoard::snapshot`] is the `/api/status` document; its shape is
+//! documented in the README ("HTTP") and read by the status page.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -8,44 +11,87 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use super::metrics::{ModelBucketLabels, ModelKindLabels, ModelSourceLabels};
+use super::rate::RateMeter;
+use super::stats::InferStats;
 use super::{Metrics, StatusConfig};
 use crate::score::Score;
 
 /// Lifecycle of one model's engine.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ModelState {
     /// Being loaded or prepared.
     Loading,
     /// Serving.
     Ready,
+    /// An engine is being (re)built on the box; `progress` in 0..=1.
+    Rebuilding {
+        /// Fraction done, 0 to 1.
+        progress: f32,
+    },
     /// Could not be loaded; the reason.
     Failed(String),
+}
+
+impl ModelState {
+    /// Every state's name, as in `/api/status` and `gsinfer_engine_state`.
+    pub const NAMES: [&'static str; 4] = ["loading", "ready", "rebuilding", "failed"];
+
+    /// This state's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModelState::Loading => "loading",
+            ModelState::Ready => "ready",
+            ModelState::Rebuilding { .. } => "rebuilding",
+            ModelState::Failed(_) => "failed",
+        }
+    }
 }
 
 #[derive(Debug)]
 struct ModelStatus {
     engine: String,
+    device: Option<String>,
     state: ModelState,
     version: u64,
     budget_us: u64,
     buckets: Vec<usize>,
-    /// Window latency in µs.
+    /// Telemetry window latency in µs.
     latency_us: Histogram<u64>,
+    /// Time in the batcher queue in µs.
+    queue_us: Histogram<u64>,
     /// Engine time per batch in µs.
     inference_us: Histogram<u64>,
+    stats: Arc<InferStats>,
 }
 
 #[derive(Debug, Default)]
 struct ChannelStatus {
     samples: u64,
     last: Option<Score>,
-    recent: VecDeque<f32>,
+    /// (score, threshold), oldest first.
+    recent: VecDeque<(f32, f32)>,
+}
+
+/// One telemetry source (the MQTT broker today; serial links later).
+#[derive(Debug, Default)]
+struct SourceStatus {
+    kind: String,
+    endpoint: String,
+    connected: bool,
+    messages: u64,
+    bytes: u64,
+    samples: u64,
+    disconnects: u64,
+    message_rate: RateMeter,
+    sample_rate: RateMeter,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     connected: bool,
     models: BTreeMap<String, ModelStatus>,
+    sources: BTreeMap<String, SourceStatus>,
     channels: BTreeMap<(String, String), ChannelStatus>,
     events: VecDeque<Value>,
 }
@@ -63,6 +109,9 @@ pub struct StatusBoard {
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
+
+/// Name of the MQTT source in `sources`.
+pub const MQTT_SOURCE: &str = "mqtt";
 
 impl StatusBoard {
     /// An empty board.
@@ -89,18 +138,22 @@ impl StatusBoard {
         budget_us: u64,
         buckets: &[usize],
     ) {
+        self.metrics.set_engine_state(name, &state);
         let mut inner = self.lock();
         let entry = inner
             .models
             .entry(name.to_string())
             .or_insert_with(|| ModelStatus {
                 engine: String::new(),
+                device: None,
                 state: ModelState::Loading,
                 version,
                 budget_us,
                 buckets: Vec::new(),
                 latency_us: histogram(),
+                queue_us: histogram(),
                 inference_us: histogram(),
+                stats: Arc::default(),
             });
         entry.engine = engine.to_string();
         entry.state = state;
@@ -111,9 +164,66 @@ impl StatusBoard {
         self.update_ready();
     }
 
-    /// Records the broker connection state.
+    /// Changes a registered model's state (e.g. rebuild progress).
+    pub fn set_model_state(&self, name: &str, state: ModelState) {
+        self.metrics.set_engine_state(name, &state);
+        if let Some(m) = self.lock().models.get_mut(name) {
+            m.state = state;
+        }
+        self.update_ready();
+    }
+
+    /// Names the device a registered model's engine runs on, e.g. `"CPU"`
+    /// or a GPU's name.
+    pub fn set_device(&self, name: &str, device: &str) {
+        if let Some(m) = self.lock().models.get_mut(name) {
+            m.device = Some(device.to_string());
+        }
+    }
+
+    /// The statistics of a registered model (shared with its engine
+    /// threads and the KServe endpoints); `None` for an unknown model.
+    pub fn stats(&self, model: &str) -> Option<Arc<InferStats>> {
+        self.lock().models.get(model).map(|m| Arc::clone(&m.stats))
+    }
+
+    /// Registers a telemetry source `name` of `kind` (`mqtt`, `serial`) at
+    /// `endpoint` (broker address, device path).
+    pub fn register_source(&self, name: &str, kind: &str, endpoint: &str) {
+        let mut inner = self.lock();
+        let s = inner.sources.entry(name.to_string()).or_default();
+        s.kind = kind.to_string();
+        s.endpoint = endpoint.to_string();
+    }
+
+    /// Records a source's link state; a drop from connected counts as a disconnect.
+    pub fn set_source_connected(&self, name: &str, connected: bool) {
+        let mut inner = self.lock();
+        let s = inner.sources.entry(name.to_string()).or_default();
+        if s.connected && !connected {
+            s.disconnects += 1;
+        }
+        s.connected = connected;
+    }
+
+    /// Counts one message of `bytes` from source `name`, carrying `samples` accepted samples.
+    pub fn record_input(&self, name: &str, bytes: usize, samples: usize) {
+        self.metrics.input(name, bytes);
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let s = inner.sources.entry(name.to_string()).or_default();
+        s.messages += 1;
+        s.bytes += bytes as u64;
+        s.samples += samples as u64;
+        let (messages, samples) = (s.messages, s.samples);
+        s.message_rate.observe(now, messages);
+        s.sample_rate.observe(now, samples);
+    }
+
+    /// Records the broker connection state (the [`MQTT_SOURCE`] source).
     pub fn set_connected(&self, connected: bool) {
         self.lock().connected = connected;
+        self.set_source_connected(MQTT_SOURCE, connected);
         self.metrics.mqtt_connected.set(connected as i64);
         self.update_ready();
     }
@@ -121,44 +231,82 @@ impl StatusBoard {
     /// Whether every model is ready and the broker is connected.
     pub fn is_ready(&self) -> bool {
         let inner = self.lock();
-        inner.connected
-            && !inner.models.is_empty()
-            && inner.models.values().all(|m| m.state == ModelState::Ready)
+        inner.connected && Self::models_ready(&inner)
+    }
+
+    /// Whether every model is ready (the broker aside): KServe readiness.
+    pub fn are_models_ready(&self) -> bool {
+        Self::models_ready(&self.lock())
+    }
+
+    fn models_ready(inner: &Inner) -> bool {
+        !inner.models.is_empty() && inner.models.values().all(|m| m.state == ModelState::Ready)
+    }
+
+    /// Whether model `name` is registered and ready.
+    pub fn is_model_ready(&self, name: &str) -> bool {
+        self.lock()
+            .models
+            .get(name)
+            .is_some_and(|m| m.state == ModelState::Ready)
     }
 
     fn update_ready(&self) {
         self.metrics.ready.set(self.is_ready() as i64);
     }
 
-    /// Records one batch of `model` run in `bucket` taking `micros` µs.
+    /// Records one batch of `model` run in `bucket` taking `micros` µs of engine time.
     pub fn record_batch(&self, model: &str, bucket: usize, micros: u64) {
+        let labels = ModelBucketLabels {
+            model: model.into(),
+            bucket: bucket.to_string(),
+        };
+        self.metrics.batches.get_or_create(&labels).inc();
         self.metrics
-            .batches
-            .with_label_values(&[model, &bucket.to_string()])
-            .inc();
-        self.metrics
-            .inference_seconds
-            .with_label_values(&[model, &bucket.to_string()])
+            .compute_seconds
+            .get_or_create(&labels)
             .observe(micros as f64 / 1e6);
         if let Some(m) = self.lock().models.get_mut(model) {
             m.inference_us.saturating_record(micros.max(1));
         }
     }
 
-    /// Records one window's latency (last sample received → result out).
-    pub fn record_latency(&self, model: &str, micros: u64) {
+    /// Records how long one item of `source` (`telemetry`, `http`) waited in the batcher.
+    pub fn record_queue_time(&self, model: &str, source: &str, micros: u64) {
         self.metrics
-            .latency_seconds
-            .with_label_values(&[model])
+            .queue_seconds
+            .get_or_create(&ModelSourceLabels {
+                model: model.into(),
+                source: source.into(),
+            })
             .observe(micros as f64 / 1e6);
+        if let Some(m) = self.lock().models.get_mut(model) {
+            m.queue_us.saturating_record(micros.max(1));
+        }
+    }
+
+    /// Records one telemetry window's latency (last sample received → result scored).
+    pub fn record_latency(&self, model: &str, micros: u64) {
+        self.record_end_to_end(model, "telemetry", micros);
         if let Some(m) = self.lock().models.get_mut(model) {
             m.latency_us.saturating_record(micros.max(1));
         }
     }
 
+    /// Records one end-to-end time of `source` (`telemetry`, `http`) in the metrics.
+    pub fn record_end_to_end(&self, model: &str, source: &str, micros: u64) {
+        self.metrics
+            .end_to_end_seconds
+            .get_or_create(&ModelSourceLabels {
+                model: model.into(),
+                source: source.into(),
+            })
+            .observe(micros as f64 / 1e6);
+    }
+
     /// Counts one accepted sample of `channel`.
     pub fn record_sample(&self, model: &str, channel: &str) {
-        self.metrics.samples.with_label_values(&[model]).inc();
+        Metrics::add(&self.metrics.samples, model, 1);
         let mut inner = self.lock();
         match inner
             .channels
@@ -179,14 +327,14 @@ impl StatusBoard {
 
     /// Records a channel's latest score.
     pub fn record_score(&self, model: &str, channel: &str, score: &Score) {
-        self.metrics.scores.with_label_values(&[model]).inc();
+        Metrics::add(&self.metrics.scores, model, 1);
         let history = self.config.score_history;
         let mut inner = self.lock();
         let c = inner
             .channels
             .entry((model.to_string(), channel.to_string()))
             .or_default();
-        c.recent.push_back(score.score);
+        c.recent.push_back((score.score, score.threshold));
         while c.recent.len() > history {
             c.recent.pop_front();
         }
@@ -195,7 +343,13 @@ impl StatusBoard {
 
     /// Records an anomaly event (its MQTT payload).
     pub fn record_event(&self, model: &str, kind: &str, payload: Value) {
-        self.metrics.events.with_label_values(&[model, kind]).inc();
+        self.metrics
+            .events
+            .get_or_create(&ModelKindLabels {
+                model: model.into(),
+                kind: kind.into(),
+            })
+            .inc();
         let keep = self.config.recent_events;
         let mut inner = self.lock();
         inner.events.push_back(payload);
@@ -207,7 +361,8 @@ impl StatusBoard {
     /// The `/api/status` document.
     pub fn snapshot(&self) -> Value {
         let m = &self.metrics;
-        let inner = self.lock();
+        let now = Instant::now();
+        let mut inner = self.lock();
         let pct = |h: &Histogram<u64>| {
             if h.is_empty() {
                 Value::Null
@@ -223,24 +378,38 @@ impl StatusBoard {
             .models
             .iter()
             .map(|(name, s)| {
-                let (state, reason) = match &s.state {
-                    ModelState::Loading => ("loading", None),
-                    ModelState::Ready => ("ready", None),
-                    ModelState::Failed(r) => ("failed", Some(r.clone())),
+                let (reason, progress) = match &s.state {
+                    ModelState::Failed(r) => (Some(r.clone()), None),
+                    ModelState::Rebuilding { progress } => (None, Some(*progress)),
+                    _ => (None, None),
                 };
-                let dropped: u64 = ["queue_full", "engine_error"]
-                    .iter()
-                    .map(|r| m.windows_dropped.with_label_values(&[name.as_str(), r]).get())
-                    .sum();
+                let (ok, failed) = s.stats.outcomes();
                 json!({
-                    "name": name, "engine": s.engine, "state": state, "reason": reason, "version": s.version,
-                    "latency_budget_us": s.budget_us, "buckets": s.buckets,
-                    "queue_depth": m.queue_depth.with_label_values(&[name]).get(),
-                    "samples": m.samples.with_label_values(&[name]).get(),
-                    "windows": m.windows.with_label_values(&[name]).get(),
-                    "windows_dropped": dropped,
-                    "scores": m.scores.with_label_values(&[name]).get(),
-                    "latency_us": pct(&s.latency_us), "inference_us": pct(&s.inference_us),
+                    "name": name, "engine": s.engine, "device": s.device,
+                    "state": s.state.name(), "reason": reason, "progress": progress,
+                    "version": s.version, "latency_budget_us": s.budget_us, "buckets": s.buckets,
+                    "queue_depth": m.queue_depth_of(name),
+                    "samples": Metrics::value(&m.samples, name),
+                    "windows": Metrics::value(&m.windows, name),
+                    "windows_dropped": m.dropped_count(name),
+                    "scores": Metrics::value(&m.scores, name),
+                    "requests": { "success": ok, "fail": failed },
+                    "latency_us": pct(&s.latency_us), "queue_us": pct(&s.queue_us),
+                    "inference_us": pct(&s.inference_us),
+                })
+            })
+            .collect();
+        let sources: Vec<Value> = inner
+            .sources
+            .iter_mut()
+            .map(|(name, s)| {
+                json!({
+                    "name": name, "kind": s.kind, "endpoint": s.endpoint,
+                    "state": if s.connected { "connected" } else { "disconnected" },
+                    "messages": s.messages, "bytes": s.bytes, "samples": s.samples,
+                    "disconnects": s.disconnects,
+                    "messages_per_s": s.message_rate.rate(now, s.messages),
+                    "samples_per_s": s.sample_rate.rate(now, s.samples),
                 })
             })
             .collect();
@@ -250,30 +419,75 @@ impl StatusBoard {
             .map(|((model, channel), c)| {
                 json!({
                     "model": model, "channel": channel, "samples": c.samples,
-                    "last": c.last, "recent_scores": c.recent,
+                    "last": c.last,
+                    "recent_scores": c.recent.iter().map(|r| r.0).collect::<Vec<_>>(),
+                    "recent_thresholds": c.recent.iter().map(|r| r.1).collect::<Vec<_>>(),
                 })
             })
             .collect();
         let rejected: BTreeMap<&str, u64> = crate::ingest::decode::RejectReason::ALL
             .iter()
-            .map(|r| {
-                (
-                    r.as_str(),
-                    m.rejected.with_label_values(&[r.as_str()]).get(),
-                )
-            })
+            .map(|r| (r.as_str(), m.rejected_count(r.as_str())))
             .collect();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.started.elapsed().as_secs_f64(),
-            "ready": inner.connected && !inner.models.is_empty()
-                && inner.models.values().all(|m| m.state == ModelState::Ready),
+            "ready": inner.connected && Self::models_ready(&inner),
             "broker": { "connected": inner.connected, "disconnects": m.mqtt_disconnects.get() },
             "ingest": { "overflow": m.ingest_overflow.get() },
+            "sources": sources,
             "models": models,
             "channels": channels,
             "events": inner.events,
             "rejected": rejected,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn score(index: u64, score: f32) -> Score {
+        Score {
+            index,
+            t_ns: 0,
+            error: score,
+            score,
+            threshold: 0.5,
+            anomalous: score > 0.5,
+        }
+    }
+
+    #[test]
+    fn snapshot_lists_models_sources_and_channel_history() {
+        let board = StatusBoard::new(StatusConfig {
+            score_history: 3,
+            ..StatusConfig::default()
+        });
+        board.set_model("m", "tract", ModelState::Loading, 1, 20_000, &[1, 4]);
+        board.set_device("m", "CPU");
+        board.set_model_state("m", ModelState::Rebuilding { progress: 0.25 });
+        board.register_source(MQTT_SOURCE, "mqtt", "127.0.0.1:1883");
+        board.set_connected(true);
+        board.record_input(MQTT_SOURCE, 100, 10);
+        for i in 0..5 {
+            board.record_score("m", "A-1", &score(i, i as f32 * 0.2));
+        }
+        let s = board.snapshot();
+        assert_eq!(s["models"][0]["state"], "rebuilding");
+        assert_eq!(s["models"][0]["progress"], 0.25);
+        assert_eq!(s["models"][0]["device"], "CPU");
+        assert_eq!(s["sources"][0]["kind"], "mqtt");
+        assert_eq!(s["sources"][0]["state"], "connected");
+        assert_eq!(s["sources"][0]["samples"], 10);
+        let recent = s["channels"][0]["recent_scores"].as_array().unwrap();
+        assert_eq!(recent.len(), 3);
+        assert_eq!(s["channels"][0]["recent_thresholds"][2], 0.5);
+        assert_eq!(s["ready"], false);
+        board.set_model_state("m", ModelState::Ready);
+        assert!(board.is_ready() && board.are_models_ready());
+        board.set_connected(false);
+        assert_eq!(board.snapshot()["sources"][0]["disconnects"], 1);
     }
 }

@@ -1,177 +1,316 @@
-//! Prometheus metrics (text exposition format 0.0.4), all named `gsinfer_*`.
+//! Prometheus metrics on the `prometheus-client` crate, all named
+//! `gsinfer_*`, in base units (seconds, bytes) with `_total` counters.
+//!
+//! The registry encodes OpenMetrics 1.0 text; [`Metrics::render`] serves that
+//! to scrapers that ask for it (Prometheus does, in its `Accept` header) and
+//! the classic Prometheus text format 0.0.4 to everyone else (curl, older
+//! scrapers), converted by [`openmetrics_to_text_004`].
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
-};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::board::ModelState;
+
+/// Content type of the OpenMetrics text format.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the Prometheus text format 0.0.4.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Label `model`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    /// Model name.
+    pub model: String,
+}
+
+/// Labels `model`, `reason`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelReasonLabels {
+    /// Model name.
+    pub model: String,
+    /// Why, e.g. `queue_full`.
+    pub reason: String,
+}
+
+/// Label `reason`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why, e.g. `malformed`.
+    pub reason: String,
+}
+
+/// Label `source`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// Where inputs come from: `mqtt`, `http` (later `serial`).
+    pub source: String,
+}
+
+/// Labels `model`, `source`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelSourceLabels {
+    /// Model name.
+    pub model: String,
+    /// `telemetry` or `http`.
+    pub source: String,
+}
+
+/// Labels `model`, `bucket`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelBucketLabels {
+    /// Model name.
+    pub model: String,
+    /// The batch-size bucket the batch was padded to.
+    pub bucket: String,
+}
+
+/// Labels `model`, `kind`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelKindLabels {
+    /// Model name.
+    pub model: String,
+    /// `anomaly_start` or `anomaly_end`.
+    pub kind: String,
+}
+
+/// Labels `model`, `state`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelStateLabels {
+    /// Model name.
+    pub model: String,
+    /// `loading`, `ready`, `rebuilding` or `failed`.
+    pub state: String,
+}
+
+/// Label `code`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// HTTP status code.
+    pub code: String,
+}
+
+/// Label `version`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric gsinfer exports, registered in one registry.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Messages (MQTT) and requests (HTTP inference) received, by source.
+    pub inputs: Family<SourceLabel, Counter>,
+    /// Bytes of those inputs' payloads, by source.
+    pub input_bytes: Family<SourceLabel, Counter>,
     /// Accepted samples, by pipeline model.
-    pub samples: IntCounterVec,
+    pub samples: Family<ModelLabel, Counter>,
     /// Rejected inputs by reason (`malformed`, `non_finite`, ...).
-    pub rejected: IntCounterVec,
+    pub rejected: Family<ReasonLabel, Counter>,
     /// Windows cut, by model.
-    pub windows: IntCounterVec,
-    /// Windows dropped before inference, by model and reason
-    /// (`queue_full`, `engine_error`).
-    pub windows_dropped: IntCounterVec,
+    pub windows: Family<ModelLabel, Counter>,
+    /// Windows (and HTTP request items) dropped before inference, by model
+    /// and reason (`queue_full`, `engine_error`).
+    pub windows_dropped: Family<ModelReasonLabels, Counter>,
     /// Batches run, by model and bucket.
-    pub batches: IntCounterVec,
-    /// Windows queued for the batcher, by model.
-    pub queue_depth: IntGaugeVec,
-    /// Engine time per batch in seconds, by model and bucket.
-    pub inference_seconds: HistogramVec,
-    /// Window latency in seconds: last sample of the window received →
-    /// its result published, by model.
-    pub latency_seconds: HistogramVec,
+    pub batches: Family<ModelBucketLabels, Counter>,
+    /// Items waiting in the batcher, by model.
+    pub queue_depth: Family<ModelLabel, Gauge>,
+    /// 1 for a model's current engine state, 0 for the others.
+    pub engine_state: Family<ModelStateLabels, Gauge>,
+    /// Time an item waited in the batcher queue, by model and source.
+    pub queue_seconds: HistogramFamily<ModelSourceLabels>,
+    /// Engine time per batch, by model and bucket.
+    pub compute_seconds: HistogramFamily<ModelBucketLabels>,
+    /// Telemetry: last sample of a window received → its result scored;
+    /// HTTP: inference request received → response ready. By model and source.
+    pub end_to_end_seconds: HistogramFamily<ModelSourceLabels>,
     /// Scores computed, by model.
-    pub scores: IntCounterVec,
+    pub scores: Family<ModelLabel, Counter>,
     /// Anomaly events raised, by model and kind (`anomaly_start`, `anomaly_end`).
-    pub events: IntCounterVec,
+    pub events: Family<ModelKindLabels, Counter>,
+    /// HTTP responses, by status code.
+    pub http_responses: Family<CodeLabel, Counter>,
     /// 1 while connected to the MQTT broker.
-    pub mqtt_connected: IntGauge,
+    pub mqtt_connected: Gauge,
     /// Connections to the broker that were lost.
-    pub mqtt_disconnects: IntCounter,
+    pub mqtt_disconnects: Counter,
     /// Messages dropped because the ingest queue was full.
-    pub ingest_overflow: IntCounter,
+    pub ingest_overflow: Counter,
     /// Results that could not be handed to the MQTT client.
-    pub publish_errors: IntCounter,
+    pub publish_errors: Counter,
     /// Forecasts whose target sample was no longer kept, by model.
-    pub late_forecasts: IntCounterVec,
+    pub late_forecasts: Family<ModelLabel, Counter>,
     /// 1 when every engine is loaded and the broker is connected.
-    pub ready: IntGauge,
+    pub ready: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to ~52 s, factor 2: covers a batch of 1 on a GPU to an
+    // overloaded CPU queue.
+    Histogram::new((0..21).map(|i| 50e-6 * f64::powi(2.0, i)))
 }
 
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let samples = counter(
-            "gsinfer_samples_total",
-            "Accepted telemetry samples.",
-            &["model"],
+        let mut root = Registry::default();
+        let r = root.sub_registry_with_prefix("gsinfer");
+        let inputs = Family::default();
+        r.register(
+            "inputs",
+            "Inputs received: MQTT messages, HTTP inference requests.",
+            inputs.clone(),
         );
-        let rejected = counter(
-            "gsinfer_samples_rejected_total",
+        let input_bytes = Family::default();
+        r.register_with_unit(
+            "input",
+            "Payload bytes of the inputs received.",
+            Unit::Bytes,
+            input_bytes.clone(),
+        );
+        let samples = Family::default();
+        r.register("samples", "Accepted telemetry samples.", samples.clone());
+        let rejected: Family<ReasonLabel, Counter> = Family::default();
+        r.register(
+            "samples_rejected",
             "Rejected inputs by reason.",
-            &["reason"],
+            rejected.clone(),
         );
-        let windows = counter("gsinfer_windows_total", "Windows cut.", &["model"]);
-        let windows_dropped = counter(
-            "gsinfer_windows_dropped_total",
-            "Windows dropped before inference.",
-            &["model", "reason"],
+        let windows = Family::default();
+        r.register("windows", "Windows cut.", windows.clone());
+        let windows_dropped = Family::default();
+        r.register(
+            "windows_dropped",
+            "Windows and HTTP request items dropped before inference.",
+            windows_dropped.clone(),
         );
-        let batches = counter(
-            "gsinfer_batches_total",
+        let batches = Family::default();
+        r.register(
+            "batches",
             "Batches run, by padded bucket size.",
-            &["model", "bucket"],
+            batches.clone(),
         );
-        let scores = counter("gsinfer_scores_total", "Scores computed.", &["model"]);
-        let events = counter(
-            "gsinfer_events_total",
-            "Anomaly events raised.",
-            &["model", "kind"],
+        let queue_depth = Family::default();
+        r.register(
+            "queue_depth",
+            "Items waiting in the batcher.",
+            queue_depth.clone(),
         );
-        let late_forecasts = counter(
-            "gsinfer_late_forecasts_total",
-            "Forecasts whose target sample was gone.",
-            &["model"],
+        let engine_state = Family::default();
+        r.register(
+            "engine_state",
+            "1 for the engine's current state (loading, ready, rebuilding, failed).",
+            engine_state.clone(),
         );
-        let queue_depth = IntGaugeVec::new(
-            Opts::new("gsinfer_queue_depth", "Windows waiting in the batcher."),
-            &["model"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(queue_depth.clone()))
-            .expect("unique metric");
-        let buckets = vec![
-            1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5,
-        ];
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(buckets.clone()),
-                labels,
-            )
-            .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
-        };
-        let inference_seconds = histogram(
-            "gsinfer_inference_seconds",
+        let queue_seconds: HistogramFamily<_> = Family::new_with_constructor(latency_histogram);
+        r.register_with_unit(
+            "queue_duration",
+            "Time an item waited in the batcher queue.",
+            Unit::Seconds,
+            queue_seconds.clone(),
+        );
+        let compute_seconds: HistogramFamily<_> = Family::new_with_constructor(latency_histogram);
+        r.register_with_unit(
+            "compute_duration",
             "Engine time per batch.",
-            &["model", "bucket"],
+            Unit::Seconds,
+            compute_seconds.clone(),
         );
-        let latency_seconds = histogram(
-            "gsinfer_latency_seconds",
-            "Last sample of a window received to its result published.",
-            &["model"],
+        let end_to_end_seconds: HistogramFamily<_> =
+            Family::new_with_constructor(latency_histogram);
+        r.register_with_unit(
+            "end_to_end_duration",
+            "Telemetry: last sample of a window received to its result; HTTP: request received to response.",
+            Unit::Seconds,
+            end_to_end_seconds.clone(),
         );
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let single = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let mqtt_connected = gauge(
-            "gsinfer_mqtt_connected",
+        let scores = Family::default();
+        r.register("scores", "Scores computed.", scores.clone());
+        let events = Family::default();
+        r.register("events", "Anomaly events raised.", events.clone());
+        let http_responses = Family::default();
+        r.register(
+            "http_responses",
+            "HTTP responses by status code.",
+            http_responses.clone(),
+        );
+        let late_forecasts = Family::default();
+        r.register(
+            "late_forecasts",
+            "Forecasts whose target sample was gone.",
+            late_forecasts.clone(),
+        );
+        let mqtt_connected = Gauge::default();
+        r.register(
+            "mqtt_connected",
             "1 while connected to the MQTT broker.",
+            mqtt_connected.clone(),
         );
-        let ready = gauge(
-            "gsinfer_ready",
+        let ready = Gauge::default();
+        r.register(
+            "ready",
             "1 when engines are loaded and the broker is connected.",
+            ready.clone(),
         );
-        let mqtt_disconnects = single("gsinfer_mqtt_disconnects_total", "Broker connections lost.");
-        let ingest_overflow = single(
-            "gsinfer_ingest_overflow_total",
+        let mqtt_disconnects = Counter::default();
+        r.register(
+            "mqtt_disconnects",
+            "Broker connections lost.",
+            mqtt_disconnects.clone(),
+        );
+        let ingest_overflow = Counter::default();
+        r.register(
+            "ingest_overflow",
             "Messages dropped: ingest queue full.",
+            ingest_overflow.clone(),
         );
-        let publish_errors = single(
-            "gsinfer_publish_errors_total",
+        let publish_errors = Counter::default();
+        r.register(
+            "publish_errors",
             "Results the MQTT client refused.",
+            publish_errors.clone(),
         );
-        let info = IntGaugeVec::new(
-            Opts::new("gsinfer_build_info", "Build information."),
-            &["version"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(info.clone()))
-            .expect("unique metric");
-        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // Every reason is exported from the start, at 0, so a rate() over it
+        // works before the first reject.
+        for reason in crate::ingest::decode::RejectReason::ALL {
+            rejected
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str().into(),
+                })
+                .get();
+        }
+        let info = Family::<VersionLabel, Gauge>::default();
+        info.get_or_create(&VersionLabel {
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .set(1);
+        r.register("build_info", "Build information.", info);
         Self {
-            registry,
+            registry: root,
+            inputs,
+            input_bytes,
             samples,
             rejected,
             windows,
             windows_dropped,
             batches,
             queue_depth,
-            inference_seconds,
-            latency_seconds,
+            engine_state,
+            queue_seconds,
+            compute_seconds,
+            end_to_end_seconds,
             scores,
             events,
+            http_responses,
             mqtt_connected,
             mqtt_disconnects,
             ingest_overflow,
@@ -181,13 +320,117 @@ impl Metrics {
         }
     }
 
-    /// Every metric in the Prometheus text format.
-    pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding to memory");
-        String::from_utf8(out).expect("prometheus text is UTF-8")
+    /// Counts one rejected input of `reason` (e.g. `"malformed"`).
+    pub fn reject(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Rejected inputs of `reason` so far.
+    pub fn rejected_count(&self, reason: &str) -> u64 {
+        self.rejected
+            .get(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Counts one input of `bytes` from `source` (`mqtt`, `http`, ...).
+    pub fn input(&self, source: &str, bytes: usize) {
+        let label = SourceLabel {
+            source: source.into(),
+        };
+        self.inputs.get_or_create(&label).inc();
+        self.input_bytes.get_or_create(&label).inc_by(bytes as u64);
+    }
+
+    /// Adds `n` to `family`'s counter of `model`.
+    pub fn add(family: &Family<ModelLabel, Counter>, model: &str, n: u64) {
+        family
+            .get_or_create(&ModelLabel {
+                model: model.into(),
+            })
+            .inc_by(n);
+    }
+
+    /// The value of `family`'s counter of `model` (0 if never counted).
+    pub fn value(family: &Family<ModelLabel, Counter>, model: &str) -> u64 {
+        family
+            .get(&ModelLabel {
+                model: model.into(),
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Counts `n` items of `model` dropped for `reason` (`queue_full`, `engine_error`).
+    pub fn dropped(&self, model: &str, reason: &str, n: u64) {
+        self.windows_dropped
+            .get_or_create(&ModelReasonLabels {
+                model: model.into(),
+                reason: reason.into(),
+            })
+            .inc_by(n);
+    }
+
+    /// Items of `model` dropped so far, all reasons.
+    pub fn dropped_count(&self, model: &str) -> u64 {
+        ["queue_full", "engine_error"]
+            .iter()
+            .filter_map(|r| {
+                self.windows_dropped
+                    .get(&ModelReasonLabels {
+                        model: model.into(),
+                        reason: (*r).into(),
+                    })
+                    .map(|c| c.get())
+            })
+            .sum()
+    }
+
+    /// Sets the batcher queue depth of `model`.
+    pub fn set_queue_depth(&self, model: &str, depth: usize) {
+        self.queue_depth
+            .get_or_create(&ModelLabel {
+                model: model.into(),
+            })
+            .set(depth as i64);
+    }
+
+    /// The batcher queue depth of `model`.
+    pub fn queue_depth_of(&self, model: &str) -> i64 {
+        self.queue_depth
+            .get(&ModelLabel {
+                model: model.into(),
+            })
+            .map_or(0, |g| g.get())
+    }
+
+    /// Sets `gsinfer_engine_state{model, state}` to 1 for `state`, 0 for the rest.
+    pub fn set_engine_state(&self, model: &str, state: &ModelState) {
+        for s in ModelState::NAMES {
+            self.engine_state
+                .get_or_create(&ModelStateLabels {
+                    model: model.into(),
+                    state: s.into(),
+                })
+                .set((s == state.name()) as i64);
+        }
+    }
+
+    /// Every metric as `(content type, body)`: OpenMetrics when `accept`
+    /// (the request's `Accept` header) asks for it, else the Prometheus text
+    /// format 0.0.4.
+    pub fn render(&self, accept: &str) -> (&'static str, String) {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("encoding metrics to a String");
+        if accept.contains("application/openmetrics-text") {
+            (OPENMETRICS_CONTENT_TYPE, text)
+        } else {
+            (TEXT_CONTENT_TYPE, openmetrics_to_text_004(&text))
+        }
     }
 }
 
@@ -197,22 +440,101 @@ impl Default for Metrics {
     }
 }
 
+/// Converts the OpenMetrics text that `prometheus-client` writes into the
+/// Prometheus text format 0.0.4: a counter family's `HELP`/`TYPE` lines name
+/// it with its `_total` suffix, `unknown` becomes `untyped`, and the `UNIT`
+/// and `EOF` lines (unknown to 0.0.4) are left out. Samples are the same in
+/// both formats (no exemplars or `_created` series are written).
+pub fn openmetrics_to_text_004(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("HELP", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("TYPE", r)));
+        match meta {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let tail = if kind == "TYPE" && tail == "unknown" {
+                    "untyped"
+                } else {
+                    tail
+                };
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("# {kind} {name}{suffix} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn rejected_inputs_are_labelled_by_reason() {
+    fn rejected_inputs_are_labelled_by_reason_in_both_formats() {
         let m = Metrics::new();
-        m.rejected.with_label_values(&["malformed"]).inc();
-        let text = m.render();
+        m.reject("malformed");
+        m.reject("malformed");
+        let (ct, text) = m.render("*/*");
+        assert_eq!(ct, TEXT_CONTENT_TYPE);
         assert!(
-            text.contains("gsinfer_samples_rejected_total{reason=\"malformed\"} 1"),
+            text.contains("gsinfer_samples_rejected_total{reason=\"malformed\"} 2"),
             "{text}"
         );
+        assert!(
+            text.contains("# TYPE gsinfer_samples_rejected_total counter"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
         assert!(text
             .lines()
             .filter(|l| !l.starts_with('#'))
             .all(|l| l.starts_with("gsinfer_")));
+        let (ct, om) = m.render("application/openmetrics-text;version=1.0.0,text/plain;q=0.5");
+        assert_eq!(ct, OPENMETRICS_CONTENT_TYPE);
+        assert!(om.ends_with("# EOF\n"));
+        assert!(
+            om.contains("# TYPE gsinfer_samples_rejected counter"),
+            "{om}"
+        );
+        assert_eq!(m.rejected_count("malformed"), 2);
+    }
+
+    #[test]
+    fn histograms_are_in_seconds_and_engine_state_is_one_hot() {
+        let m = Metrics::new();
+        m.compute_seconds
+            .get_or_create(&ModelBucketLabels {
+                model: "m".into(),
+                bucket: "4".into(),
+            })
+            .observe(0.004);
+        m.set_engine_state("m", &ModelState::Ready);
+        let (_, text) = m.render("");
+        assert!(text.contains("# TYPE gsinfer_compute_duration_seconds histogram"));
+        assert!(
+            text.contains("gsinfer_compute_duration_seconds_count{model=\"m\",bucket=\"4\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("gsinfer_engine_state{model=\"m\",state=\"ready\"} 1"));
+        assert!(text.contains("gsinfer_engine_state{model=\"m\",state=\"failed\"} 0"));
     }
 }

@@ -1,12 +1,21 @@
-//! What gsinfer is doing, for people and for scrapers: the shared status
-//! board every stage writes to, Prometheus metrics, and the HTTP server.
+//! What gsinfer is doing, for people, scrapers and inference clients: the
+//! shared status board every stage writes to, Prometheus metrics, Triton-style
+//! inference statistics, the status page, the KServe v2 endpoints, and the
+//! HTTP server that serves them all.
 
 pub mod board;
 pub mod http;
+pub mod kserve;
+pub mod limits;
 pub mod metrics;
+pub mod page;
+pub mod rate;
+pub mod stats;
 
 pub use board::{ModelState, StatusBoard};
 pub use metrics::Metrics;
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,8 +23,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatusConfig {
-    /// Address and port to listen on; loopback by default, because the
-    /// endpoints are unauthenticated.
+    /// Address and port to listen on; loopback by default, because only the
+    /// inference endpoints can require a token.
     #[serde(default = "default_listen")]
     pub listen: String,
     /// Recent scores kept per channel for the status page's sparklines.
@@ -24,6 +33,27 @@ pub struct StatusConfig {
     /// Latest anomaly events kept for `/api/status`.
     #[serde(default = "default_events")]
     pub recent_events: usize,
+    /// HTTP worker threads; an inference request holds one while it waits
+    /// for its batch, so this bounds the concurrent HTTP inferences.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Socket read and write timeout per connection, in ms: a client that
+    /// stalls for longer mid-request is cut off.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_ms: u64,
+    /// Longest an HTTP inference request waits for its results, in ms,
+    /// before it is answered 503.
+    #[serde(default = "default_infer_timeout")]
+    pub infer_timeout_ms: u64,
+    /// File holding a bearer token that `POST .../infer` and
+    /// `POST /v2/repository/index` then require (`Authorization: Bearer
+    /// <token>`); must not be readable by others. A relative path is taken
+    /// from the configuration file's folder. None: no token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -38,12 +68,33 @@ fn default_events() -> usize {
     50
 }
 
+fn default_threads() -> usize {
+    16
+}
+
+fn default_max_body() -> usize {
+    16 << 20
+}
+
+fn default_read_timeout() -> u64 {
+    30_000
+}
+
+fn default_infer_timeout() -> u64 {
+    30_000
+}
+
 impl Default for StatusConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
             score_history: default_history(),
             recent_events: default_events(),
+            threads: default_threads(),
+            max_body_bytes: default_max_body(),
+            read_timeout_ms: default_read_timeout(),
+            infer_timeout_ms: default_infer_timeout(),
+            token_file: None,
         }
     }
 }

@@ -382,3 +382,5 @@ pub fn publish_all(port: u16, messages: &[(&str, &[u8])]) {
         }
     }
 }
+
+pub mod gsinfer;

@@ -1,0 +1,331 @@
+//! The KServe v2 REST protocol ("Open Inference Protocol") as Triton
+//! Inference Server speaks it, so `tritonclient` and `perf_analyzer` work
+//! against gsinfer unchanged:
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `GET /v2` | server metadata and extensions |
+//! | `GET /v2/health/live`, `/v2/health/ready` | 200, or 400 while a model is not ready |
+//! | `GET /v2/models/<m>[/versions/<v>]` | model metadata |
+//! | `GET .../ready` | 200, or 400 while not ready |
+//! | `GET .../config` | the model configuration in Triton's JSON form |
+//! | `POST .../infer` | inference, JSON tensors and the binary tensor extension ([`infer`]) |
+//! | `GET .../stats`, `GET /v2/models/stats` | Triton's statistics extension |
+//! | `POST /v2/repository/index` | every model in the repository with its state |
+//!
+//! Inference requests go through the model's batcher like telemetry windows
+//! do (one queue entry per batch item), so HTTP clients and telemetry share
+//! the latency budget and the buckets. Errors are `{"error": "..."}` with a
+//! 4xx/5xx status. References: the KServe "Open Inference Protocol (V2)"
+//! REST spec; Triton's `docs/protocol/extension_*.md`.
+
+pub mod config_json;
+pub mod infer;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use serde_json::{json, Value};
+
+use super::http::{HttpReply, HttpRequest};
+use super::StatusBoard;
+use crate::batch::BatchHandle;
+use crate::engine::TensorSpec;
+use crate::infer::Job;
+use crate::repository::{ModelConfig, ModelRepository};
+use crate::status::stats::InferStats;
+
+/// One model as the inference endpoints serve it.
+#[derive(Debug)]
+pub struct ServedModel {
+    /// Model name.
+    pub name: String,
+    /// The version served.
+    pub version: u64,
+    /// Its config.pbtxt.
+    pub config: ModelConfig,
+    /// Its one input, per batch item.
+    pub input: TensorSpec,
+    /// Its outputs as the engine produces them, per batch item.
+    pub outputs: Vec<TensorSpec>,
+    /// Its batch queue, shared with the telemetry pipeline.
+    pub handle: BatchHandle<Job>,
+    /// The largest batch an HTTP request may carry (the largest bucket).
+    pub max_batch: usize,
+    /// Its statistics, shared with its engine threads.
+    pub stats: Arc<InferStats>,
+}
+
+/// The models the inference endpoints serve; filled in by the service as
+/// engines come up, read by the HTTP workers.
+#[derive(Debug, Default)]
+pub struct ServedModels {
+    models: RwLock<BTreeMap<String, Arc<ServedModel>>>,
+    repository: Option<ModelRepository>,
+}
+
+impl ServedModels {
+    /// An empty registry over `repository` (listed by `POST /v2/repository/index`).
+    pub fn new(repository: Option<ModelRepository>) -> Self {
+        Self {
+            models: RwLock::default(),
+            repository,
+        }
+    }
+
+    /// Starts serving `model`.
+    pub fn insert(&self, model: ServedModel) {
+        self.models
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(model.name.clone(), Arc::new(model));
+    }
+
+    /// The model named `name`, if served.
+    pub fn get(&self, name: &str) -> Option<Arc<ServedModel>> {
+        self.models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn all(&self) -> Vec<Arc<ServedModel>> {
+        self.models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// What the routes need.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// Live status (readiness, metrics).
+    pub board: &'a StatusBoard,
+    /// The served models.
+    pub models: &'a ServedModels,
+    /// Longest an inference waits for its results.
+    pub infer_timeout: std::time::Duration,
+}
+
+fn not_found(what: String) -> HttpReply {
+    HttpReply::error(404, what)
+}
+
+fn method_not_allowed(path: &str, allowed: &str) -> HttpReply {
+    HttpReply::error(
+        405,
+        format!("{path} takes {allowed}; see the KServe v2 REST protocol"),
+    )
+    .with_header("Allow", allowed)
+}
+
+/// Whether `path` (without the query) is a KServe endpoint that changes or
+/// runs something and so may require the bearer token.
+pub fn needs_token(path: &str) -> bool {
+    path == "/v2/repository/index" || (path.starts_with("/v2/models/") && path.ends_with("/infer"))
+}
+
+/// Decodes `%XX` escapes in one path segment.
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Answers a request whose path starts with `/v2`.
+pub fn route(req: &HttpRequest, ctx: &Context<'_>) -> HttpReply {
+    let path = req.path.as_str();
+    let get = matches!(req.method.as_str(), "GET" | "HEAD");
+    let post = req.method == "POST";
+    match path {
+        "/v2" | "/v2/" if get => HttpReply::json(200, &server_metadata()),
+        "/v2/health/live" if get => HttpReply::empty(200),
+        "/v2/health/ready" if get => HttpReply::empty(if ctx.board.are_models_ready() {
+            200
+        } else {
+            400
+        }),
+        "/v2/models/stats" if get => {
+            let stats: Vec<Value> = ctx
+                .models
+                .all()
+                .iter()
+                .map(|m| m.stats.to_json(&m.name, m.version))
+                .collect();
+            HttpReply::json(200, &json!({ "model_stats": stats }))
+        }
+        "/v2/repository/index" if post => repository_index(ctx),
+        "/v2" | "/v2/" | "/v2/health/live" | "/v2/health/ready" | "/v2/models/stats" => {
+            method_not_allowed(path, "GET")
+        }
+        "/v2/repository/index" => method_not_allowed(path, "POST"),
+        _ => match path.strip_prefix("/v2/models/") {
+            Some(rest) => model_route(req, rest, ctx),
+            None => not_found(format!(
+                "no endpoint {path}; see GET /v2 and the KServe v2 REST protocol"
+            )),
+        },
+    }
+}
+
+fn server_metadata() -> Value {
+    json!({
+        "name": "gsinfer",
+        "version": env!("CARGO_PKG_VERSION"),
+        // Only what is implemented in full; `POST /v2/repository/index` is
+        // served too, but not the rest of the model_repository extension.
+        "extensions": ["binary_tensor_data", "statistics", "model_configuration"],
+    })
+}
+
+/// `<m>[/versions/<v>][/ready|/config|/infer|/stats]`.
+fn model_route(req: &HttpRequest, rest: &str, ctx: &Context<'_>) -> HttpReply {
+    let segments: Vec<String> = rest.split('/').map(percent_decode).collect();
+    let (name, version, action) = match segments.as_slice() {
+        [m] => (m, None, ""),
+        [m, a] => (m, None, a.as_str()),
+        [m, v, ver] if v == "versions" => (m, Some(ver.as_str()), ""),
+        [m, v, ver, a] if v == "versions" => (m, Some(ver.as_str()), a.as_str()),
+        _ => return not_found(format!("no endpoint {}", req.path)),
+    };
+    let Some(model) = ctx.models.get(name) else {
+        let served: Vec<String> = ctx.models.all().iter().map(|m| m.name.clone()).collect();
+        return not_found(format!(
+            "unknown model `{name}`; this server serves {served:?} (POST /v2/repository/index lists the repository)"
+        ));
+    };
+    if let Some(v) = version.filter(|v| !v.is_empty()) {
+        if v.parse::<u64>().ok() != Some(model.version) {
+            return not_found(format!(
+                "model `{name}` version {v} is not served; version {} is",
+                model.version
+            ));
+        }
+    }
+    let get = matches!(req.method.as_str(), "GET" | "HEAD");
+    match action {
+        "" if get => HttpReply::json(200, &model_metadata(&model)),
+        "ready" if get => HttpReply::empty(if ctx.board.is_model_ready(name) {
+            200
+        } else {
+            400
+        }),
+        "config" if get => HttpReply::json(200, &config_json::model_config(&model.config)),
+        "stats" if get => HttpReply::json(
+            200,
+            &json!({ "model_stats": [model.stats.to_json(&model.name, model.version)] }),
+        ),
+        "infer" if req.method == "POST" => {
+            if !ctx.board.is_model_ready(name) {
+                return HttpReply::error(
+                    503,
+                    format!("model `{name}` is not ready; GET /v2/models/{name}/ready says when"),
+                );
+            }
+            infer::infer(req, &model, ctx)
+        }
+        "" | "ready" | "config" | "stats" => method_not_allowed(&req.path, "GET"),
+        "infer" => method_not_allowed(&req.path, "POST"),
+        other => not_found(format!(
+            "no endpoint `{other}` for model `{name}`; use ready, config, infer or stats"
+        )),
+    }
+}
+
+/// Shape with the batch dimension (`-1`) in front when the model batches.
+fn full_shape(config: &ModelConfig, dims: &[usize]) -> Vec<i64> {
+    let batch = (config.max_batch_size > 0).then_some(-1);
+    batch
+        .into_iter()
+        .chain(dims.iter().map(|d| *d as i64))
+        .collect()
+}
+
+fn model_metadata(model: &ServedModel) -> Value {
+    let tensor = |spec: &TensorSpec| {
+        json!({
+            "name": spec.name, "datatype": "FP32", "shape": full_shape(&model.config, &spec.dims),
+        })
+    };
+    json!({
+        "name": model.name,
+        "versions": [model.version.to_string()],
+        "platform": model.config.platform.triton_name(),
+        "inputs": [tensor(&model.input)],
+        "outputs": model.outputs.iter().map(tensor).collect::<Vec<_>>(),
+    })
+}
+
+/// `POST /v2/repository/index`: one entry per model folder of the
+/// repository (Triton's `RepositoryIndexResponse` in JSON).
+fn repository_index(ctx: &Context<'_>) -> HttpReply {
+    let mut names: Vec<String> = match &ctx.models.repository {
+        Some(repo) => match repo.model_names() {
+            Ok(names) => names,
+            Err(e) => return HttpReply::error(500, format!("cannot list the repository: {e}")),
+        },
+        None => Vec::new(),
+    };
+    for m in ctx.models.all() {
+        if !names.contains(&m.name) {
+            names.push(m.name.clone());
+        }
+    }
+    names.sort();
+    let index: Vec<Value> = names
+        .iter()
+        .map(|name| match ctx.models.get(name) {
+            Some(m) if ctx.board.is_model_ready(name) => {
+                json!({"name": name, "version": m.version.to_string(), "state": "READY", "reason": ""})
+            }
+            Some(m) => json!({
+                "name": name, "version": m.version.to_string(), "state": "UNAVAILABLE",
+                "reason": "the engine is loading, rebuilding or failed; see /api/status",
+            }),
+            None => json!({
+                "name": name, "state": "UNAVAILABLE",
+                "reason": "in the repository but served by no [[pipeline]] of the configuration",
+            }),
+        })
+        .collect();
+    HttpReply::json(200, &Value::Array(index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_percent_decoded() {
+        assert_eq!(percent_decode("smap%5Flstm"), "smap_lstm");
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("plain"), "plain");
+    }
+
+    #[test]
+    fn token_protects_running_and_listing_only() {
+        assert!(needs_token("/v2/models/m/infer"));
+        assert!(needs_token("/v2/models/m/versions/1/infer"));
+        assert!(needs_token("/v2/repository/index"));
+        assert!(!needs_token("/v2/models/m"));
+        assert!(!needs_token("/v2/models/m/stats"));
+        assert!(!needs_token("/api/status"));
+    }
+}

@@ -1,0 +1,124 @@
+//! Running the `gsinfer` binary from integration tests: a configuration
+//! derived from the shipped example, the service as a child process that is
+//! killed on drop, and a minimal HTTP GET for its status server.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Upper bound on waiting for the service; a guard against hangs only.
+pub const GUARD: Duration = Duration::from_secs(300);
+
+/// The `gsinfer` binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gsinfer")
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes `gsinfer.toml` into `dir`: the shipped example with this test's
+/// broker and status ports, the absolute repository path, a unique client
+/// id, and `status_extra` lines appended to `[status]`.
+pub fn write_config(dir: &Path, broker_port: u16, status_port: u16, status_extra: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("config/gsinfer.example.toml")).unwrap();
+    let text = example
+        .replace("port = 1883", &format!("port = {broker_port}"))
+        .replace(
+            "listen = \"127.0.0.1:8080\"",
+            &format!("listen = \"127.0.0.1:{status_port}\"\n{status_extra}"),
+        )
+        .replace(
+            "path = \"../model_repository\"",
+            &format!(
+                "path = {:?}",
+                root.join("model_repository").display().to_string()
+            ),
+        )
+        .replace(
+            "client_id = \"gsinfer\"",
+            &format!("client_id = \"gsinfer-test-{}\"", std::process::id()),
+        );
+    let path = dir.join("gsinfer.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `GET path` on `127.0.0.1:port`: `(status, body)`, or `None` if nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Polls `done` every 50 ms until it holds (true) or [`GUARD`] passes (false).
+pub fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + GUARD;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Service(pub Child);
+
+impl Service {
+    /// Starts `gsinfer run --config <config>`, its log on the test's stderr.
+    pub fn run(config: &Path) -> Service {
+        Service(
+            Command::new(bin())
+                .args(["run", "--config"])
+                .arg(config)
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The first of `candidates` that is an executable file on `PATH` (or an
+/// absolute path that exists).
+pub fn find_program(candidates: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    candidates.iter().find_map(|c| {
+        let c = Path::new(c);
+        if c.is_absolute() {
+            return c.is_file().then(|| c.to_path_buf());
+        }
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(c))
+            .find(|p| p.is_file())
+    })
+}
