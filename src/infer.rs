@@ -12,6 +12,7 @@ use crate::pipeline::WindowItem;
 use crate::score::WindowOutcome;
 use crate::status::stats::{InferStats, Timing};
 use crate::status::StatusBoard;
+use crate::watchdog::Stage;
 
 /// Channel id under which HTTP request items are queued: no telemetry
 /// channel has it, so the full-policy never replaces them by a window.
@@ -172,6 +173,8 @@ pub struct EngineThread {
     pub board: Arc<StatusBoard>,
     /// The model's inference statistics.
     pub stats: Arc<InferStats>,
+    /// The engine stage's progress, for the watchdog: one unit per batch.
+    pub stage: Stage,
 }
 
 impl EngineThread {
@@ -184,6 +187,7 @@ impl EngineThread {
             .spawn(move || {
                 let mut input = Vec::new();
                 while let Some(batch) = self.handle.next_blocking() {
+                    let _busy = self.stage.begin();
                     if !self.run(engine.as_mut(), batch, &mut input) {
                         break; // the service is shutting down
                     }

@@ -27,4 +27,5 @@ pub mod score;
 pub mod service;
 pub mod shutdown;
 pub mod status;
+pub mod watchdog;
 pub mod window;

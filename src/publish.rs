@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use crate::ingest::mqtt::qos;
 use crate::score::{AnomalyEvent, EventKind, Score};
 use crate::status::StatusBoard;
+use crate::watchdog::Stage;
 
 /// Result topics (`[publish]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,18 +120,21 @@ pub enum Outgoing {
 }
 
 /// Publishes everything received on `rx` until it closes; scores are
-/// rate-limited per channel, events are never dropped here.
+/// rate-limited per channel, events are never dropped here. Each message
+/// handed to the MQTT client is one unit of progress on `stage`.
 pub async fn run_publisher(
     client: AsyncClient,
     mut rx: mpsc::Receiver<Outgoing>,
     config: PublishConfig,
     board: Arc<StatusBoard>,
+    stage: Stage,
 ) {
     let min_gap = (config.score_max_rate_hz > 0.0)
         .then(|| Duration::from_secs_f64(1.0 / config.score_max_rate_hz));
     let mut last: HashMap<(Arc<str>, Arc<str>), Instant> = HashMap::new();
     let events_topic = config.events_topic();
     while let Some(msg) = rx.recv().await {
+        let _busy = stage.begin();
         let (topic, q, payload) = match msg {
             Outgoing::Score {
                 model,

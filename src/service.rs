@@ -34,6 +34,7 @@ use crate::status::board::MQTT_SOURCE;
 use crate::status::http::StatusServer;
 use crate::status::kserve::{ServedModel, ServedModels};
 use crate::status::{Metrics, ModelState, StatusBoard};
+use crate::watchdog::{Notifier, Stage};
 
 /// Capacity of the engine → pipeline results channel, in batches.
 const RESULTS_CAPACITY: usize = 64;
@@ -94,15 +95,22 @@ struct Served {
 /// with context; once running, faults are logged and counted, not returned.
 pub async fn run(config: Config) -> Result<()> {
     let board = StatusBoard::new(config.status.clone());
+    let broker = format!("{}:{}", config.broker.host, config.broker.port);
+    let max_budget = config
+        .pipelines
+        .iter()
+        .map(|p| p.batch.latency_budget_us)
+        .max();
+    let notifier = Notifier::start(
+        Arc::clone(&board),
+        broker.clone(),
+        Duration::from_micros(max_budget.unwrap_or(0)),
+    );
     let repo = ModelRepository::open(&config.repository.path).context("model repository")?;
     let kserve = Arc::new(ServedModels::new(Some(repo.clone())));
     let http = StatusServer::start(&config.status, Arc::clone(&board), Arc::clone(&kserve))?;
     log::info!(target: "gsinfer", "status on http://{}/", config.status.listen);
-    board.register_source(
-        MQTT_SOURCE,
-        "mqtt",
-        &format!("{}:{}", config.broker.host, config.broker.port),
-    );
+    board.register_source(MQTT_SOURCE, "mqtt", &broker);
 
     let (results_tx, mut results_rx) = mpsc::channel::<BatchResult>(RESULTS_CAPACITY);
     let mut served = Vec::new();
@@ -123,6 +131,11 @@ pub async fn run(config: Config) -> Result<()> {
         );
         let queue = BatchQueue::new(p.batch.queue_capacity, prepared.buckets.clone(), budget);
         let handle = BatchHandle::new(queue);
+        let engine_stage = {
+            let handle = handle.clone();
+            Stage::with_backlog(format!("engine {}", p.model), move || handle.depth())
+        };
+        notifier.supervise(engine_stage.clone());
         let stats = board.stats(&p.model).expect("model registered above");
         let mut outputs = Vec::new();
         for _ in 0..prepared.instances {
@@ -150,6 +163,7 @@ pub async fn run(config: Config) -> Result<()> {
                     results: results_tx.clone(),
                     board: Arc::clone(&board),
                     stats: Arc::clone(&stats),
+                    stage: engine_stage.clone(),
                 }
                 .spawn(engine),
             );
@@ -190,6 +204,7 @@ pub async fn run(config: Config) -> Result<()> {
             },
         });
     }
+    let results_weak = results_tx.downgrade();
     drop(results_tx);
 
     // MQTT.
@@ -216,6 +231,14 @@ pub async fn run(config: Config) -> Result<()> {
         })
         .collect();
     let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(config.ingest.queue_capacity);
+    // The pipeline task's pending work: telemetry and engine results queued for it.
+    let pipeline_stage = {
+        let inbound = inbound_tx.downgrade();
+        Stage::with_backlog("pipeline", move || {
+            queued(inbound.upgrade()) + queued(results_weak.upgrade())
+        })
+    };
+    notifier.supervise(pipeline_stage.clone());
     let stop_loop = Stop::default();
     let event_loop = tokio::spawn(
         EventLoopTask {
@@ -232,37 +255,36 @@ pub async fn run(config: Config) -> Result<()> {
         .run(eventloop, stop_loop.clone()),
     );
     let (out_tx, out_rx) = mpsc::channel::<Outgoing>(OUTGOING_CAPACITY);
+    let publisher_stage = {
+        let out = out_tx.downgrade();
+        Stage::with_backlog("publisher", move || queued(out.upgrade()))
+    };
+    notifier.supervise(publisher_stage.clone());
     let publisher = tokio::spawn(run_publisher(
         client.clone(),
         out_rx,
         config.publish.clone(),
         Arc::clone(&board),
+        publisher_stage,
     ));
 
     let stop = Stop::default();
     tokio::spawn(signals(stop.clone()));
-    let mut notified_ready = false;
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut rejects = RejectLog::default();
     let mut outputs = Vec::new();
     loop {
         tokio::select! {
             msg = inbound_rx.recv(), if !stop.is_triggered() => {
                 let Some(msg) = msg else { break };
+                let _busy = pipeline_stage.begin();
                 ingest(&mut served, &msg, &board, &mut rejects, &mut outputs);
                 forward(&mut served, &mut outputs, &out_tx, &board).await;
             }
             res = results_rx.recv() => {
                 let Some(res) = res else { break };
+                let _busy = pipeline_stage.begin();
                 settle(&mut served, res, &mut outputs, &board);
                 forward(&mut served, &mut outputs, &out_tx, &board).await;
-            }
-            _ = tick.tick() => {
-                if !notified_ready && board.is_ready() {
-                    notified_ready = true;
-                    log::info!(target: "gsinfer", "ready");
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-                }
             }
             _ = stop.wait(), if !stop.is_triggered() => {}
         }
@@ -273,7 +295,11 @@ pub async fn run(config: Config) -> Result<()> {
 
     // Graceful drain: engines finish what is queued; results are scored and published.
     log::info!(target: "gsinfer", "stopping: draining queued windows");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    notifier.stop();
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping: draining queued windows"),
+    ]);
     inbound_rx.close();
     for s in &served {
         s.handle.close();
@@ -311,6 +337,12 @@ pub async fn run(config: Config) -> Result<()> {
     http.stop();
     log::info!(target: "gsinfer", "stopped");
     Ok(())
+}
+
+/// Messages queued in a channel, through a sender upgraded from a weak one
+/// (0 once every real sender is gone).
+fn queued<T>(tx: Option<mpsc::Sender<T>>) -> usize {
+    tx.map_or(0, |tx| tx.max_capacity() - tx.capacity())
 }
 
 async fn signals(stop: Stop) {
