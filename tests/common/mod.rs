@@ -136,6 +136,16 @@ impl Broker {
         );
     }
 
+    /// Kills the broker; [`Broker::restart`] brings it back on the same port.
+    pub fn stop(&mut self) {
+        stop(&mut self.child);
+    }
+
+    /// The broker's process id (e.g. to SIGSTOP it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The broker's log and stderr so far, for failure messages.
     pub fn log(&self) -> String {
         read_logs(self.dir.path())
