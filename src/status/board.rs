@@ -58,6 +58,8 @@ pub struct StatusBoard {
     /// The Prometheus metrics, updated alongside the board.
     pub metrics: Metrics,
     inner: Mutex<Inner>,
+    /// Sources with counters of their own (serial links), see [`super::sources`].
+    sources: Mutex<Vec<Arc<dyn super::SourceStatus>>>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -72,6 +74,7 @@ impl StatusBoard {
             config,
             metrics: Metrics::new(),
             inner: Mutex::default(),
+            sources: Mutex::default(),
         })
     }
 
@@ -204,9 +207,35 @@ impl StatusBoard {
         }
     }
 
+    /// Registers a source whose own counters `/api/status` (`sources`) and
+    /// `/metrics` show.
+    pub fn add_source(&self, source: Arc<dyn super::SourceStatus>) {
+        self.sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(source);
+    }
+
+    fn sources(&self) -> Vec<Arc<dyn super::SourceStatus>> {
+        self.sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The registered sources' metrics in the Prometheus text format.
+    pub fn source_metrics(&self) -> String {
+        let mut families = super::MetricFamilies::default();
+        for s in self.sources() {
+            s.metrics(&mut families);
+        }
+        families.render()
+    }
+
     /// The `/api/status` document.
     pub fn snapshot(&self) -> Value {
         let m = &self.metrics;
+        let sources: Vec<Value> = self.sources().iter().map(|s| s.status()).collect();
         let inner = self.lock();
         let pct = |h: &Histogram<u64>| {
             if h.is_empty() {
@@ -274,6 +303,7 @@ impl StatusBoard {
             "channels": channels,
             "events": inner.events,
             "rejected": rejected,
+            "sources": sources,
         })
     }
 }

@@ -112,11 +112,11 @@ fn route(method: &Method, url: &str, board: &StatusBoard) -> Response<std::io::C
             "not ready: engines loading or broker not connected\n".into(),
         ),
         "/api/status" => text(200, "application/json", board.snapshot().to_string()),
-        "/metrics" => text(
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            board.metrics.render(),
-        ),
+        "/metrics" => {
+            let mut body = board.metrics.render();
+            super::sources::append_metrics(&mut body, &board.source_metrics());
+            text(200, "text/plain; version=0.0.4; charset=utf-8", body)
+        }
         _ => text(
             404,
             "text/plain; charset=utf-8",

@@ -4,9 +4,11 @@
 pub mod board;
 pub mod http;
 pub mod metrics;
+pub mod sources;
 
 pub use board::{ModelState, StatusBoard};
 pub use metrics::Metrics;
+pub use sources::{MetricFamilies, SourceStatus};
 
 use serde::{Deserialize, Serialize};
 
