@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! MQTT event loop task ──Inbound (bounded, drop+count when full)──▶ pipeline task
+//! serial link tasks ──SerialBatch (bounded, the link task waits)──▶ pipeline task
 //! pipeline task ──windows──▶ BatchHandle (bounded, replace oldest of channel) ──▶ engine threads
 //! engine threads ──BatchResult (bounded, blocking)──▶ pipeline task ──Outgoing (bounded)──▶ publisher task
 //! ```
@@ -21,8 +22,9 @@ use tokio::sync::mpsc;
 use crate::batch::{BatchHandle, BatchQueue, PushOutcome};
 use crate::config::Config;
 use crate::infer::{spawn_engine_thread, BatchResult};
-use crate::ingest::decode::{decode, DecodeLimits, Reject, RejectReason};
+use crate::ingest::decode::{decode, DecodeLimits, RawSample, Reject, RejectReason};
 use crate::ingest::mqtt::{self, EventLoopTask, Inbound};
+use crate::ingest::serial::{SerialBatch, SerialSource};
 use crate::pipeline::{ChannelOutput, Pipeline, WindowItem};
 use crate::publish::{event_json, run_publisher, Outgoing};
 use crate::repository::ModelRepository;
@@ -35,6 +37,8 @@ use crate::status::{ModelState, StatusBoard};
 const RESULTS_CAPACITY: usize = 64;
 /// Capacity of the pipeline → publisher channel, in messages.
 const OUTGOING_CAPACITY: usize = 16_384;
+/// Capacity of the serial links → pipeline channel, in read batches.
+const SERIAL_CAPACITY: usize = 1024;
 /// Longest a graceful shutdown waits for the broker to take the last messages.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -206,6 +210,12 @@ pub async fn run(config: Config) -> Result<()> {
         Arc::clone(&board),
     ));
 
+    // Serial links.
+    let (serial_tx, mut serial_rx) = mpsc::channel::<SerialBatch>(SERIAL_CAPACITY);
+    let stop_serial = Stop::default();
+    let serial_tasks = spawn_serial(&config, &served, &board, serial_tx, &stop_serial);
+    let mut serial_open = !serial_tasks.is_empty();
+
     let stop = Stop::default();
     tokio::spawn(signals(stop.clone()));
     let mut notified_ready = false;
@@ -218,6 +228,15 @@ pub async fn run(config: Config) -> Result<()> {
                 let Some(msg) = msg else { break };
                 ingest(&mut served, &msg, &board, &mut rejects, &mut outputs);
                 forward(&mut served, &mut outputs, &out_tx, &board).await;
+            }
+            batch = serial_rx.recv(), if serial_open && !stop.is_triggered() => {
+                match batch {
+                    Some(batch) => {
+                        ingest_serial(&mut served, batch, &board, &mut rejects, &mut outputs);
+                        forward(&mut served, &mut outputs, &out_tx, &board).await;
+                    }
+                    None => serial_open = false,
+                }
             }
             res = results_rx.recv() => {
                 let Some(res) = res else { break };
@@ -242,6 +261,11 @@ pub async fn run(config: Config) -> Result<()> {
     log::info!(target: "gsinfer", "stopping: draining queued windows");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     inbound_rx.close();
+    stop_serial.trigger();
+    serial_rx.close();
+    for t in serial_tasks {
+        let _ = t.await;
+    }
     for s in &served {
         s.handle.close();
     }
@@ -280,6 +304,26 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
+/// Starts one task per `[[serial]]` link, registering its counters with the board.
+fn spawn_serial(
+    config: &Config,
+    served: &[Served],
+    board: &Arc<StatusBoard>,
+    tx: mpsc::Sender<SerialBatch>,
+    stop: &Stop,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for link in &config.serial {
+        let Some(ix) = link.pipeline_index(&config.pipelines) else {
+            continue; // validation rejects this
+        };
+        let (source, stats) = SerialSource::new(link, ix, served[ix].limits, tx.clone());
+        board.add_source(stats);
+        tasks.push(tokio::spawn(source.run(stop.clone())));
+    }
+    tasks
+}
+
 async fn signals(stop: Stop) {
     #[cfg(unix)]
     {
@@ -293,6 +337,78 @@ async fn signals(stop: Stop) {
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
     stop.trigger();
+}
+
+/// Counts a rejected input by reason and logs it at a rate limit.
+fn reject(board: &StatusBoard, rejects: &mut RejectLog, origin: &str, r: &Reject) {
+    board
+        .metrics
+        .rejected
+        .with_label_values(&[r.reason.as_str()])
+        .inc();
+    rejects.log(origin, r);
+}
+
+/// Where and when a sample arrived: what MQTT and serial samples share.
+struct Arrival<'a> {
+    /// The topic or serial link, for logs.
+    origin: &'a str,
+    channel: &'a str,
+    /// The sample's time stamp, ns since the Unix epoch.
+    t_ns: i64,
+    received: Instant,
+}
+
+/// Feeds one sample to pipeline `s`: its window goes to the batcher, the
+/// scores it settles to `scored`; a reject is counted and logged.
+fn route_sample(
+    s: &mut Served,
+    at: &Arrival<'_>,
+    sample: &RawSample,
+    board: &StatusBoard,
+    rejects: &mut RejectLog,
+    scored: &mut Vec<ChannelOutput>,
+) {
+    match s
+        .pipeline
+        .on_sample(at.channel, at.t_ns, sample, at.received, scored)
+    {
+        Ok(window) => {
+            board.record_sample(&s.model, at.channel);
+            if let Some(item) = window {
+                board.metrics.windows.with_label_values(&[&s.model]).inc();
+                let channel_id = item.channel;
+                match s.handle.push(channel_id, item, Instant::now()) {
+                    PushOutcome::Queued => {}
+                    PushOutcome::Replaced(old) | PushOutcome::Evicted(old) => {
+                        board
+                            .metrics
+                            .windows_dropped
+                            .with_label_values(&[&s.model, "queue_full"])
+                            .inc();
+                        s.pipeline.on_window(&old, WindowOutcome::Dropped, scored);
+                    }
+                }
+            }
+        }
+        Err(r) => reject(board, rejects, at.origin, &r),
+    }
+}
+
+/// After routing samples to pipeline `ix`: its queue depth, and its scores out.
+fn routed(
+    s: &Served,
+    ix: usize,
+    scored: Vec<ChannelOutput>,
+    board: &StatusBoard,
+    outputs: &mut Vec<(usize, ChannelOutput)>,
+) {
+    board
+        .metrics
+        .queue_depth
+        .with_label_values(&[&s.model])
+        .set(s.handle.depth() as i64);
+    outputs.extend(scored.into_iter().map(|o| (ix, o)));
 }
 
 /// Decodes one message and feeds its samples to every pipeline whose topic
@@ -313,69 +429,56 @@ fn ingest(
         matched = true;
         let decoded = decode(s.pipeline.config().format, &msg.payload, &s.limits);
         for r in &decoded.rejects {
-            board
-                .metrics
-                .rejected
-                .with_label_values(&[r.reason.as_str()])
-                .inc();
-            rejects.log(&msg.topic, r);
+            reject(board, rejects, &msg.topic, r);
         }
         let received_ns = now_ns();
         let mut scored = Vec::new();
         for sample in &decoded.samples {
-            let t = sample.t_ns.unwrap_or(received_ns);
-            match s
-                .pipeline
-                .on_sample(channel, t, sample, msg.received, &mut scored)
-            {
-                Ok(window) => {
-                    board.record_sample(&s.model, channel);
-                    if let Some(item) = window {
-                        board.metrics.windows.with_label_values(&[&s.model]).inc();
-                        let channel_id = item.channel;
-                        match s.handle.push(channel_id, item, Instant::now()) {
-                            PushOutcome::Queued => {}
-                            PushOutcome::Replaced(old) | PushOutcome::Evicted(old) => {
-                                board
-                                    .metrics
-                                    .windows_dropped
-                                    .with_label_values(&[&s.model, "queue_full"])
-                                    .inc();
-                                s.pipeline
-                                    .on_window(&old, WindowOutcome::Dropped, &mut scored);
-                            }
-                        }
-                    }
-                }
-                Err(r) => {
-                    board
-                        .metrics
-                        .rejected
-                        .with_label_values(&[r.reason.as_str()])
-                        .inc();
-                    rejects.log(&msg.topic, &r);
-                }
-            }
+            let at = Arrival {
+                origin: &msg.topic,
+                channel,
+                t_ns: sample.t_ns.unwrap_or(received_ns),
+                received: msg.received,
+            };
+            route_sample(s, &at, sample, board, rejects, &mut scored);
         }
-        board
-            .metrics
-            .queue_depth
-            .with_label_values(&[&s.model])
-            .set(s.handle.depth() as i64);
-        outputs.extend(scored.into_iter().map(|o| (ix, o)));
+        routed(s, ix, scored, board, outputs);
     }
     if !matched {
         let r = Reject {
             reason: RejectReason::UnknownChannel,
             detail: "no pipeline's topic filters match".into(),
         };
-        board
-            .metrics
-            .rejected
-            .with_label_values(&[r.reason.as_str()])
-            .inc();
-        rejects.log(&msg.topic, &r);
+        reject(board, rejects, &msg.topic, &r);
     }
+}
+
+/// Feeds one serial link's decoded samples to its pipeline, as [`ingest`]
+/// does for an MQTT message.
+fn ingest_serial(
+    served: &mut [Served],
+    batch: SerialBatch,
+    board: &StatusBoard,
+    rejects: &mut RejectLog,
+    outputs: &mut Vec<(usize, ChannelOutput)>,
+) {
+    let origin = format!("serial link {}", batch.source);
+    for r in &batch.rejects {
+        reject(board, rejects, &origin, r);
+    }
+    let s = &mut served[batch.pipeline];
+    let received_ns = now_ns();
+    let mut scored = Vec::new();
+    for (channel, sample) in &batch.samples {
+        let at = Arrival {
+            origin: &origin,
+            channel,
+            t_ns: sample.t_ns.unwrap_or(received_ns),
+            received: batch.received,
+        };
+        route_sample(s, &at, sample, board, rejects, &mut scored);
+    }
+    routed(s, batch.pipeline, scored, board, outputs);
 }
 
 /// Feeds one engine batch's results back to its pipeline.
