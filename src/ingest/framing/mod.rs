@@ -196,6 +196,33 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The cargo-fuzz targets' invariants (fuzz/fuzz_targets/{kiss,slip,
+        /// cobs,line}.rs) on stable: arbitrary bytes in arbitrary chunks
+        /// never panic, never yield a frame over the maximum, and every frame
+        /// survives an encode/decode round trip.
+        #[test]
+        fn arbitrary_bytes_keep_the_fuzz_invariants(
+            input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            cut in 1usize..300,
+        ) {
+            for framing in Framing::ALL {
+                let mut d = Deframer::new(framing, 64, None);
+                let mut frames = Vec::new();
+                for chunk in input.chunks(cut) {
+                    d.push(chunk, &mut |f| frames.push(f.to_vec()));
+                }
+                proptest::prop_assert!(frames.iter().all(|f| f.len() <= 64));
+                proptest::prop_assert_eq!(d.take_stats().frames as usize, frames.len());
+                let mut wire = Vec::new();
+                for f in &frames {
+                    encode(framing, f, &mut wire);
+                }
+                proptest::prop_assert_eq!(&self::frames(framing, 64, &wire).0, &frames, "{}", framing);
+            }
+        }
+    }
+
     #[test]
     fn framing_names_parse() {
         for f in Framing::ALL {
