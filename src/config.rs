@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::batch::BatchConfig;
 pub use crate::ingest::decode::PayloadFormat;
 pub use crate::ingest::mqtt::BrokerConfig;
+pub use crate::ingest::serial::SerialConfig;
 pub use crate::ingest::IngestConfig;
 pub use crate::publish::PublishConfig;
 pub use crate::score::{ScoringConfig, ThresholdConfig};
@@ -36,7 +37,9 @@ pub struct PipelineConfig {
     /// Model name in the repository.
     pub model: String,
     /// MQTT topic filters carrying this pipeline's telemetry; the channel is
-    /// the topic's last level, e.g. `telemetry/SMAP/+` → channel `A-1`.
+    /// the topic's last level, e.g. `telemetry/SMAP/+` → channel `A-1`;
+    /// may be empty when a `[[serial]]` link feeds the pipeline.
+    #[serde(default)]
     pub topics: Vec<String>,
     /// Channels served; empty serves every channel matching `topics`.
     #[serde(default)]
@@ -76,6 +79,9 @@ pub struct Config {
     /// One entry per served model.
     #[serde(rename = "pipeline")]
     pub pipelines: Vec<PipelineConfig>,
+    /// Serial links feeding the pipelines (`[[serial]]`), besides MQTT.
+    #[serde(default, rename = "serial", skip_serializing_if = "Vec::is_empty")]
+    pub serial: Vec<SerialConfig>,
 }
 
 /// One configuration problem: the file, the key, what is wrong and the fix.
@@ -262,10 +268,14 @@ impl Config {
             if !models.insert(p.model.as_str()) {
                 bad(k("model"), "serves a model another [[pipeline]] already serves; give each model one pipeline");
             }
-            if p.topics.is_empty() {
+            let fed_by_serial = self
+                .serial
+                .iter()
+                .any(|s| s.pipeline_index(&self.pipelines) == Some(i));
+            if p.topics.is_empty() && !fed_by_serial {
                 bad(
                     k("topics"),
-                    "add at least one MQTT topic filter, e.g. [\"telemetry/SMAP/+\"]",
+                    "add at least one MQTT topic filter, e.g. [\"telemetry/SMAP/+\"], or a [[serial]] link feeding the pipeline",
                 );
             }
             for t in &p.topics {
@@ -331,6 +341,10 @@ impl Config {
                 bad(k(&format!("scoring.threshold.{field}")), &message);
             }
         }
+        problems.extend(crate::ingest::serial::validate(
+            &self.serial,
+            &self.pipelines,
+        ));
         problems
     }
 
@@ -470,6 +484,61 @@ scoring = { kind = "forecast", threshold = { method = "static", value = 0.3 } }
         let c = c.unwrap();
         assert_eq!(c.broker.port, 1884);
         assert_eq!(c.status.listen, "127.0.0.1:9090");
+    }
+
+    #[test]
+    fn shipped_serial_example_parses_and_validates_once_uncommented() {
+        let text = std::fs::read_to_string(example_path()).unwrap();
+        let (head, serial) = text.split_once("# [[serial]]").unwrap();
+        let serial: String = format!("# [[serial]]{serial}")
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let repo = example_path().parent().unwrap().join("../model_repository");
+        let text = format!("{head}{serial}").replace(
+            "path = \"../model_repository\"",
+            &format!("path = {:?}", repo.display().to_string()),
+        );
+        let c = Config::load(&write(dir.path(), &text)).unwrap();
+        assert_eq!(c.serial.len(), 1);
+        assert_eq!(c.serial[0].packets[0].apid, 100);
+        assert_eq!(c.serial[0].pipeline_index(&c.pipelines), Some(0));
+        assert!(c.to_toml().contains("[[serial.packet]]"), "{}", c.to_toml());
+    }
+
+    #[test]
+    fn serial_problems_name_the_key_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{}\n[[serial]]\ndevice = \"/dev/ttyS0\"\nframing = \"line\"\npayload = \"f32le\"\n\
+             baud_rate = 0\nstop_bits = 3\nkiss_port = 3\nmodel = \"nope\"\n\
+             [[serial]]\ndevice = \"/dev/ttyS1\"\nframing = \"kiss\"\nmax_frame_bytes = 8\n\
+             [[serial.packet]]\napid = 9\ncrc = true\n\
+             parameter = [{{ byte_offset = 0, type = \"f32\", channel = \"a\" }}, {{ byte_offset = 4, type = \"f32\", channel = \"a\", feature = 1 }}]\n",
+            MINIMAL.replace("topics = [\"telemetry/+\"]\n", "")
+        );
+        let err = Config::load(&write(dir.path(), &text)).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|e| e.key.as_str()).collect();
+        for k in [
+            "serial[0].baud_rate",
+            "serial[0].stop_bits",
+            "serial[0].kiss_port",
+            "serial[0].model",
+            "serial[0].channel",
+            "serial[0].payload",
+            "serial[1].max_frame_bytes",
+        ] {
+            assert!(keys.contains(&k), "{k} not in {keys:?}");
+        }
+        // serial[1] feeds the only pipeline, so its empty topics are fine.
+        assert!(!keys.contains(&"pipeline[0].topics"), "{keys:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("are 16 bytes; raise max_frame_bytes"),
+            "{text}"
+        );
     }
 
     #[test]

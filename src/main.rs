@@ -30,7 +30,8 @@ enum Command {
         #[arg(long, short, default_value = "/etc/gsinfer/gsinfer.toml")]
         config: PathBuf,
     },
-    /// Publish a recorded channel (`<data-dir>/test/<channel>.npy`) over MQTT.
+    /// Publish a recorded channel (`<data-dir>/test/<channel>.npy`) over MQTT,
+    /// or write it to a serial device (`--serial`).
     Replay {
         /// Configuration file (broker and topics).
         #[arg(long, short)]
@@ -59,6 +60,22 @@ enum Command {
         /// Publish only the first N samples.
         #[arg(long)]
         limit: Option<usize>,
+        /// Write to this serial device or pseudo-terminal instead of MQTT.
+        #[arg(long)]
+        serial: Option<PathBuf>,
+        /// Serial framing: kiss, slip, cobs or line.
+        #[arg(long, default_value = "kiss", requires = "serial")]
+        framing: gsinfer::ingest::framing::Framing,
+        /// Serial payload: ccsds (space packets, from the configuration's
+        /// mission database), json, csv or f32le.
+        #[arg(long, default_value = "ccsds", requires = "serial")]
+        payload: gsinfer::ingest::serial::SerialPayload,
+        /// APID of the space packets (default: the packet feeding the channel).
+        #[arg(long, requires = "serial")]
+        apid: Option<u16>,
+        /// Serial line speed, bit/s.
+        #[arg(long, default_value_t = 115_200, requires = "serial")]
+        baud: u32,
     },
     /// Measure an engine's throughput on one model and batch size.
     Bench {
@@ -165,6 +182,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             topic,
             qos,
             limit,
+            serial,
+            framing,
+            payload,
+            apid,
+            baud,
         } => {
             let c = match load(&config) {
                 Ok(c) => c,
@@ -181,7 +203,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 step_ns: gsinfer::eval::DEFAULT_STEP_NS,
                 limit,
             };
-            let stats = runtime()?.block_on(gsinfer::replay::run(&c, &opts))?;
+            let stats = match serial {
+                Some(device) => {
+                    let target = gsinfer::replay::SerialTarget {
+                        device,
+                        baud_rate: baud,
+                        framing,
+                        payload,
+                        apid,
+                    };
+                    runtime()?.block_on(gsinfer::replay::run_serial(&c, &opts, &target))?
+                }
+                None => runtime()?.block_on(gsinfer::replay::run(&c, &opts))?,
+            };
             eprintln!(
                 "replayed {} samples of {} in {} messages in {:.1} s ({:.0} samples/s)",
                 stats.samples,

@@ -1,5 +1,6 @@
-//! `gsinfer replay`: publishes a channel of a recorded data set over MQTT as
-//! live telemetry, so anyone can feed a running service.
+//! `gsinfer replay`: publishes a channel of a recorded data set over MQTT,
+//! or writes it to a serial device or pseudo-terminal in one of the
+//! framings, as live telemetry, so anyone can feed a running service.
 //!
 //! Sample `i` gets time stamp `start + i × step` and sequence number `i`,
 //! the same stamps `gsinfer eval` uses, so streamed and offline scores line
@@ -16,7 +17,10 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::eval::read_channel;
+use crate::ingest::framing::Framing;
 use crate::ingest::mqtt::{options, qos};
+use crate::ingest::serial::encode::SampleEncoder;
+use crate::ingest::serial::{SerialConfig, SerialPayload};
 
 /// Options of `gsinfer replay`.
 #[derive(Debug, Clone)]
@@ -166,6 +170,91 @@ pub async fn run(config: &Config, opts: &ReplayOptions) -> Result<ReplayStats> {
     Ok(ReplayStats {
         samples: rows.len(),
         messages,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Where `gsinfer replay --serial` writes, and how.
+#[derive(Debug, Clone)]
+pub struct SerialTarget {
+    /// Serial device or pseudo-terminal.
+    pub device: PathBuf,
+    /// Line speed, bit/s.
+    pub baud_rate: u32,
+    /// Framing of the samples.
+    pub framing: Framing,
+    /// Payload of each frame.
+    pub payload: SerialPayload,
+    /// APID of the space packets (default: the packet feeding the channel).
+    pub apid: Option<u16>,
+}
+
+/// Bytes gathered before a write when replaying as fast as possible.
+const SERIAL_WRITE_CHUNK: usize = 4096;
+
+/// Writes the channel to a serial device, one frame per sample, encoded
+/// with the configuration's mission database for space packets. Sample
+/// stamps are as in [`run`]; packet sequence counts start at 0.
+///
+/// # Errors
+/// Unreadable data, no packet definition for the channel, or a device
+/// that cannot be opened or written.
+pub async fn run_serial(
+    config: &Config,
+    opts: &ReplayOptions,
+    target: &SerialTarget,
+) -> Result<ReplayStats> {
+    use tokio::io::AsyncWriteExt;
+    let mut rows = read_channel(&opts.data_dir, "test", &opts.channel)?;
+    if let Some(limit) = opts.limit {
+        rows.truncate(limit);
+    }
+    let mut encoder = SampleEncoder::new(
+        config,
+        target.framing,
+        target.payload,
+        target.apid,
+        &opts.channel,
+    )?;
+    let link = SerialConfig::new(
+        target.device.clone(),
+        target.baud_rate,
+        target.framing,
+        target.payload,
+    );
+    let mut port = crate::ingest::serial::open(&link)?;
+    let started = Instant::now();
+    let mut buf = Vec::with_capacity(2 * SERIAL_WRITE_CHUNK);
+    for (i, v) in rows.iter().enumerate() {
+        if !encoder.encode(
+            opts.start_ns + i as i64 * opts.step_ns,
+            i as u64,
+            v,
+            &mut buf,
+        ) {
+            bail!(
+                "sample {i} of {} has {} values, the packet definition feeds a different number; check the [[serial.packet]] parameters",
+                opts.channel,
+                v.len()
+            );
+        }
+        let due = opts
+            .rate
+            .map(|rate| started + Duration::from_secs_f64((i + 1) as f64 / rate));
+        if let Some(due) = due {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        if due.is_some() || buf.len() >= SERIAL_WRITE_CHUNK || i + 1 == rows.len() {
+            port.write_all(&buf)
+                .await
+                .with_context(|| format!("cannot write to {}", target.device.display()))?;
+            buf.clear();
+        }
+    }
+    port.flush().await?;
+    Ok(ReplayStats {
+        samples: rows.len(),
+        messages: rows.len(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! MQTT event loop task ──Inbound (bounded, drop+count when full)──▶ pipeline task
+//! serial link tasks ──SerialBatch (bounded, the link task waits)──▶ pipeline task
 //! pipeline task ──windows──▶ BatchHandle (bounded, replace oldest of channel) ──▶ engine threads
 //! HTTP workers ──KServe request items (all or none, 503 when full)──▶ the same BatchHandle
 //! engine threads ──BatchResult (bounded, blocking)──▶ pipeline task ──Outgoing (bounded)──▶ publisher task
@@ -23,8 +24,9 @@ use tokio::sync::mpsc;
 use crate::batch::{BatchHandle, BatchQueue, PushOutcome};
 use crate::config::Config;
 use crate::infer::{BatchResult, EngineThread, Job, Work};
-use crate::ingest::decode::{decode, DecodeLimits, Reject, RejectReason};
+use crate::ingest::decode::{decode, DecodeLimits, RawSample, Reject, RejectReason};
 use crate::ingest::mqtt::{self, EventLoopTask, Inbound};
+use crate::ingest::serial::{SerialBatch, SerialSource};
 use crate::pipeline::{ChannelOutput, Pipeline};
 use crate::publish::{event_json, run_publisher, Outgoing};
 use crate::repository::ModelRepository;
@@ -40,6 +42,8 @@ use crate::watchdog::{Notifier, Stage};
 const RESULTS_CAPACITY: usize = 64;
 /// Capacity of the pipeline → publisher channel, in messages.
 const OUTGOING_CAPACITY: usize = 16_384;
+/// Capacity of the serial links → pipeline channel, in read batches.
+const SERIAL_CAPACITY: usize = 1024;
 /// Longest a graceful shutdown waits for the broker to take the last messages.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -231,14 +235,7 @@ pub async fn run(config: Config) -> Result<()> {
         })
         .collect();
     let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(config.ingest.queue_capacity);
-    // The pipeline task's pending work: telemetry and engine results queued for it.
-    let pipeline_stage = {
-        let inbound = inbound_tx.downgrade();
-        Stage::with_backlog("pipeline", move || {
-            queued(inbound.upgrade()) + queued(results_weak.upgrade())
-        })
-    };
-    notifier.supervise(pipeline_stage.clone());
+    let inbound_weak = inbound_tx.downgrade();
     let stop_loop = Stop::default();
     let event_loop = tokio::spawn(
         EventLoopTask {
@@ -268,6 +265,23 @@ pub async fn run(config: Config) -> Result<()> {
         publisher_stage,
     ));
 
+    // Serial links.
+    let (serial_tx, mut serial_rx) = mpsc::channel::<SerialBatch>(SERIAL_CAPACITY);
+    // The pipeline task's pending work: telemetry (MQTT, serial) and engine
+    // results queued for it.
+    let pipeline_stage = {
+        let serial = serial_tx.downgrade();
+        Stage::with_backlog("pipeline", move || {
+            queued(inbound_weak.upgrade())
+                + queued(serial.upgrade())
+                + queued(results_weak.upgrade())
+        })
+    };
+    notifier.supervise(pipeline_stage.clone());
+    let stop_serial = Stop::default();
+    let serial_tasks = spawn_serial(&config, &served, &board, serial_tx, &stop_serial);
+    let mut serial_open = !serial_tasks.is_empty();
+
     let stop = Stop::default();
     tokio::spawn(signals(stop.clone()));
     let mut rejects = RejectLog::default();
@@ -279,6 +293,16 @@ pub async fn run(config: Config) -> Result<()> {
                 let _busy = pipeline_stage.begin();
                 ingest(&mut served, &msg, &board, &mut rejects, &mut outputs);
                 forward(&mut served, &mut outputs, &out_tx, &board).await;
+            }
+            batch = serial_rx.recv(), if serial_open && !stop.is_triggered() => {
+                match batch {
+                    Some(batch) => {
+                        let _busy = pipeline_stage.begin();
+                        ingest_serial(&mut served, batch, &board, &mut rejects, &mut outputs);
+                        forward(&mut served, &mut outputs, &out_tx, &board).await;
+                    }
+                    None => serial_open = false,
+                }
             }
             res = results_rx.recv() => {
                 let Some(res) = res else { break };
@@ -301,6 +325,11 @@ pub async fn run(config: Config) -> Result<()> {
         sd_notify::NotifyState::Status("stopping: draining queued windows"),
     ]);
     inbound_rx.close();
+    stop_serial.trigger();
+    serial_rx.close();
+    for t in serial_tasks {
+        let _ = t.await;
+    }
     for s in &served {
         s.handle.close();
     }
@@ -345,6 +374,27 @@ fn queued<T>(tx: Option<mpsc::Sender<T>>) -> usize {
     tx.map_or(0, |tx| tx.max_capacity() - tx.capacity())
 }
 
+/// Starts one task per `[[serial]]` link, registering its counters with the board.
+fn spawn_serial(
+    config: &Config,
+    served: &[Served],
+    board: &Arc<StatusBoard>,
+    tx: mpsc::Sender<SerialBatch>,
+    stop: &Stop,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for link in &config.serial {
+        let Some(ix) = link.pipeline_index(&config.pipelines) else {
+            continue; // validation rejects this
+        };
+        let (source, stats) = SerialSource::new(link, ix, served[ix].limits, tx.clone());
+        board.register_source(&link.label(), "serial", &link.device.display().to_string());
+        board.add_source(stats);
+        tasks.push(tokio::spawn(source.run(stop.clone())));
+    }
+    tasks
+}
+
 async fn signals(stop: Stop) {
     #[cfg(unix)]
     {
@@ -358,6 +408,70 @@ async fn signals(stop: Stop) {
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
     stop.trigger();
+}
+
+/// Where and when a sample arrived: what MQTT and serial samples share.
+struct Arrival<'a> {
+    /// The topic or serial link, for logs.
+    origin: &'a str,
+    channel: &'a str,
+    /// The sample's time stamp, ns since the Unix epoch.
+    t_ns: i64,
+    received: Instant,
+}
+
+/// Feeds one sample to pipeline `s`: its window goes to the batcher, the
+/// scores it settles to `scored`; a reject is counted and logged. Returns
+/// whether the sample was accepted.
+fn route_sample(
+    s: &mut Served,
+    at: &Arrival<'_>,
+    sample: &RawSample,
+    board: &StatusBoard,
+    rejects: &mut RejectLog,
+    scored: &mut Vec<ChannelOutput>,
+) -> bool {
+    let window = match s
+        .pipeline
+        .on_sample(at.channel, at.t_ns, sample, at.received, scored)
+    {
+        Ok(window) => window,
+        Err(r) => {
+            rejects.reject(board, at.origin, &r);
+            return false;
+        }
+    };
+    board.record_sample(&s.model, at.channel);
+    let Some(item) = window else { return true };
+    Metrics::add(&board.metrics.windows, &s.model, 1);
+    let channel_id = item.channel;
+    let now = Instant::now();
+    match s.handle.push(channel_id, Job::window(item, now), now) {
+        PushOutcome::Queued => {}
+        PushOutcome::Replaced(old) | PushOutcome::Evicted(old) => {
+            board.metrics.dropped(&s.model, "queue_full", 1);
+            match old.work {
+                Work::Window(old) => s.pipeline.on_window(&old, WindowOutcome::Dropped, scored),
+                Work::Request(r) => r.fail(
+                    old.queued,
+                    format!("model {}'s batch queue overflowed; retry later", s.model),
+                ),
+            }
+        }
+    }
+    true
+}
+
+/// After routing samples to pipeline `ix`: its queue depth, and its scores out.
+fn routed(
+    s: &Served,
+    ix: usize,
+    scored: Vec<ChannelOutput>,
+    board: &StatusBoard,
+    outputs: &mut Vec<(usize, ChannelOutput)>,
+) {
+    board.metrics.set_queue_depth(&s.model, s.handle.depth());
+    outputs.extend(scored.into_iter().map(|o| (ix, o)));
 }
 
 /// Decodes one message and feeds its samples to every pipeline whose topic
@@ -384,49 +498,15 @@ fn ingest(
         let received_ns = now_ns();
         let mut scored = Vec::new();
         for sample in &decoded.samples {
-            let t = sample.t_ns.unwrap_or(received_ns);
-            match s
-                .pipeline
-                .on_sample(channel, t, sample, msg.received, &mut scored)
-            {
-                Ok(window) => {
-                    accepted += 1;
-                    board.record_sample(&s.model, channel);
-                    if let Some(item) = window {
-                        Metrics::add(&board.metrics.windows, &s.model, 1);
-                        let channel_id = item.channel;
-                        let now = Instant::now();
-                        match s.handle.push(channel_id, Job::window(item, now), now) {
-                            PushOutcome::Queued => {}
-                            PushOutcome::Replaced(old) | PushOutcome::Evicted(old) => {
-                                board.metrics.dropped(&s.model, "queue_full", 1);
-                                match old.work {
-                                    Work::Window(old) => {
-                                        s.pipeline.on_window(
-                                            &old,
-                                            WindowOutcome::Dropped,
-                                            &mut scored,
-                                        );
-                                    }
-                                    Work::Request(r) => r.fail(
-                                        old.queued,
-                                        format!(
-                                            "model {}'s batch queue overflowed; retry later",
-                                            s.model
-                                        ),
-                                    ),
-                                }
-                            }
-                        }
-                    }
-                }
-                Err(r) => {
-                    rejects.reject(board, &msg.topic, &r);
-                }
-            }
+            let at = Arrival {
+                origin: &msg.topic,
+                channel,
+                t_ns: sample.t_ns.unwrap_or(received_ns),
+                received: msg.received,
+            };
+            accepted += route_sample(s, &at, sample, board, rejects, &mut scored) as usize;
         }
-        board.metrics.set_queue_depth(&s.model, s.handle.depth());
-        outputs.extend(scored.into_iter().map(|o| (ix, o)));
+        routed(s, ix, scored, board, outputs);
     }
     if !matched {
         let r = Reject {
@@ -436,6 +516,36 @@ fn ingest(
         rejects.reject(board, &msg.topic, &r);
     }
     board.record_input(MQTT_SOURCE, msg.payload.len(), accepted);
+}
+
+/// Feeds one serial link's decoded samples to its pipeline, as [`ingest`]
+/// does for an MQTT message.
+fn ingest_serial(
+    served: &mut [Served],
+    batch: SerialBatch,
+    board: &StatusBoard,
+    rejects: &mut RejectLog,
+    outputs: &mut Vec<(usize, ChannelOutput)>,
+) {
+    let origin = format!("serial link {}", batch.source);
+    for r in &batch.rejects {
+        rejects.reject(board, &origin, r);
+    }
+    let s = &mut served[batch.pipeline];
+    let received_ns = now_ns();
+    let mut scored = Vec::new();
+    let mut accepted = 0;
+    for (channel, sample) in &batch.samples {
+        let at = Arrival {
+            origin: &origin,
+            channel,
+            t_ns: sample.t_ns.unwrap_or(received_ns),
+            received: batch.received,
+        };
+        accepted += route_sample(s, &at, sample, board, rejects, &mut scored) as usize;
+    }
+    board.record_source_samples(&batch.source, accepted);
+    routed(s, batch.pipeline, scored, board, outputs);
 }
 
 /// Feeds one engine batch's results back to its pipeline.

@@ -1,9 +1,13 @@
-//! Telemetry ingest: the stage that turns bytes from MQTT (and later
-//! serial links) into timestamped samples, rejecting bad input by reason
-//! instead of failing.
+//! Telemetry ingest: the stage that turns bytes from MQTT and serial
+//! links into timestamped samples, rejecting bad input by reason instead
+//! of failing.
 
+pub mod ccsds;
 pub mod decode;
+pub mod framing;
+pub mod mission;
 pub mod mqtt;
+pub mod serial;
 
 pub use decode::{decode, DecodeLimits, Decoded, PayloadFormat, RawSample, Reject, RejectReason};
 

@@ -75,7 +75,7 @@ struct ChannelStatus {
 
 /// One telemetry source (the MQTT broker today; serial links later).
 #[derive(Debug, Default)]
-struct SourceStatus {
+struct SourceEntry {
     kind: String,
     endpoint: String,
     connected: bool,
@@ -91,7 +91,7 @@ struct SourceStatus {
 struct Inner {
     connected: bool,
     models: BTreeMap<String, ModelStatus>,
-    sources: BTreeMap<String, SourceStatus>,
+    sources: BTreeMap<String, SourceEntry>,
     channels: BTreeMap<(String, String), ChannelStatus>,
     events: VecDeque<Value>,
 }
@@ -358,10 +358,34 @@ impl StatusBoard {
         }
     }
 
+    /// Registers a source whose own counters `/api/status` (`sources`) and
+    /// `/metrics` show; register its name with [`Self::register_source`] too.
+    pub fn add_source(&self, source: Arc<dyn super::SourceStatus>) {
+        self.metrics.sources.add(source);
+    }
+
+    /// Counts `samples` accepted samples from source `name` (its rate on the
+    /// page), for sources whose messages [`Self::add_source`] counts.
+    pub fn record_source_samples(&self, name: &str, samples: usize) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let s = inner.sources.entry(name.to_string()).or_default();
+        s.samples += samples as u64;
+        let n = s.samples;
+        s.sample_rate.observe(now, n);
+    }
+
     /// The `/api/status` document.
     pub fn snapshot(&self) -> Value {
         let m = &self.metrics;
         let now = Instant::now();
+        let own: BTreeMap<String, Value> = m
+            .sources
+            .all()
+            .iter()
+            .map(|s| s.status())
+            .filter_map(|v| Some((v.get("name")?.as_str()?.to_string(), v)))
+            .collect();
         let mut inner = self.lock();
         let pct = |h: &Histogram<u64>| {
             if h.is_empty() {
@@ -403,14 +427,26 @@ impl StatusBoard {
             .sources
             .iter_mut()
             .map(|(name, s)| {
-                json!({
+                let mut v = json!({
                     "name": name, "kind": s.kind, "endpoint": s.endpoint,
                     "state": if s.connected { "connected" } else { "disconnected" },
                     "messages": s.messages, "bytes": s.bytes, "samples": s.samples,
                     "disconnects": s.disconnects,
                     "messages_per_s": s.message_rate.rate(now, s.messages),
                     "samples_per_s": s.sample_rate.rate(now, s.samples),
-                })
+                });
+                // A source with counters of its own (a serial link): its
+                // fields, with its link state and frames in the common ones.
+                if let Some(Value::Object(more)) = own.get(name) {
+                    for (k, x) in more {
+                        v[k] = x.clone();
+                    }
+                    let up = more.get("link").and_then(Value::as_str) == Some("up");
+                    v["state"] = if up { "connected" } else { "disconnected" }.into();
+                    v["messages"] = more.get("frames").cloned().unwrap_or(Value::Null);
+                    v["disconnects"] = more.get("link_losses").cloned().unwrap_or(Value::Null);
+                }
+                v
             })
             .collect();
         let channels: Vec<Value> = inner

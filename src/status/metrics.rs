@@ -151,6 +151,8 @@ pub struct Metrics {
     pub late_forecasts: Family<ModelLabel, Counter>,
     /// 1 when every engine is loaded and the broker is connected.
     pub ready: Gauge,
+    /// Sources with counters of their own (serial links), scraped as a collector.
+    pub sources: super::sources::SourceRegistry,
 }
 
 fn latency_histogram() -> Histogram {
@@ -294,6 +296,8 @@ impl Metrics {
         })
         .set(1);
         r.register("build_info", "Build information.", info);
+        let sources = super::sources::SourceRegistry::default();
+        r.register_collector(Box::new(sources.clone()));
         Self {
             registry: root,
             inputs,
@@ -317,6 +321,7 @@ impl Metrics {
             publish_errors,
             late_forecasts,
             ready,
+            sources,
         }
     }
 

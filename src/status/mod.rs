@@ -11,9 +11,11 @@ pub mod metrics;
 pub mod page;
 pub mod rate;
 pub mod stats;
+pub mod sources;
 
 pub use board::{ModelState, StatusBoard};
 pub use metrics::Metrics;
+pub use sources::{MetricFamilies, SourceStatus};
 
 use std::path::PathBuf;
 
