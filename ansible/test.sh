@@ -4,8 +4,9 @@
 # bookworm with SSH, no gsinfer; image/build.sh VARIANT=base) under QEMU and
 # runs site.yml against it over SSH on a loopback-forwarded port:
 #   1. the first run installs the .deb, Mosquitto, the model, the udev rule
-#      and the configuration, and starts gsinfer: something changed, nothing
-#      failed, and gsinfer is active and ready;
+#      and the configuration (with a serial link whose adapter is absent),
+#      and starts gsinfer: something changed, nothing failed, and gsinfer is
+#      active and ready;
 #   2. the second run changes nothing (changed=0);
 #   3. a changed setting (gsinfer_log_level) rewrites the drop-in and
 #      restarts gsinfer (a new invocation id), which comes back active.
@@ -46,6 +47,18 @@ groundstations:
     gsinfer_model_repository_src: $PWD/model_repository
     gsinfer_models: [smap_lstm]
     gsinfer_serial_adapter: {vendor_id: "0403", product_id: "6001"}
+    gsinfer_serial_toml: |
+      [[serial]]
+      name = "modem"
+      device = "/dev/gsinfer-serial"
+      framing = "kiss"
+      payload = "ccsds"
+      model = "smap_lstm"
+
+      [[serial.packet]]
+      apid = 100
+      time = { byte_offset = 0, type = "i64", unit = "ns" }
+      parameter = [{ byte_offset = 8, type = "f32", count = 25, channel = "S-1", feature = 0 }]
 INVENTORY
 
 # play <name> [ansible-playbook args...]: runs site.yml, keeps the log,
