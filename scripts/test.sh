@@ -10,4 +10,8 @@ if [ -z "${GSINFER_DATA_DIR:-}" ] && [ -d ../shared/data/telemanom ]; then
   export GSINFER_DATA_DIR
 fi
 
-exec cargo test --all-targets "$@"
+# The default build (tract only) must compile on its own; the test suite
+# then runs on the appliance's build, with the TensorRT engine compiled in
+# (on a machine without a GPU it exercises the fallback to tract).
+cargo check --lib --bins
+exec cargo test --all-targets --features tensorrt "$@"
