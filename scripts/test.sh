@@ -10,4 +10,8 @@ if [ -z "${GSINFER_DATA_DIR:-}" ] && [ -d ../shared/data/telemanom ]; then
   export GSINFER_DATA_DIR
 fi
 
-exec cargo test --all-targets "$@"
+# The suite runs on the appliance's build, with the TensorRT engine compiled
+# in (on a machine without a GPU it exercises the fallback to tract). The
+# default build (tract only) is `cargo check --lib --bins`: quick locally,
+# left out here to keep CI short.
+exec cargo test --all-targets --features tensorrt "$@"

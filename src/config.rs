@@ -79,6 +79,9 @@ pub struct Config {
     /// One entry per served model.
     #[serde(rename = "pipeline")]
     pub pipelines: Vec<PipelineConfig>,
+    /// TensorRT: engine directory, start-up rebuild, device, libraries.
+    #[serde(default)]
+    pub tensorrt: crate::engine::plans::TensorRtConfig,
     /// Serial links feeding the pipelines (`[[serial]]`), besides MQTT.
     #[serde(default, rename = "serial", skip_serializing_if = "Vec::is_empty")]
     pub serial: Vec<SerialConfig>,
@@ -172,6 +175,14 @@ impl Config {
             .filter(|t| t.is_relative())
         {
             *token = base.join(&*token);
+        }
+        if let Some(dir) = config
+            .tensorrt
+            .engine_dir
+            .as_mut()
+            .filter(|d| d.is_relative())
+        {
+            *dir = base.join(&*dir);
         }
         let problems = config.validate();
         if problems.is_empty() {

@@ -23,6 +23,28 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(long, short, default_value = "/etc/gsinfer/gsinfer.toml")]
         config: PathBuf,
+        /// Do not rebuild stale TensorRT engines at start (such models run
+        /// on tract until `gsinfer engine build`); overrides
+        /// tensorrt.rebuild_at_start.
+        #[arg(long)]
+        no_rebuild: bool,
+    },
+    /// Build or inspect the TensorRT engines in the engine directory.
+    #[command(subcommand)]
+    Engine(EngineCommand),
+    /// On a GPU box: compare TensorRT with tract on every TensorRT model
+    /// (max abs/rel error, ms per batch per bucket); exit 1 on a mismatch.
+    Selftest {
+        /// Configuration file (TOML).
+        #[arg(long, short, default_value = "/etc/gsinfer/gsinfer.toml")]
+        config: PathBuf,
+        /// Check only the CUDA layer (pinned staging, copies, CUDA graphs):
+        /// needs a GPU, not TensorRT.
+        #[arg(long)]
+        cuda: bool,
+        /// Largest acceptable relative difference (FP16 plans need ~1e-2).
+        #[arg(long, default_value_t = 1e-3)]
+        tolerance: f32,
     },
     /// Print the effective configuration, or every problem in it.
     CheckConfig {
@@ -136,6 +158,31 @@ fn load(config: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
+#[derive(Debug, Subcommand)]
+enum EngineCommand {
+    /// Build the plans that are missing, stale or corrupt (all with --force).
+    Build {
+        /// Configuration file (TOML).
+        #[arg(long, short, default_value = "/etc/gsinfer/gsinfer.toml")]
+        config: PathBuf,
+        /// Only this model.
+        #[arg(long)]
+        model: Option<String>,
+        /// Rebuild even fresh plans.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show each model's engine, plan state, key, profiles and layers.
+    Inspect {
+        /// Configuration file (TOML).
+        #[arg(long, short, default_value = "/etc/gsinfer/gsinfer.toml")]
+        config: PathBuf,
+        /// Only this model.
+        #[arg(long)]
+        model: Option<String>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     gsinfer::logging::init();
@@ -164,13 +211,53 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", c.to_toml());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config } => {
+        Command::Run { config, no_rebuild } => {
+            let mut c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            if no_rebuild {
+                c.tensorrt.rebuild_at_start = false;
+            }
+            runtime()?.block_on(gsinfer::service::run(c))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Engine(EngineCommand::Build {
+            config,
+            model,
+            force,
+        }) => {
             let c = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            runtime()?.block_on(gsinfer::service::run(c))?;
+            let failed = gsinfer::engine::commands::build(&c, model.as_deref(), force)?;
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Engine(EngineCommand::Inspect { config, model }) => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            print!("{}", gsinfer::engine::commands::inspect(&c, model.as_deref())?);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Selftest {
+            config,
+            cuda,
+            tolerance,
+        } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let (report, ok) = gsinfer::selftest::run(&c, cuda, tolerance)?;
+            print!("{report}");
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Replay {
             config,

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::batch::{BatchHandle, BatchQueue, PushOutcome};
 use crate::config::Config;
+use crate::engine::plans::EngineSet;
 use crate::infer::{BatchResult, EngineThread, Job, Work};
 use crate::ingest::decode::{decode, DecodeLimits, RawSample, Reject, RejectReason};
 use crate::ingest::mqtt::{self, EventLoopTask, Inbound};
@@ -119,6 +120,7 @@ pub async fn run(config: Config) -> Result<()> {
     let (results_tx, mut results_rx) = mpsc::channel::<BatchResult>(RESULTS_CAPACITY);
     let mut served = Vec::new();
     let mut engine_threads = Vec::new();
+    let mut engines = EngineSet::new(&config.tensorrt);
     for (ix, p) in config.pipelines.iter().enumerate() {
         let prepared = crate::model::prepare(&repo, p)?;
         for w in &prepared.entry.warnings {
@@ -141,23 +143,40 @@ pub async fn run(config: Config) -> Result<()> {
         };
         notifier.supervise(engine_stage.clone());
         let stats = board.stats(&p.model).expect("model registered above");
+        let rebuild = config.tensorrt.rebuild_at_start;
+        // The notifier turns the board's state into STATUS= lines (and
+        // extends the start timeout while the progress moves).
+        let progress = |done: f32| {
+            board.set_model(
+                &p.model,
+                "tensorrt",
+                ModelState::Rebuilding { progress: done },
+                prepared.entry.version,
+                p.batch.latency_budget_us,
+                &prepared.buckets,
+            );
+        };
+        let opened = match engines.open(&prepared, prepared.instances, rebuild, &progress) {
+            Ok(o) => o,
+            Err(e) => {
+                board.set_model(
+                    &p.model,
+                    "none",
+                    ModelState::Failed(e.to_string()),
+                    prepared.entry.version,
+                    p.batch.latency_budget_us,
+                    &prepared.buckets,
+                );
+                return Err(e.into());
+            }
+        };
+        if let Some(note) = &opened.note {
+            log::warn!(target: "gsinfer::engine", "model {}: {note}", p.model);
+            board.set_note(&p.model, note);
+        }
+        let kind = opened.kind;
         let mut outputs = Vec::new();
-        for _ in 0..prepared.instances {
-            let engine = match crate::model::open_engine(&prepared) {
-                Ok(e) => e,
-                Err(e) => {
-                    board.set_model(
-                        &p.model,
-                        "tract",
-                        ModelState::Failed(e.to_string()),
-                        prepared.entry.version,
-                        p.batch.latency_budget_us,
-                        &prepared.buckets,
-                    );
-                    return Err(e.into());
-                }
-            };
-            let kind = engine.kind();
+        for engine in opened.engines {
             outputs = engine.outputs().to_vec();
             engine_threads.push(
                 EngineThread {
@@ -171,16 +190,16 @@ pub async fn run(config: Config) -> Result<()> {
                 }
                 .spawn(engine),
             );
-            board.set_model(
-                &p.model,
-                kind,
-                ModelState::Ready,
-                prepared.entry.version,
-                p.batch.latency_budget_us,
-                &prepared.buckets,
-            );
-            board.set_device(&p.model, "CPU");
         }
+        board.set_model(
+            &p.model,
+            kind,
+            ModelState::Ready,
+            prepared.entry.version,
+            p.batch.latency_budget_us,
+            &prepared.buckets,
+        );
+        board.set_device(&p.model, &opened.device);
         kserve.insert(ServedModel {
             name: p.model.clone(),
             version: prepared.entry.version,
@@ -193,8 +212,8 @@ pub async fn run(config: Config) -> Result<()> {
         });
         log::info!(
             target: "gsinfer",
-            "model {} version {} ready on tract: {} instance(s), buckets {:?}, latency budget {} µs",
-            p.model, prepared.entry.version, prepared.instances, prepared.buckets, p.batch.latency_budget_us
+            "model {} version {} ready on {kind} ({}): {} instance(s), buckets {:?}, latency budget {} µs",
+            p.model, prepared.entry.version, opened.device, prepared.instances, prepared.buckets, p.batch.latency_budget_us
         );
         served.push(Served {
             pipeline: Pipeline::new(p),

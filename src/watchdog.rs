@@ -18,6 +18,10 @@
 //! rightly wait its budget in the batch queue. Pings go out every half
 //! interval, as sd_watchdog_enabled(3) recommends.
 //!
+//! While an engine is rebuilt at start-up, each change of its progress
+//! extends systemd's start timeout (`EXTEND_TIMEOUT_USEC=`), so a long but
+//! moving TensorRT build is not killed, and a build that stops moving is.
+//!
 //! Everything here is a no-op outside systemd: without `NOTIFY_SOCKET`
 //! nothing is sent, and without `WATCHDOG_USEC` no stage is checked.
 
@@ -33,6 +37,9 @@ use crate::status::StatusBoard;
 
 /// How often the notifier looks at the board for `STATUS=` changes.
 const STATUS_TICK: Duration = Duration::from_millis(250);
+/// How far each sign of rebuild progress pushes systemd's start timeout
+/// (`EXTEND_TIMEOUT_USEC=`), in µs: as long as `TimeoutStartSec=`.
+const EXTEND_START_USEC: u32 = 300_000_000;
 
 /// Reads how much work is queued in front of a stage (a channel's length,
 /// a batch queue's depth).
@@ -258,10 +265,11 @@ pub fn describe(phase: &Phase, broker: &str, stalls: &[Stall]) -> String {
     let mut busy = Vec::new();
     for (name, state, progress) in &phase.models {
         match (state.as_str(), progress) {
-            ("rebuilding", Some(p)) => {
-                busy.push(format!("rebuilding engine {name} ({:.0} %)", p * 100.0))
-            }
-            ("rebuilding", None) => busy.push(format!("rebuilding engine {name}")),
+            ("rebuilding", Some(p)) => busy.push(format!(
+                "rebuilding the TensorRT engine of {name}: {:.0} %",
+                p * 100.0
+            )),
+            ("rebuilding", None) => busy.push(format!("rebuilding the TensorRT engine of {name}")),
             ("loading", _) => busy.push(format!("loading model {name}")),
             ("failed", _) => busy.push(format!("model {name} failed")),
             _ => {}
@@ -363,6 +371,7 @@ fn run(
     let mut supervisor = Supervisor::new(watchdog.unwrap_or_default() + max_budget);
     let mut watched = 0;
     let mut last_status = String::new();
+    let mut last_extended = String::new();
     let mut ready_sent = false;
     let mut last_ping: Option<Instant> = None;
     let mut stalls: Vec<Stall> = Vec::new();
@@ -391,6 +400,11 @@ fn run(
             }
         }
         let status = describe(&phase, broker, &stalls);
+        let rebuilding = phase.models.iter().any(|m| m.1 == "rebuilding");
+        if !ready_sent && rebuilding && status != last_extended {
+            notify(&[NotifyState::ExtendTimeoutUsec(EXTEND_START_USEC)]);
+            last_extended = status.clone();
+        }
         if !ready_sent && board.is_ready() {
             ready_sent = true;
             last_status = status.clone();
@@ -544,7 +558,7 @@ mod tests {
         );
         assert_eq!(
             describe(&phase(&[("a", "rebuilding", Some(0.25))], false), b, &[]),
-            "rebuilding engine a (25 %)"
+            "rebuilding the TensorRT engine of a: 25 %"
         );
         assert_eq!(
             describe(&phase(&[("a", "ready", None)], false), b, &[]),

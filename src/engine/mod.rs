@@ -1,9 +1,16 @@
 //! Engines: run a model on a batch of windows.
 //!
 //! One trait, several implementations: [`tract`] (the embedded CPU engine,
-//! always compiled) and, behind the `tensorrt` feature, TensorRT. The
-//! pipeline, `gsinfer eval` and `gsinfer bench` see only [`Engine`].
+//! always compiled) and, behind the `tensorrt` feature, `tensorrt`. The
+//! pipeline, `gsinfer eval` and `gsinfer bench` see only [`Engine`];
+//! [`plans`] decides which implementation runs each model and keeps the
+//! TensorRT plans in the engine [`cache`] fresh.
 
+pub mod cache;
+pub mod commands;
+pub mod plans;
+#[cfg(feature = "tensorrt")]
+pub mod tensorrt;
 pub mod tract;
 
 use thiserror::Error;

@@ -43,12 +43,26 @@ pub struct ModelConfig {
     pub instance_kind: InstanceKind,
     /// `optimization { cuda { graphs: true } }`: capture CUDA graphs (TensorRT only).
     pub cuda_graphs: bool,
+    /// `optimization { execution_accelerators { gpu_execution_accelerator [ { name: "tensorrt" ... } ] } }`:
+    /// how an ONNX model is compiled to a TensorRT engine on the box; `None`
+    /// when the config names no TensorRT accelerator (defaults then apply).
+    pub tensorrt: Option<TensorRtOptions>,
     /// `version_policy`; `Latest { num_versions: 1 }` when absent.
     pub version_policy: VersionPolicy,
     /// `parameters`, key to `string_value`.
     pub parameters: BTreeMap<String, String>,
     /// `default_model_filename`, if set: the model file's name inside the version folder.
     pub default_model_filename: Option<String>,
+}
+
+/// Triton's TensorRT execution-accelerator parameters, as gsinfer honours them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TensorRtOptions {
+    /// `precision_mode: "FP16"`: let the builder pick FP16 kernels (`BuilderFlag::kFP16`);
+    /// `"FP32"` (the default) keeps FP32.
+    pub fp16: bool,
+    /// `max_workspace_size_bytes`: the builder's workspace memory-pool limit in bytes.
+    pub workspace_bytes: Option<u64>,
 }
 
 /// The runtime a model is written for.
@@ -180,6 +194,7 @@ fn from_message(
         .and_then(|c| get(&c, "graphs"))
         .and_then(|g| g.as_bool())
         .unwrap_or(false);
+    let tensorrt = tensorrt_options(m, file, warnings)?;
     let version_policy = match get_message(m, "version_policy") {
         Some(policy) => version_policy(&policy, file)?,
         None => VersionPolicy::default(),
@@ -215,10 +230,73 @@ fn from_message(
         instance_count,
         instance_kind,
         cuda_graphs,
+        tensorrt,
         version_policy,
         parameters,
         default_model_filename,
     })
+}
+
+/// The `tensorrt` GPU execution accelerator's parameters (Triton's
+/// `precision_mode`, `max_workspace_size_bytes`); other accelerators and
+/// parameters are warned about and ignored.
+fn tensorrt_options(
+    m: &DynamicMessage,
+    file: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<TensorRtOptions>, RepositoryError> {
+    let accelerators = get_message(m, "optimization")
+        .and_then(|o| get_message(&o, "execution_accelerators"))
+        .map(|e| get_messages(&e, "gpu_execution_accelerator"))
+        .unwrap_or_default();
+    let mut found = None;
+    for a in accelerators {
+        let name = get_str(&a, "name");
+        if name != "tensorrt" {
+            warnings.push(format!(
+                "{file}: gpu_execution_accelerator `{name}` is not supported by gsinfer and is ignored"
+            ));
+            continue;
+        }
+        let mut options = TensorRtOptions::default();
+        let params = get(&a, "parameters")
+            .and_then(|p| p.as_map().cloned())
+            .unwrap_or_default();
+        for (k, v) in params {
+            let (Some(key), Some(value)) = (k.as_str(), v.as_str()) else {
+                continue;
+            };
+            match key {
+                "precision_mode" => {
+                    options.fp16 = match value {
+                        "FP16" => true,
+                        "FP32" => false,
+                        other => {
+                            return Err(invalid(
+                                file,
+                                format!("tensorrt precision_mode `{other}` is not supported"),
+                                "use \"FP32\" or \"FP16\"",
+                            ))
+                        }
+                    }
+                }
+                "max_workspace_size_bytes" => {
+                    options.workspace_bytes = Some(value.parse().map_err(|_| {
+                        invalid(
+                            file,
+                            format!("tensorrt max_workspace_size_bytes `{value}` is not a byte count"),
+                            "give a whole number of bytes, e.g. \"1073741824\"",
+                        )
+                    })?)
+                }
+                other => warnings.push(format!(
+                    "{file}: tensorrt accelerator parameter `{other}` is not supported by gsinfer and is ignored"
+                )),
+            }
+        }
+        found = Some(options);
+    }
+    Ok(found)
 }
 
 /// The value of a field that is set; `None` for an unset field (proto3: a
@@ -334,6 +412,37 @@ default_model_filename: "forecaster.onnx"
     }
 
     const IO: &str = "input { name: \"x\" data_type: TYPE_FP32 dims: 1 }\noutput { name: \"y\" data_type: TYPE_FP32 dims: 1 }\n";
+
+    #[test]
+    fn the_tensorrt_accelerator_gives_precision_and_workspace() {
+        let text = format!(
+            "platform: \"onnxruntime_onnx\"\n{IO}optimization {{ execution_accelerators {{ gpu_execution_accelerator : [ {{ name : \"tensorrt\" \
+             parameters {{ key: \"precision_mode\" value: \"FP16\" }} \
+             parameters {{ key: \"max_workspace_size_bytes\" value: \"1073741824\" }} }} ] }} }}"
+        );
+        assert_eq!(
+            parse(&text).tensorrt,
+            Some(TensorRtOptions {
+                fp16: true,
+                workspace_bytes: Some(1 << 30)
+            })
+        );
+        assert_eq!(parse(&format!("platform: \"onnxruntime_onnx\"\n{IO}")).tensorrt, None);
+        let bad = format!(
+            "platform: \"onnxruntime_onnx\"\n{IO}optimization {{ execution_accelerators {{ gpu_execution_accelerator : [ {{ name : \"tensorrt\" \
+             parameters {{ key: \"precision_mode\" value: \"INT8\" }} }} ] }} }}"
+        );
+        assert!(error(&bad).contains("precision_mode `INT8` is not supported"), "{}", error(&bad));
+        let other = format!(
+            "platform: \"onnxruntime_onnx\"\n{IO}optimization {{ execution_accelerators {{ gpu_execution_accelerator : [ {{ name : \"openvino\" }} ] }} }}"
+        );
+        let (config, warnings) = ModelConfig::parse(&other).unwrap();
+        assert_eq!(config.tensorrt, None);
+        assert_eq!(
+            warnings,
+            ["config.pbtxt: gpu_execution_accelerator `openvino` is not supported by gsinfer and is ignored"]
+        );
+    }
 
     #[test]
     fn a_realistic_config_parses_fully() {

@@ -519,7 +519,7 @@ mod tests {
             model_warmup { # a comment with a } and a ]
               name: 'single-quoted \' } string' }
             sequence_batching < max_sequence_idle_microseconds: 5000000 >
-            optimization { cuda { graphs: true busy_wait_events: true } execution_accelerators { gpu_execution_accelerator : [ { name : "tensorrt" } ] } }
+            optimization { cuda { graphs: true busy_wait_events: true } execution_accelerators { cpu_execution_accelerator : [ { name : "openvino" } ] } }
             metric_tags: [ { key: "a", value: "b" } ];
             max_batch_size: 4
         "#;
@@ -529,7 +529,7 @@ mod tests {
                 "config.pbtxt: field `model_warmup` is not supported by gsinfer and is ignored",
                 "config.pbtxt: field `sequence_batching` is not supported by gsinfer and is ignored",
                 "config.pbtxt: field `optimization.cuda.busy_wait_events` is not supported by gsinfer and is ignored",
-                "config.pbtxt: field `optimization.execution_accelerators` is not supported by gsinfer and is ignored",
+                "config.pbtxt: field `optimization.execution_accelerators.cpu_execution_accelerator` is not supported by gsinfer and is ignored (did you mean `gpu_execution_accelerator`?)",
                 "config.pbtxt: field `metric_tags` is not supported by gsinfer and is ignored",
             ]
         );

@@ -52,6 +52,8 @@ impl ModelState {
 struct ModelStatus {
     engine: String,
     device: Option<String>,
+    /// Why the model runs on another engine than its config asked for.
+    note: Option<String>,
     state: ModelState,
     version: u64,
     budget_us: u64,
@@ -146,6 +148,7 @@ impl StatusBoard {
             .or_insert_with(|| ModelStatus {
                 engine: String::new(),
                 device: None,
+                note: None,
                 state: ModelState::Loading,
                 version,
                 budget_us,
@@ -178,6 +181,14 @@ impl StatusBoard {
     pub fn set_device(&self, name: &str, device: &str) {
         if let Some(m) = self.lock().models.get_mut(name) {
             m.device = Some(device.to_string());
+        }
+    }
+
+    /// Records why `name` runs on another engine than its config asked
+    /// for (a TensorRT model on tract, say); shown on the status page.
+    pub fn set_note(&self, name: &str, note: &str) {
+        if let Some(m) = self.lock().models.get_mut(name) {
+            m.note = Some(note.to_string());
         }
     }
 
@@ -409,7 +420,7 @@ impl StatusBoard {
                 };
                 let (ok, failed) = s.stats.outcomes();
                 json!({
-                    "name": name, "engine": s.engine, "device": s.device,
+                    "name": name, "engine": s.engine, "device": s.device, "note": s.note,
                     "state": s.state.name(), "reason": reason, "progress": progress,
                     "version": s.version, "latency_budget_us": s.budget_us, "buckets": s.buckets,
                     "queue_depth": m.queue_depth_of(name),

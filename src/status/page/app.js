@@ -66,6 +66,7 @@ function renderModels(models) {
       pill(m.state, stateKind(m.state)) + '</div>' +
       (m.state === 'rebuilding' && m.progress !== null ? '<div class="progress"><span style="width:' + (m.progress * 100).toFixed(0) + '%"></span></div><div class="muted">rebuilding engine: ' + (m.progress * 100).toFixed(0) + ' %</div>' : '') +
       (m.reason ? '<div class="reason">' + esc(m.reason) + '</div>' : '') +
+      (m.note ? '<div class="muted note">' + esc(m.note) + '</div>' : '') +
       '<dl><div><dt>Queue depth</dt><dd>' + num(m.queue_depth) + ' items</dd></div>' +
       '<div><dt>Windows dropped</dt><dd' + (m.windows_dropped > 0 ? ' style="color:var(--bad)"' : '') + '>' + num(m.windows_dropped) + '</dd></div>' +
       '<div><dt>Windows</dt><dd>' + num(m.windows) + '</dd></div>' +

@@ -1,0 +1,686 @@
+//! Which engine runs each model, and keeping TensorRT plans fresh.
+//!
+//! A model runs on TensorRT when its config.pbtxt says so: `platform:
+//! "tensorrt_plan"` (a plan shipped in the repository, Triton's way), or an
+//! ONNX model with Triton's TensorRT execution accelerator
+//! (`optimization { execution_accelerators { gpu_execution_accelerator [
+//! { name: "tensorrt" } ] } }`), which gsinfer compiles to a plan on the box
+//! and keeps in the engine cache ([`super::cache`]). Everything else runs
+//! on tract.
+//!
+//! Where TensorRT cannot run (no `tensorrt` feature, no GPU, no
+//! libnvinfer), a model with an ONNX file falls back to tract on it and the
+//! reason is logged and shown on the status page; a plan-only model fails
+//! start-up with one line saying what is missing.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::cache::{EngineCache, EngineKey, Lookup, ProfileSpec};
+use super::Engine;
+use crate::model::{ModelError, PreparedModel};
+use crate::repository::Platform;
+
+/// TensorRT settings (`[tensorrt]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorRtConfig {
+    /// Folder of the built plans and their manifests. Default:
+    /// `$STATE_DIRECTORY/engines` (systemd's `StateDirectory=`), else
+    /// `/var/lib/gsinfer/engines`. Never inside the model repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_dir: Option<PathBuf>,
+    /// Rebuild missing, stale or corrupt plans when `gsinfer run` starts
+    /// (default `true`); with `false` such models fall back to tract until
+    /// `gsinfer engine build` is run.
+    #[serde(default = "default_true")]
+    pub rebuild_at_start: bool,
+    /// CUDA device ordinal (default 0).
+    #[serde(default)]
+    pub device: usize,
+    /// Path of `libnvinfer.so`; default: the dynamic loader's search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<PathBuf>,
+    /// Path of `libnvonnxparser.so`; default: the dynamic loader's search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnxparser_library: Option<PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for TensorRtConfig {
+    fn default() -> Self {
+        Self {
+            engine_dir: None,
+            rebuild_at_start: true,
+            device: 0,
+            library: None,
+            onnxparser_library: None,
+        }
+    }
+}
+
+impl TensorRtConfig {
+    /// The engine directory in effect (see [`Self::engine_dir`]).
+    pub fn engine_dir(&self) -> PathBuf {
+        self.engine_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("STATE_DIRECTORY")
+                .and_then(|s| {
+                    // systemd passes several colon-separated folders when
+                    // the unit names several; the first is gsinfer's.
+                    s.to_str()
+                        .and_then(|s| s.split(':').next())
+                        .map(PathBuf::from)
+                })
+                .map(|d| d.join("engines"))
+                .unwrap_or_else(|| PathBuf::from("/var/lib/gsinfer/engines"))
+        })
+    }
+}
+
+/// What a model's config asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wanted {
+    /// tract on the ONNX file.
+    Tract,
+    /// TensorRT on a plan built here from the ONNX file.
+    TensorRtFromOnnx {
+        /// FP16 builder precision.
+        fp16: bool,
+        /// Builder workspace limit in bytes.
+        workspace_bytes: Option<u64>,
+    },
+    /// TensorRT on the plan in the repository.
+    TensorRtPlan,
+}
+
+/// What `model`'s config.pbtxt asks for.
+pub fn wanted(model: &PreparedModel) -> Wanted {
+    let cfg = &model.entry.config;
+    match (cfg.platform, &cfg.tensorrt) {
+        (Platform::TensorRtPlan, _) => Wanted::TensorRtPlan,
+        (Platform::OnnxRuntimeOnnx, Some(t)) => Wanted::TensorRtFromOnnx {
+            fp16: t.fp16,
+            workspace_bytes: t.workspace_bytes,
+        },
+        (Platform::OnnxRuntimeOnnx, None) => Wanted::Tract,
+    }
+}
+
+/// The ONNX file tract can fall back to: the model file itself for an
+/// ONNX model, `model.onnx` beside a repository plan otherwise.
+pub fn onnx_fallback(model: &PreparedModel) -> Option<PathBuf> {
+    match model.entry.config.platform {
+        Platform::OnnxRuntimeOnnx => Some(model.entry.model_path.clone()),
+        Platform::TensorRtPlan => {
+            let p = model.entry.model_path.with_file_name("model.onnx");
+            p.is_file().then_some(p)
+        }
+    }
+}
+
+/// The optimisation profile gsinfer builds for `model`: its one input,
+/// batches over its buckets.
+pub fn profile(model: &PreparedModel) -> ProfileSpec {
+    ProfileSpec::for_buckets(
+        &model.input.name,
+        &model.input.dims,
+        &model.buckets,
+        model.entry.config.max_batch_size,
+    )
+}
+
+/// The opened instances of one model.
+pub struct Opened {
+    /// One engine per instance.
+    pub engines: Vec<Box<dyn Engine>>,
+    /// `"tract"` or `"tensorrt"`.
+    pub kind: &'static str,
+    /// `"CPU"` or the GPU's name.
+    pub device: String,
+    /// Why the model does not run where its config asked (a fallback), for
+    /// the log and the status page.
+    pub note: Option<String>,
+}
+
+/// Receives rebuild progress (fraction 0 to 1) of one model.
+pub type Progress<'a> = &'a (dyn Fn(f32) + Sync);
+
+/// Opens tract on `onnx` for `model` (`instances` instances).
+fn open_tract(
+    model: &PreparedModel,
+    onnx: &Path,
+    instances: usize,
+    note: Option<String>,
+) -> Result<Opened, ModelError> {
+    let mut m = model.clone();
+    m.entry.model_path = onnx.to_path_buf();
+    m.entry.config.platform = Platform::OnnxRuntimeOnnx;
+    let engines = (0..instances)
+        .map(|_| crate::model::open_engine(&m))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Opened {
+        engines,
+        kind: "tract",
+        device: "CPU".into(),
+        note,
+    })
+}
+
+/// Falls back to tract with `why`, or fails naming it when there is no
+/// ONNX file.
+fn fall_back(model: &PreparedModel, instances: usize, why: String) -> Result<Opened, ModelError> {
+    match onnx_fallback(model) {
+        Some(onnx) => {
+            let note = format!("{why}; running on tract from {}", onnx.display());
+            open_tract(model, &onnx, instances, Some(note))
+        }
+        None => Err(ModelError::Mismatch {
+            model: model.entry.name.clone(),
+            message: format!(
+                "{why}, and there is no model.onnx beside {} to run on tract instead",
+                model.entry.model_path.display()
+            ),
+        }),
+    }
+}
+
+/// The process's engines: the TensorRT platform (probed once, on first
+/// use), the engine cache, and the plans deserialized so far.
+pub struct EngineSet {
+    #[cfg_attr(not(feature = "tensorrt"), allow(dead_code))]
+    config: TensorRtConfig,
+    cache: EngineCache,
+    #[cfg(feature = "tensorrt")]
+    trt: trt_impl::State,
+}
+
+impl std::fmt::Debug for EngineSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineSet")
+            .field("engine_dir", &self.cache.root())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A model's plan as `gsinfer engine inspect` and the start-up rebuild see it.
+#[derive(Debug)]
+pub struct PlanState {
+    /// The key the box would build for (`None` without a usable GPU and TensorRT).
+    pub want: Option<EngineKey>,
+    /// What the cache holds, judged against `want` (or against its own key
+    /// when `want` is unknown: only corruption is detected then).
+    pub lookup: Lookup,
+    /// Why the platform is unusable, when it is.
+    pub unavailable: Option<String>,
+}
+
+impl EngineSet {
+    /// The engine set of a configuration; the engine directory's leftover
+    /// temporary files (an interrupted build) are removed.
+    pub fn new(config: &TensorRtConfig) -> Self {
+        let cache = EngineCache::new(config.engine_dir());
+        for p in cache.sweep() {
+            log::warn!(target: "gsinfer::engine", "removed {}, left by an interrupted engine build", p.display());
+        }
+        Self {
+            config: config.clone(),
+            cache,
+            #[cfg(feature = "tensorrt")]
+            trt: trt_impl::State::default(),
+        }
+    }
+
+    /// The engine cache.
+    pub fn cache(&self) -> &EngineCache {
+        &self.cache
+    }
+
+    /// The key a plan for `model` must have on this box, or why there is
+    /// none (no GPU, no TensorRT, no `tensorrt` feature).
+    ///
+    /// # Errors
+    /// The reason as one line.
+    pub fn key(&mut self, model: &PreparedModel) -> Result<EngineKey, String> {
+        let fp16 = matches!(wanted(model), Wanted::TensorRtFromOnnx { fp16: true, .. });
+        let device = self.device_key()?;
+        let onnx_sha256 = super::cache::sha256_file(&model.entry.model_path)
+            .map_err(|e| format!("cannot read {}: {e}", model.entry.model_path.display()))?;
+        Ok(EngineKey {
+            device,
+            onnx_sha256,
+            profiles: vec![profile(model)],
+            fp16,
+        })
+    }
+
+    #[cfg(feature = "tensorrt")]
+    fn device_key(&mut self) -> Result<super::cache::DeviceKey, String> {
+        self.trt.platform(&self.config).map(|p| p.device_key())
+    }
+
+    #[cfg(not(feature = "tensorrt"))]
+    fn device_key(&mut self) -> Result<super::cache::DeviceKey, String> {
+        Err("this gsinfer was built without the `tensorrt` feature".into())
+    }
+
+    /// What the cache holds for `model` (an ONNX model compiled on the box).
+    pub fn state(&mut self, model: &PreparedModel) -> PlanState {
+        let (name, version) = (&model.entry.name, model.entry.version);
+        match self.key(model) {
+            Ok(want) => PlanState {
+                lookup: self.cache.lookup(name, version, &want),
+                want: Some(want),
+                unavailable: None,
+            },
+            Err(why) => {
+                let lookup = match self.cache.manifest(name, version) {
+                    Some(m) => self.cache.lookup(name, version, &m.key),
+                    None => Lookup::Missing,
+                };
+                PlanState {
+                    want: None,
+                    lookup,
+                    unavailable: Some(why),
+                }
+            }
+        }
+    }
+
+    /// Opens `instances` engines for `model` on the engine its config asks
+    /// for, rebuilding a missing, stale or corrupt plan first when
+    /// `rebuild` is set (reporting to `progress`), and falling back to tract
+    /// as the module docs say.
+    ///
+    /// # Errors
+    /// [`ModelError`] when no engine can run the model.
+    pub fn open(
+        &mut self,
+        model: &PreparedModel,
+        instances: usize,
+        rebuild: bool,
+        progress: Progress<'_>,
+    ) -> Result<Opened, ModelError> {
+        let instances = instances.max(1);
+        let want = wanted(model);
+        if want == Wanted::Tract {
+            return open_tract(model, &model.entry.model_path, instances, None);
+        }
+        self.open_tensorrt(model, &want, instances, rebuild, progress)
+    }
+
+    #[cfg(not(feature = "tensorrt"))]
+    fn open_tensorrt(
+        &mut self,
+        model: &PreparedModel,
+        _want: &Wanted,
+        instances: usize,
+        _rebuild: bool,
+        _progress: Progress<'_>,
+    ) -> Result<Opened, ModelError> {
+        fall_back(
+            model,
+            instances,
+            "config.pbtxt asks for TensorRT, but this gsinfer was built without the `tensorrt` feature".into(),
+        )
+    }
+
+    #[cfg(feature = "tensorrt")]
+    fn open_tensorrt(
+        &mut self,
+        model: &PreparedModel,
+        want: &Wanted,
+        instances: usize,
+        rebuild: bool,
+        progress: Progress<'_>,
+    ) -> Result<Opened, ModelError> {
+        trt_impl::open(self, model, want, instances, rebuild, progress)
+    }
+
+    /// Builds `model`'s plan when it is missing, stale or corrupt (always
+    /// with `force`) and stores it; returns what was done, e.g. `"fresh"`
+    /// or `"built in 41.2 s (stale: TensorRT 10.3.0 → 10.4.1)"`.
+    ///
+    /// # Errors
+    /// One line: the platform is unusable, the build failed, or the plan
+    /// could not be written (disk full names itself).
+    pub fn build(
+        &mut self,
+        model: &PreparedModel,
+        force: bool,
+        progress: Progress<'_>,
+    ) -> Result<String, String> {
+        if !matches!(wanted(model), Wanted::TensorRtFromOnnx { .. }) {
+            return Ok("nothing to build: config.pbtxt asks for no TensorRT accelerator".into());
+        }
+        let state = self.state(model);
+        if let Some(why) = state.unavailable {
+            return Err(why);
+        }
+        if !force {
+            if let Lookup::Fresh { .. } = state.lookup {
+                return Ok("fresh".into());
+            }
+        }
+        self.build_now(model, &state.lookup, progress)
+    }
+
+    #[cfg(feature = "tensorrt")]
+    fn build_now(
+        &mut self,
+        model: &PreparedModel,
+        before: &Lookup,
+        progress: Progress<'_>,
+    ) -> Result<String, String> {
+        trt_impl::build(self, model, before, progress)
+    }
+
+    #[cfg(not(feature = "tensorrt"))]
+    fn build_now(
+        &mut self,
+        _model: &PreparedModel,
+        _before: &Lookup,
+        _progress: Progress<'_>,
+    ) -> Result<String, String> {
+        Err("this gsinfer was built without the `tensorrt` feature".into())
+    }
+}
+
+#[cfg(feature = "tensorrt")]
+mod trt_impl {
+    //! The TensorRT half of [`super::EngineSet`].
+
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::engine::tensorrt::{self as trt, cuda::Gpu, runtime::SharedPlan, TrtEngine};
+
+    #[derive(Default)]
+    pub(super) struct State {
+        platform: Option<Result<trt::Platform, String>>,
+        plans: HashMap<(String, u64), Arc<SharedPlan>>,
+    }
+
+    impl State {
+        pub(super) fn platform(&mut self, config: &TensorRtConfig) -> Result<&trt::Platform, String> {
+            self.platform
+                .get_or_insert_with(|| {
+                    let libs = trt::Libraries {
+                        nvinfer: config.library.clone(),
+                        onnxparser: config.onnxparser_library.clone(),
+                    };
+                    trt::probe(&libs, config.device, true).map_err(|e| e.to_string())
+                })
+                .as_ref()
+                .map_err(Clone::clone)
+        }
+    }
+
+    /// Forwards the builder's fractions to the thread that waits for it.
+    struct ToChannel(std::sync::mpsc::Sender<f32>);
+
+    impl trt::BuildProgress for ToChannel {
+        fn phase(&self, name: &str, parent: Option<&str>, steps: i32) {
+            log::debug!(target: "gsinfer::engine", "builder phase {name} ({steps} steps){}",
+                parent.map(|p| format!(" in {p}")).unwrap_or_default());
+        }
+        fn fraction(&self, done: f32) {
+            let _ = self.0.send(done);
+        }
+    }
+
+    pub(super) fn build(
+        set: &mut EngineSet,
+        model: &PreparedModel,
+        before: &Lookup,
+        progress: Progress<'_>,
+    ) -> Result<String, String> {
+        let key = set.key(model)?;
+        let platform = set.trt.platform(&set.config)?.clone();
+        let gpu = Gpu::open(platform.device.ordinal).map_err(|e| e.to_string())?;
+        let workspace_bytes = match wanted(model) {
+            Wanted::TensorRtFromOnnx { workspace_bytes, .. } => workspace_bytes,
+            _ => None,
+        };
+        let request = trt::BuildRequest {
+            onnx: model.entry.model_path.clone(),
+            key: key.clone(),
+            workspace_bytes,
+            tensorrt_major: platform
+                .tensorrt
+                .split('.')
+                .next()
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0),
+        };
+        let started = Instant::now();
+        // The build runs on its own thread so that this one can hand its
+        // progress to `progress` as it comes.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let plan = std::thread::scope(|s| {
+            let builder = s.spawn(move || {
+                gpu.bind()?;
+                trt::build_plan(&request, Arc::new(ToChannel(tx)))
+            });
+            for done in rx {
+                progress(done);
+            }
+            builder.join().unwrap_or_else(|_| {
+                Err(trt::TrtError::Model("the engine builder thread panicked".into()))
+            })
+        })
+        .map_err(|e| e.to_string())?;
+        let seconds = started.elapsed().as_secs_f64();
+        set.cache
+            .store(&model.entry.name, model.entry.version, &key, &plan, seconds)
+            .map_err(|e| e.to_string())?;
+        set.trt.plans.remove(&(model.entry.name.clone(), model.entry.version));
+        Ok(format!("built in {seconds:.1} s ({before})"))
+    }
+
+    pub(super) fn open(
+        set: &mut EngineSet,
+        model: &PreparedModel,
+        want: &Wanted,
+        instances: usize,
+        rebuild: bool,
+        progress: Progress<'_>,
+    ) -> Result<Opened, ModelError> {
+        let platform = match set.trt.platform(&set.config) {
+            Ok(p) => p.clone(),
+            Err(why) => return fall_back(model, instances, format!("TensorRT is unusable: {why}")),
+        };
+        let gpu = match Gpu::open(platform.device.ordinal) {
+            Ok(g) => g,
+            Err(e) => return fall_back(model, instances, e.to_string()),
+        };
+        let name = model.entry.name.clone();
+        let version = model.entry.version;
+        let plan = match want {
+            Wanted::TensorRtPlan => {
+                match std::fs::read(&model.entry.model_path) {
+                    Ok(bytes) => match SharedPlan::deserialize(&gpu, &bytes) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            return fall_back(
+                                model,
+                                instances,
+                                format!(
+                                    "the repository's plan {} does not load on this box ({e}); a repository plan cannot be rebuilt, ship model.onnx beside it",
+                                    model.entry.model_path.display()
+                                ),
+                            )
+                        }
+                    },
+                    Err(e) => return fall_back(model, instances, format!("cannot read the plan: {e}")),
+                }
+            }
+            _ => {
+                if let Some(p) = set.trt.plans.get(&(name.clone(), version)) {
+                    Arc::clone(p)
+                } else {
+                    let state = set.state(model);
+                    let bytes = match state.lookup {
+                        Lookup::Fresh { plan, .. } => Some(plan),
+                        other if rebuild => {
+                            log::warn!(target: "gsinfer::engine", "model {name}: engine {other}; rebuilding it from {}", model.entry.model_path.display());
+                            match build(set, model, &other, progress) {
+                                Ok(done) => log::info!(target: "gsinfer::engine", "model {name}: engine {done}"),
+                                Err(e) => return fall_back(model, instances, format!("the engine rebuild failed: {e}")),
+                            }
+                            match set.cache.lookup(&name, version, state.want.as_ref().expect("a key, the platform is usable")) {
+                                Lookup::Fresh { plan, .. } => Some(plan),
+                                other => return fall_back(model, instances, format!("the rebuilt engine is {other}")),
+                            }
+                        }
+                        other => {
+                            return fall_back(
+                                model,
+                                instances,
+                                format!("engine {other} and tensorrt.rebuild_at_start is off; run `gsinfer engine build`"),
+                            )
+                        }
+                    };
+                    let bytes = bytes.expect("set above");
+                    match SharedPlan::deserialize(&gpu, &bytes) {
+                        Ok(p) => p,
+                        Err(e) if rebuild => {
+                            // A plan whose key matched but that TensorRT
+                            // refuses (a driver change the key cannot see):
+                            // rebuild once.
+                            let why = Lookup::Stale { why: format!("TensorRT refused it: {e}") };
+                            if let Err(e) = build(set, model, &why, progress) {
+                                return fall_back(model, instances, format!("the engine rebuild failed: {e}"));
+                            }
+                            match set.state(model).lookup {
+                                Lookup::Fresh { plan, .. } => SharedPlan::deserialize(&gpu, &plan)
+                                    .map_err(|e| ModelError::Mismatch { model: name.clone(), message: e.to_string() })?,
+                                other => return fall_back(model, instances, format!("the rebuilt engine is {other}")),
+                            }
+                        }
+                        Err(e) => return fall_back(model, instances, e.to_string()),
+                    }
+                }
+            }
+        };
+        set.trt.plans.insert((name.clone(), version), Arc::clone(&plan));
+        let outputs: Vec<String> = model.entry.config.outputs.iter().map(|o| o.name.clone()).collect();
+        let mut engines: Vec<Box<dyn Engine>> = Vec::new();
+        for _ in 0..instances {
+            let e = TrtEngine::new(
+                Arc::clone(&plan),
+                &model.input,
+                &outputs,
+                &model.buckets,
+                model.entry.config.cuda_graphs,
+                platform.device.name.clone(),
+            )
+            .map_err(|e| ModelError::Mismatch { model: name.clone(), message: e.to_string() })?;
+            engines.push(Box::new(e));
+        }
+        Ok(Opened {
+            engines,
+            kind: "tensorrt",
+            device: platform.device.name.clone(),
+            note: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::repository::ModelRepository;
+
+    fn prepared(accelerator: bool) -> (tempfile::TempDir, PreparedModel) {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("model_repository/smap_lstm");
+        let dst = dir.path().join("smap_lstm");
+        std::fs::create_dir_all(dst.join("1")).unwrap();
+        std::fs::copy(src.join("1/model.onnx"), dst.join("1/model.onnx")).unwrap();
+        let mut pbtxt = std::fs::read_to_string(src.join("config.pbtxt")).unwrap();
+        if accelerator {
+            pbtxt.push_str(
+                "\noptimization { execution_accelerators { gpu_execution_accelerator : [ { name : \"tensorrt\" parameters { key: \"precision_mode\" value: \"FP16\" } } ] } }\n",
+            );
+        }
+        std::fs::write(dst.join("config.pbtxt"), pbtxt).unwrap();
+        let config = Config::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gsinfer.example.toml"),
+        )
+        .unwrap();
+        let repo = ModelRepository::open(dir.path()).unwrap();
+        let p = crate::model::prepare(&repo, &config.pipelines[0]).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn the_config_pbtxt_decides_the_engine() {
+        let (_d, plain) = prepared(false);
+        assert_eq!(wanted(&plain), Wanted::Tract);
+        let (_d, trt) = prepared(true);
+        assert_eq!(
+            wanted(&trt),
+            Wanted::TensorRtFromOnnx {
+                fp16: true,
+                workspace_bytes: None
+            }
+        );
+        let p = profile(&trt);
+        assert_eq!(p.input, trt.input.name);
+        assert_eq!(p.batch_range(), (trt.buckets[0], *trt.buckets.last().unwrap()));
+    }
+
+    #[test]
+    fn without_tensorrt_a_tensorrt_model_falls_back_to_tract_and_says_why() {
+        // This machine has no GPU (and the default build no TensorRT): the
+        // fallback path is the one a CPU-only box takes.
+        let (_d, model) = prepared(true);
+        let engines_dir = tempfile::tempdir().unwrap();
+        let mut set = EngineSet::new(&TensorRtConfig {
+            engine_dir: Some(engines_dir.path().to_path_buf()),
+            ..TensorRtConfig::default()
+        });
+        let opened = set.open(&model, 2, true, &|_| {}).unwrap();
+        assert_eq!(opened.kind, "tract");
+        assert_eq!(opened.engines.len(), 2);
+        let note = opened.note.expect("a fallback explains itself");
+        assert!(note.contains("running on tract from"), "{note}");
+        let state = set.state(&model);
+        assert!(state.unavailable.is_some());
+        assert!(matches!(state.lookup, Lookup::Missing));
+        assert!(set.build(&model, false, &|_| {}).is_err());
+    }
+
+    #[test]
+    fn a_plan_only_model_without_onnx_fails_with_one_line() {
+        let (dir, mut model) = prepared(true);
+        let plan = dir.path().join("smap_lstm/1/model.plan");
+        std::fs::write(&plan, b"not a plan").unwrap();
+        std::fs::remove_file(dir.path().join("smap_lstm/1/model.onnx")).unwrap();
+        model.entry.model_path = plan;
+        model.entry.config.platform = Platform::TensorRtPlan;
+        let mut set = EngineSet::new(&TensorRtConfig {
+            engine_dir: Some(dir.path().join("engines")),
+            ..TensorRtConfig::default()
+        });
+        let err = set.open(&model, 1, true, &|_| {}).err().unwrap().to_string();
+        assert!(err.contains("no model.onnx beside"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn the_engine_dir_follows_systemd_state_directory() {
+        let c = TensorRtConfig {
+            engine_dir: Some("/srv/engines".into()),
+            ..TensorRtConfig::default()
+        };
+        assert_eq!(c.engine_dir(), Path::new("/srv/engines"));
+    }
+}

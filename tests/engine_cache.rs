@@ -1,0 +1,177 @@
+//! The engine cache and the TensorRT fallbacks, driven through the real
+//! `gsinfer` binary on this machine, which has no GPU: a model whose
+//! config.pbtxt asks for TensorRT is reported, cannot be built (one clear
+//! line, exit 1), and is served on tract by `gsinfer run` with the reason on
+//! the status page; plans in the engine directory that are truncated,
+//! corrupted or half-written are never reported fresh, and leftovers of an
+//! interrupted build are swept.
+//!
+//! On a box with a GPU and TensorRT the same commands build and load real
+//! plans; `gsinfer selftest` checks those against tract.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gsinfer::engine::cache::{DeviceKey, EngineCache, EngineKey, ProfileSpec};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gsinfer");
+
+/// A repository with the example model, its config.pbtxt asking for
+/// TensorRT (Triton's accelerator block), and a configuration serving it.
+fn setup(dir: &Path, status_port: u16, broker_port: u16) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = dir.join("repo/smap_lstm");
+    std::fs::create_dir_all(model.join("1")).unwrap();
+    std::fs::copy(
+        root.join("model_repository/smap_lstm/1/model.onnx"),
+        model.join("1/model.onnx"),
+    )
+    .unwrap();
+    let mut pbtxt =
+        std::fs::read_to_string(root.join("model_repository/smap_lstm/config.pbtxt")).unwrap();
+    pbtxt.push_str(
+        "\noptimization { execution_accelerators { gpu_execution_accelerator : [ { name : \"tensorrt\" } ] } }\n",
+    );
+    std::fs::write(model.join("config.pbtxt"), pbtxt).unwrap();
+    let example = std::fs::read_to_string(root.join("config/gsinfer.example.toml")).unwrap();
+    let text = example
+        .replace("path = \"../model_repository\"", "path = \"repo\"")
+        .replace(
+            "# engine_dir = \"/var/lib/gsinfer/engines\"",
+            "engine_dir = \"engines\"",
+        )
+        .replace(
+            "listen = \"127.0.0.1:8080\"",
+            &format!("listen = \"127.0.0.1:{status_port}\""),
+        )
+        .replace("port = 1883", &format!("port = {broker_port}"))
+        .replace("client_id = \"gsinfer\"", "client_id = \"gsinfer-engine-test\"");
+    assert!(text.contains("engine_dir = \"engines\""), "the example's [tensorrt] block changed");
+    let path = dir.join("gsinfer.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn gsinfer(args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn key() -> EngineKey {
+    EngineKey {
+        device: DeviceKey {
+            tensorrt: "10.3.0".into(),
+            gpu: "NVIDIA L4".into(),
+            compute_capability: (8, 9),
+        },
+        onnx_sha256: "00".repeat(32),
+        profiles: vec![ProfileSpec::for_buckets("window", &[250, 25], &[1, 64], 64)],
+        fp16: false,
+    }
+}
+
+#[test]
+fn without_a_gpu_build_fails_in_one_line_and_inspect_reports_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), 0, 1);
+    let config = config.to_str().unwrap();
+
+    let (ok, text) = gsinfer(&["engine", "build", "--config", config]);
+    assert!(!ok, "a build without a GPU must fail: {text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("smap_lstm: cannot build:"))
+        .unwrap_or_else(|| panic!("no per-model line in {text}"));
+    assert!(
+        line.contains("NVIDIA driver") || line.contains("tensorrt"),
+        "{line}"
+    );
+
+    let (ok, text) = gsinfer(&["engine", "inspect", "--config", config]);
+    assert!(ok, "{text}");
+    assert!(text.contains("engine:    TensorRT, built here from ONNX (FP32)"), "{text}");
+    assert!(text.contains("not built yet"), "{text}");
+    assert!(text.contains("TensorRT unusable"), "{text}");
+
+    // A plan built elsewhere, then damaged: inspect names the damage.
+    let cache = EngineCache::new(dir.path().join("engines"));
+    let plan: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    cache.store("smap_lstm", 1, &key(), &plan, 12.5).unwrap();
+    let (_, text) = gsinfer(&["engine", "inspect", "--config", config]);
+    assert!(text.contains("fresh (built"), "{text}");
+    assert!(text.contains("built for: TensorRT 10.3.0, NVIDIA L4 (sm 8.9), FP32"), "{text}");
+    assert!(text.contains("profile:   window min [1, 250, 25] opt [64, 250, 25] max [64, 250, 25]"), "{text}");
+
+    std::fs::write(cache.plan_path("smap_lstm", 1), &plan[..20_000]).unwrap();
+    let (_, text) = gsinfer(&["engine", "inspect", "--config", config]);
+    assert!(text.contains("corrupt:") && text.contains("truncated"), "{text}");
+
+    // What a SIGKILL in the middle of a plan write leaves behind is a
+    // temporary file beside the plan; the next start sweeps it.
+    let left = cache.model_dir("smap_lstm", 1).join(".gsinfer-tmp-Xy12ab");
+    std::fs::write(&left, &plan[..1000]).unwrap();
+    let (_, text) = gsinfer(&["engine", "inspect", "--config", config]);
+    assert!(!left.exists(), "the leftover survived: {text}");
+    assert!(text.contains("interrupted engine build"), "{text}");
+}
+
+/// Reads `/api/status` from the status server.
+fn status(port: u16) -> Option<serde_json::Value> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    use std::io::Write;
+    stream
+        .write_all(b"GET /api/status HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let body = text.split("\r\n\r\n").nth(1)?;
+    serde_json::from_str(body).ok()
+}
+
+#[test]
+fn run_serves_a_tensorrt_model_on_tract_and_says_why() {
+    if !common::mosquitto_available() {
+        eprintln!("skipped: mosquitto is not installed");
+        return;
+    }
+    let broker = common::Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let status_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = setup(dir.path(), status_port, broker.port);
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let model = loop {
+        if let Some(s) = status(status_port) {
+            let m = s["models"][0].clone();
+            if m["state"] == "ready" {
+                break m;
+            }
+        }
+        assert!(Instant::now() < deadline, "gsinfer never became ready");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(model["engine"], "tract");
+    assert_eq!(model["device"], "CPU");
+    let note = model["note"].as_str().unwrap_or_default();
+    assert!(note.contains("TensorRT is unusable") && note.contains("running on tract from"), "{model}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut log = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("running on tract from"), "{log}");
+}
