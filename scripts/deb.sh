@@ -2,13 +2,15 @@
 # Builds the Debian package target/debian/gsinfer_<version>-1_amd64.deb with
 # cargo-deb (installed with `cargo install cargo-deb` when missing) and runs
 # lintian on it when lintian is installed. Extra arguments go to cargo deb.
+# The binary has the `tensorrt` feature (libclang-dev and clang to build;
+# TensorRT itself is opened at run time, and without it models run on tract).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! cargo deb --version >/dev/null 2>&1; then
   cargo install cargo-deb --locked
 fi
-cargo build --release --locked
+cargo build --release --locked --features tensorrt
 deb=$(cargo deb --no-build --locked "$@" | grep "\.deb$" | tail -n1)
 echo "built $deb"
 if command -v lintian >/dev/null; then
