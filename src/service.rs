@@ -119,7 +119,7 @@ pub async fn run(config: Config) -> Result<()> {
         let budget = Duration::from_micros(p.batch.latency_budget_us);
         board.set_model(
             &p.model,
-            "tract",
+            p.engine.name(),
             ModelState::Loading,
             prepared.entry.version,
             p.batch.latency_budget_us,
@@ -129,22 +129,29 @@ pub async fn run(config: Config) -> Result<()> {
         let handle = BatchHandle::new(queue);
         let stats = board.stats(&p.model).expect("model registered above");
         let mut outputs = Vec::new();
+        let mut detail = String::new();
+        if config.engine.threads > 1 && p.engine != crate::engine::EngineChoice::Onnxruntime {
+            log::warn!(target: "gsinfer", "model {}: engine.threads = {} applies to onnxruntime only; tract runs each instance on one thread",
+                p.model, config.engine.threads);
+        }
         for _ in 0..prepared.instances {
-            let engine = match crate::model::open_engine(&prepared) {
+            let engine = match crate::model::open_engine(&prepared, p.engine, &config.engine) {
                 Ok(e) => e,
                 Err(e) => {
                     board.set_model(
                         &p.model,
-                        "tract",
+                        p.engine.name(),
                         ModelState::Failed(e.to_string()),
                         prepared.entry.version,
                         p.batch.latency_budget_us,
                         &prepared.buckets,
                     );
-                    return Err(e.into());
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("pipeline[{ix}].engine = \"{}\"", p.engine)));
                 }
             };
             let kind = engine.kind();
+            detail = engine.detail();
             outputs = engine.outputs().to_vec();
             engine_threads.push(
                 EngineThread {
@@ -179,7 +186,7 @@ pub async fn run(config: Config) -> Result<()> {
         });
         log::info!(
             target: "gsinfer",
-            "model {} version {} ready on tract: {} instance(s), buckets {:?}, latency budget {} µs",
+            "model {} version {} ready on {detail}: {} instance(s), buckets {:?}, latency budget {} µs",
             p.model, prepared.entry.version, prepared.instances, prepared.buckets, p.batch.latency_budget_us
         );
         served.push(Served {
