@@ -125,7 +125,8 @@ pub async fn run(config: Config) -> Result<()> {
             p.batch.latency_budget_us,
             &prepared.buckets,
         );
-        let queue = BatchQueue::new(p.batch.queue_capacity, prepared.buckets.clone(), budget);
+        let queue = BatchQueue::new(p.batch.queue_capacity, prepared.buckets.clone(), budget)
+            .with_policy(p.batch.policy);
         let handle = BatchHandle::new(queue);
         let stats = board.stats(&p.model).expect("model registered above");
         let mut outputs = Vec::new();
