@@ -26,7 +26,7 @@ if [ ${#need[@]} -gt 0 ]; then
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
 fi
 if ! command -v cargo >/dev/null; then
-  # gsinfer needs Rust 1.91 or newer; Debian's own cargo is older.
+  # gsinfer needs Rust 1.92 or newer; Debian's own cargo is older.
   curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
   . "$HOME/.cargo/env"
 fi

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use crate::batch::BatchConfig;
+pub use crate::engine::{EngineChoice, EngineSettings};
 pub use crate::ingest::decode::PayloadFormat;
 pub use crate::ingest::mqtt::BrokerConfig;
 pub use crate::ingest::serial::SerialConfig;
@@ -36,6 +37,10 @@ pub struct RepositoryConfig {
 pub struct PipelineConfig {
     /// Model name in the repository.
     pub model: String,
+    /// The engine that runs the model: `auto` (tract today), `tract` or
+    /// `onnxruntime` (settings in `[engine]`).
+    #[serde(default)]
+    pub engine: EngineChoice,
     /// MQTT topic filters carrying this pipeline's telemetry; the channel is
     /// the topic's last level, e.g. `telemetry/SMAP/+` → channel `A-1`;
     /// may be empty when a `[[serial]]` link feeds the pipeline.
@@ -76,6 +81,9 @@ pub struct Config {
     /// Result topics.
     #[serde(default)]
     pub publish: PublishConfig,
+    /// Settings every engine instance shares.
+    #[serde(default)]
+    pub engine: EngineSettings,
     /// One entry per served model.
     #[serde(rename = "pipeline")]
     pub pipelines: Vec<PipelineConfig>,
@@ -167,6 +175,14 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         if config.repository.path.is_relative() {
             config.repository.path = base.join(&config.repository.path);
+        }
+        if let Some(lib) = config
+            .engine
+            .onnxruntime_library
+            .as_mut()
+            .filter(|l| l.is_relative())
+        {
+            *lib = base.join(&*lib);
         }
         if let Some(token) = config
             .status
@@ -266,6 +282,9 @@ impl Config {
                 "publish.score_max_rate_hz".into(),
                 "must be 0 (unlimited) or a positive rate in scores/s per channel",
             );
+        }
+        for (key, message) in self.engine.problems() {
+            bad(key, &message);
         }
         if self.pipelines.is_empty() {
             bad(

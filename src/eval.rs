@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::{Config, PipelineConfig};
+use crate::config::{Config, EngineSettings, PipelineConfig};
 use crate::detection::Detection;
 use crate::infer::run_batch;
 use crate::ingest::decode::RawSample;
@@ -105,13 +105,15 @@ pub struct ChannelEval {
 
 /// Runs `pipeline` over `rows` exactly as the service would, batching
 /// windows into the largest bucket; once per threshold in `thresholds`
-/// (the pipeline's own when empty), running the engine only once.
+/// (the pipeline's own when empty), running the engine only once, on the
+/// pipeline's engine with the `[engine]` settings `engine`.
 ///
 /// # Errors
 /// When the model cannot be loaded or run, or a row is rejected.
 pub fn eval_channel(
     repo: &ModelRepository,
     pipeline: &PipelineConfig,
+    engine: &EngineSettings,
     thresholds: &[ThresholdConfig],
     channel: &str,
     rows: &[Vec<f32>],
@@ -119,7 +121,7 @@ pub fn eval_channel(
     step_ns: i64,
 ) -> Result<Vec<ChannelEval>> {
     let prepared = prepare(repo, pipeline)?;
-    let mut engine = open_engine(&prepared)?;
+    let mut engine = open_engine(&prepared, pipeline.engine, engine)?;
     let max_batch = *prepared.buckets.last().expect("buckets are non-empty");
     let now = Instant::now();
     let samples: Vec<(i64, RawSample)> = rows
@@ -286,6 +288,7 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
                     eval_channel(
                         &repo,
                         &pipelines[i],
+                        &config.engine,
                         &opts.thresholds,
                         ch,
                         &rows,

@@ -113,6 +113,12 @@ enum Command {
         /// Seconds to keep timing (at least 10 batches are timed).
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        /// Intra-op threads (default: engine.threads of the configuration).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Engine: auto, tract or onnxruntime (default: the pipeline's engine).
+        #[arg(long)]
+        engine: Option<gsinfer::engine::EngineChoice>,
         /// One JSON line instead of text.
         #[arg(long)]
         json: bool,
@@ -318,24 +324,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             model,
             batch,
             seconds,
+            threads,
+            engine,
             json,
         } => {
             let c = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let r = gsinfer::bench::run(
-                &c,
-                &model,
-                batch.max(1),
-                std::time::Duration::from_secs_f64(seconds),
-            )?;
+            let opts = gsinfer::bench::BenchOptions {
+                model,
+                batch: batch.max(1),
+                min_time: std::time::Duration::from_secs_f64(seconds),
+                engine,
+                threads,
+            };
+            let r = gsinfer::bench::run(&c, &opts)?;
             if json {
                 println!("{}", r.to_json());
             } else {
                 println!(
                     "{} on {}: batch {}: {:.0} windows/s, {:.3} ms per batch (median of {})",
-                    r.model, r.engine, r.batch, r.windows_per_s, r.ms_per_batch, r.iterations
+                    r.model, r.engine_detail, r.batch, r.windows_per_s, r.ms_per_batch, r.iterations
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -5,7 +5,7 @@
 use crate::batch::default_buckets;
 use crate::config::PipelineConfig;
 use crate::engine::tract::TractEngine;
-use crate::engine::{Engine, TensorSpec};
+use crate::engine::{Engine, EngineChoice, EngineSettings, TensorSpec};
 use crate::repository::{DataType, ModelEntry, ModelRepository, Platform};
 use crate::score::ScoringKind;
 
@@ -133,25 +133,69 @@ pub fn prepare(
     })
 }
 
-/// Opens one engine instance for a prepared model.
+/// Opens one engine instance for a prepared model: `choice` picks the
+/// implementation (`auto` is tract today), `settings` are the `[engine]`
+/// section. This is the one place that matches on [`EngineChoice`].
 ///
 /// # Errors
-/// [`ModelError::Engine`] when the engine cannot load the file;
+/// [`ModelError::Engine`] when the engine cannot load the file or is not
+/// available (e.g. no `libonnxruntime.so`: the message names
+/// `engine.onnxruntime_library` and how to get one);
 /// [`ModelError::Mismatch`] for a platform this build cannot run.
-pub fn open_engine(model: &PreparedModel) -> Result<Box<dyn Engine>, ModelError> {
+pub fn open_engine(
+    model: &PreparedModel,
+    choice: EngineChoice,
+    settings: &EngineSettings,
+) -> Result<Box<dyn Engine>, ModelError> {
     let name = model.entry.name.clone();
+    let failed = |source| ModelError::Engine {
+        model: model.entry.name.clone(),
+        source,
+    };
     match model.entry.config.platform {
-        Platform::OnnxRuntimeOnnx => {
-            let outputs: Vec<String> = model.entry.config.outputs.iter().map(|o| o.name.clone()).collect();
-            let engine = TractEngine::load(&model.entry.model_path, &model.input, &outputs)
-                .map_err(|source| ModelError::Engine { model: name, source })?;
+        Platform::OnnxRuntimeOnnx => {}
+        Platform::TensorRtPlan => {
+            return Err(ModelError::Mismatch {
+                model: name,
+                message: "platform tensorrt_plan needs a build with the `tensorrt` feature on a box with TensorRT; \
+                          serve the ONNX file with platform \"onnxruntime_onnx\" meanwhile"
+                    .into(),
+            })
+        }
+    }
+    let outputs: Vec<String> = model
+        .entry
+        .config
+        .outputs
+        .iter()
+        .map(|o| o.name.clone())
+        .collect();
+    let path = &model.entry.model_path;
+    match choice {
+        EngineChoice::Auto | EngineChoice::Tract => {
+            let engine = TractEngine::load(path, &model.input, &outputs).map_err(failed)?;
             Ok(Box::new(engine))
         }
-        Platform::TensorRtPlan => Err(ModelError::Mismatch {
-            model: name,
-            message: "platform tensorrt_plan needs a build with the `tensorrt` feature on a box with TensorRT; \
-                      serve the ONNX file with platform \"onnxruntime_onnx\" meanwhile"
-                .into(),
-        }),
+        #[cfg(feature = "onnxruntime")]
+        EngineChoice::Onnxruntime => {
+            let engine = crate::engine::onnxruntime::OnnxRuntimeEngine::load(
+                path,
+                &model.input,
+                &outputs,
+                settings,
+            )
+            .map_err(failed)?;
+            Ok(Box::new(engine))
+        }
+        #[cfg(not(feature = "onnxruntime"))]
+        EngineChoice::Onnxruntime => {
+            let _ = settings;
+            Err(failed(crate::engine::EngineError::Unavailable {
+                engine: "onnxruntime",
+                reason: "this build has no onnxruntime engine; rebuild with the cargo feature `onnxruntime` \
+                         (on by default) or set the pipeline's engine = \"tract\""
+                    .into(),
+            }))
+        }
     }
 }

@@ -245,6 +245,7 @@ mod tests {
     fn config(channels: Vec<String>) -> PipelineConfig {
         PipelineConfig {
             model: "m".into(),
+            engine: Default::default(),
             topics: vec!["telemetry/+".into()],
             channels,
             format: Default::default(),

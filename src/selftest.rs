@@ -129,7 +129,11 @@ mod trt {
                 let _ = writeln!(out, "{}: runs on tract (no TensorRT accelerator in config.pbtxt); skipped", p.model);
                 continue;
             }
-            let opened = match set.open(&model, 1, true, &|_| {}) {
+            let cpu = crate::engine::plans::CpuEngine {
+                choice: crate::engine::EngineChoice::Tract,
+                settings: &config.engine,
+            };
+            let opened = match set.open(&model, 1, true, &|_| {}, cpu) {
                 Ok(o) if o.kind == "tensorrt" => o,
                 Ok(o) => {
                     ok = false;
@@ -149,7 +153,7 @@ mod trt {
             let mut reference = model.clone();
             reference.entry.model_path = onnx;
             reference.entry.config.platform = Platform::OnnxRuntimeOnnx;
-            let mut tract = open_engine(&reference)?;
+            let mut tract = open_engine(&reference, crate::engine::EngineChoice::Tract, &config.engine)?;
             let mut trt = opened.engines.into_iter().next().expect("one instance");
             let mut rng = rand::rngs::StdRng::seed_from_u64(7);
             for &b in &model.buckets {

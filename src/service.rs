@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::batch::{BatchHandle, BatchQueue, PushOutcome};
 use crate::config::Config;
-use crate::engine::plans::EngineSet;
+use crate::engine::plans::{CpuEngine, EngineSet};
 use crate::infer::{BatchResult, EngineThread, Job, Work};
 use crate::ingest::decode::{decode, DecodeLimits, RawSample, Reject, RejectReason};
 use crate::ingest::mqtt::{self, EventLoopTask, Inbound};
@@ -129,13 +129,14 @@ pub async fn run(config: Config) -> Result<()> {
         let budget = Duration::from_micros(p.batch.latency_budget_us);
         board.set_model(
             &p.model,
-            "tract",
+            p.engine.name(),
             ModelState::Loading,
             prepared.entry.version,
             p.batch.latency_budget_us,
             &prepared.buckets,
         );
-        let queue = BatchQueue::new(p.batch.queue_capacity, prepared.buckets.clone(), budget);
+        let queue = BatchQueue::new(p.batch.queue_capacity, prepared.buckets.clone(), budget)
+            .with_policy(p.batch.policy);
         let handle = BatchHandle::new(queue);
         let engine_stage = {
             let handle = handle.clone();
@@ -156,7 +157,11 @@ pub async fn run(config: Config) -> Result<()> {
                 &prepared.buckets,
             );
         };
-        let opened = match engines.open(&prepared, prepared.instances, rebuild, &progress) {
+        let cpu = CpuEngine {
+            choice: p.engine,
+            settings: &config.engine,
+        };
+        let opened = match engines.open(&prepared, prepared.instances, rebuild, &progress, cpu) {
             Ok(o) => o,
             Err(e) => {
                 board.set_model(
@@ -176,6 +181,11 @@ pub async fn run(config: Config) -> Result<()> {
         }
         let kind = opened.kind;
         let mut outputs = Vec::new();
+        if config.engine.threads > 1 && p.engine != crate::engine::EngineChoice::Onnxruntime {
+            log::warn!(target: "gsinfer", "model {}: engine.threads = {} applies to onnxruntime only; tract runs each instance on one thread",
+                p.model, config.engine.threads);
+        }
+        let detail = opened.detail.clone();
         for engine in opened.engines {
             outputs = engine.outputs().to_vec();
             engine_threads.push(
@@ -212,7 +222,7 @@ pub async fn run(config: Config) -> Result<()> {
         });
         log::info!(
             target: "gsinfer",
-            "model {} version {} ready on {kind} ({}): {} instance(s), buckets {:?}, latency budget {} µs",
+            "model {} version {} ready on {detail} ({}): {} instance(s), buckets {:?}, latency budget {} µs",
             p.model, prepared.entry.version, opened.device, prepared.instances, prepared.buckets, p.batch.latency_budget_us
         );
         served.push(Served {

@@ -34,6 +34,36 @@ pub struct BatchConfig {
     /// powers of two up to `max_batch_size`.
     #[serde(default)]
     pub buckets: Vec<usize>,
+    /// The dispatch policy: `deadline` (gsinfer's) or, for comparison only,
+    /// `max_queue_delay` (Triton's dynamic batcher).
+    #[serde(default, skip_serializing_if = "BatchPolicy::is_default")]
+    pub policy: BatchPolicy,
+}
+
+/// How a model's queue decides what to dispatch (`batch.policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchPolicy {
+    /// gsinfer's fixed-latency policy (module docs): a per-window deadline
+    /// `arrival + latency_budget_us`, dispatch when the largest bucket is
+    /// full or the oldest deadline comes, padded to the bucket; a bounded
+    /// queue that replaces the oldest window of the same channel when full.
+    #[default]
+    Deadline,
+    /// Triton's dynamic batcher with its default queue policy, kept to
+    /// compare against on the same traffic (BENCHMARKS.md), not to serve
+    /// with: dispatch at once when the queued count is one of the buckets
+    /// (Triton's `preferred_batch_size`), else when the oldest window has
+    /// waited `latency_budget_us` (`max_queue_delay_microseconds`); the batch
+    /// runs at its exact size; the queue is unbounded and nothing is dropped,
+    /// so under overload the backlog and the latency grow without limit.
+    MaxQueueDelay,
+}
+
+impl BatchPolicy {
+    fn is_default(&self) -> bool {
+        *self == BatchPolicy::Deadline
+    }
 }
 
 fn default_budget_us() -> u64 {
@@ -50,6 +80,7 @@ impl Default for BatchConfig {
             latency_budget_us: default_budget_us(),
             queue_capacity: default_queue_capacity(),
             buckets: Vec::new(),
+            policy: BatchPolicy::Deadline,
         }
     }
 }

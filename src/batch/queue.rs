@@ -2,10 +2,13 @@
 //!
 //! No I/O, no clock of its own: every call takes `now`, so tests drive it
 //! with a fake clock and never sleep. [`BatchQueue::next_batch`] is the
-//! whole dispatch policy.
+//! whole dispatch policy; [`BatchPolicy::MaxQueueDelay`] swaps it for
+//! Triton's, to compare the two on the same traffic.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use super::BatchPolicy;
 
 /// One queued item with its channel and dispatch deadline.
 #[derive(Debug)]
@@ -58,6 +61,7 @@ pub struct BatchQueue<T> {
     buckets: Vec<usize>,
     budget: Duration,
     draining: bool,
+    policy: BatchPolicy,
 }
 
 impl<T> BatchQueue<T> {
@@ -73,7 +77,14 @@ impl<T> BatchQueue<T> {
             buckets,
             budget,
             draining: false,
+            policy: BatchPolicy::Deadline,
         }
+    }
+
+    /// The same queue under `policy` (default [`BatchPolicy::Deadline`]).
+    pub fn with_policy(mut self, policy: BatchPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Items queued now.
@@ -109,7 +120,7 @@ impl<T> BatchQueue<T> {
     /// Queues `item` of `channel` arriving at `now`, applying the full-policy
     /// when the queue is at capacity.
     pub fn push(&mut self, channel: u32, item: T, now: Instant) -> PushOutcome<T> {
-        if self.entries.len() < self.capacity {
+        if self.entries.len() < self.capacity || self.policy == BatchPolicy::MaxQueueDelay {
             self.entries.push_back(Entry {
                 channel,
                 deadline: now + self.budget,
@@ -142,7 +153,9 @@ impl<T> BatchQueue<T> {
         items: Vec<T>,
         now: Instant,
     ) -> Result<(), Vec<T>> {
-        if self.capacity - self.entries.len() < items.len() {
+        if self.policy == BatchPolicy::Deadline
+            && self.capacity.saturating_sub(self.entries.len()) < items.len()
+        {
             return Err(items);
         }
         let deadline = now + self.budget;
@@ -157,16 +170,23 @@ impl<T> BatchQueue<T> {
     /// The dispatch policy. Dispatches the largest bucket's worth of items
     /// as soon as that many are queued; otherwise everything queued (up to
     /// the largest bucket) once the oldest deadline is reached; otherwise
-    /// says when to ask again.
+    /// says when to ask again. Under [`BatchPolicy::MaxQueueDelay`] a queued
+    /// count equal to a bucket also dispatches at once, and the batch is
+    /// not padded.
     pub fn next_batch(&mut self, now: Instant) -> Next<T> {
         let Some(oldest) = self.entries.front() else {
             return Next::Idle;
         };
         let max = self.max_batch();
-        if self.entries.len() >= max || oldest.deadline <= now || self.draining {
-            let n = self.entries.len().min(max);
+        let len = self.entries.len();
+        let preferred = self.policy == BatchPolicy::MaxQueueDelay && self.buckets.contains(&len);
+        if len >= max || oldest.deadline <= now || self.draining || preferred {
+            let n = len.min(max);
             let items: Vec<T> = self.entries.drain(..n).map(|e| e.item).collect();
-            let bucket = self.bucket_for(items.len());
+            let bucket = match self.policy {
+                BatchPolicy::Deadline => self.bucket_for(items.len()),
+                BatchPolicy::MaxQueueDelay => items.len(),
+            };
             return Next::Dispatch(Batch { items, bucket });
         }
         Next::WaitUntil(oldest.deadline)
@@ -294,6 +314,28 @@ mod tests {
         q.push(0, 1, t0);
         q.drain();
         assert_eq!(items(q.next_batch(t0)).0, vec![1]);
+    }
+
+    #[test]
+    fn max_queue_delay_dispatches_preferred_counts_at_once_unpadded_and_never_drops() {
+        let t0 = Instant::now();
+        let mut q = queue(2).with_policy(BatchPolicy::MaxQueueDelay);
+        // One queued is a preferred size (bucket 1): it goes at once.
+        q.push(0, 1, t0);
+        assert_eq!(items(q.next_batch(t0)), (vec![1], 1));
+        // Three is no bucket: wait for the oldest's delay, then run exactly three.
+        for i in 0..3 {
+            assert_eq!(q.push(0, 10 + i, t0), PushOutcome::Queued);
+        }
+        assert_eq!(q.next_batch(t0), Next::WaitUntil(t0 + BUDGET));
+        assert_eq!(items(q.next_batch(t0 + BUDGET)), (vec![10, 11, 12], 3));
+        // Past its capacity of 2 it still queues, and keeps order.
+        for i in 0..11 {
+            assert_eq!(q.push(i % 2, 100 + i, t0), PushOutcome::Queued);
+        }
+        assert_eq!(q.len(), 11);
+        assert_eq!(items(q.next_batch(t0)).0, (100..108).collect::<Vec<_>>());
+        assert_eq!(q.push_all_if_room(9, vec![1, 2, 3], t0), Ok(()));
     }
 
     /// The invariants over many pseudo-random traces: every pushed item is

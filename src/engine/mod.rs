@@ -1,17 +1,24 @@
 //! Engines: run a model on a batch of windows.
 //!
 //! One trait, several implementations: [`tract`] (the embedded CPU engine,
-//! always compiled) and, behind the `tensorrt` feature, `tensorrt`. The
-//! pipeline, `gsinfer eval` and `gsinfer bench` see only [`Engine`];
-//! [`plans`] decides which implementation runs each model and keeps the
-//! TensorRT plans in the engine [`cache`] fresh.
+//! always compiled), [`onnxruntime`] (ONNX Runtime opened at run time,
+//! feature `onnxruntime`, on by default) and, behind the `tensorrt` feature,
+//! `tensorrt`. The pipeline, `gsinfer eval` and `gsinfer bench` see only
+//! [`Engine`]; [`choice`] says which one a pipeline gets, and [`plans`]
+//! which implementation runs each model and keeps the TensorRT plans in
+//! the engine [`cache`] fresh.
 
 pub mod cache;
+pub mod choice;
 pub mod commands;
+#[cfg(feature = "onnxruntime")]
+pub mod onnxruntime;
 pub mod plans;
 #[cfg(feature = "tensorrt")]
 pub mod tensorrt;
 pub mod tract;
+
+pub use choice::{EngineChoice, EngineSettings};
 
 use thiserror::Error;
 
@@ -57,12 +64,25 @@ pub enum EngineError {
     /// The engine failed while running a batch.
     #[error("inference failed: {0}")]
     Run(String),
+    /// The engine asked for cannot run on this box or in this build.
+    #[error("engine {engine} is not available: {reason}")]
+    Unavailable {
+        /// The engine's configuration name, e.g. `"onnxruntime"`.
+        engine: &'static str,
+        /// Why, and how to fix it.
+        reason: String,
+    },
 }
 
 /// A loaded, runnable model. One instance is used by one thread at a time.
 pub trait Engine: Send {
     /// Short engine name for logs and the status page, e.g. `"tract"`.
     fn kind(&self) -> &'static str;
+    /// The engine with its version and settings, for logs and `gsinfer
+    /// bench`, e.g. `"onnxruntime 1.31.1 (/usr/lib/libonnxruntime.so), 1 thread"`.
+    fn detail(&self) -> String {
+        self.kind().to_string()
+    }
     /// The model's inputs, in order.
     fn inputs(&self) -> &[TensorSpec];
     /// The model's outputs, in order.

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::cache::{EngineCache, EngineKey, Lookup, ProfileSpec};
-use super::Engine;
+use super::{Engine, EngineChoice, EngineSettings};
 use crate::model::{ModelError, PreparedModel};
 use crate::repository::Platform;
 
@@ -137,8 +137,10 @@ pub fn profile(model: &PreparedModel) -> ProfileSpec {
 pub struct Opened {
     /// One engine per instance.
     pub engines: Vec<Box<dyn Engine>>,
-    /// `"tract"` or `"tensorrt"`.
+    /// `"tract"`, `"onnxruntime"` or `"tensorrt"`.
     pub kind: &'static str,
+    /// The engine's own description for the log (e.g. with its thread count).
+    pub detail: String,
     /// `"CPU"` or the GPU's name.
     pub device: String,
     /// Why the model does not run where its config asked (a fallback), for
@@ -149,22 +151,36 @@ pub struct Opened {
 /// Receives rebuild progress (fraction 0 to 1) of one model.
 pub type Progress<'a> = &'a (dyn Fn(f32) + Sync);
 
-/// Opens tract on `onnx` for `model` (`instances` instances).
-fn open_tract(
+/// The CPU engine a pipeline chose (`engine`, `[engine]`): what runs a
+/// model that asks for no TensorRT, and what a TensorRT model falls back to.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuEngine<'a> {
+    /// The pipeline's `engine`.
+    pub choice: EngineChoice,
+    /// The `[engine]` section.
+    pub settings: &'a EngineSettings,
+}
+
+/// Opens the CPU engine on `onnx` for `model` (`instances` instances).
+fn open_cpu(
     model: &PreparedModel,
     onnx: &Path,
     instances: usize,
     note: Option<String>,
+    cpu: CpuEngine<'_>,
 ) -> Result<Opened, ModelError> {
     let mut m = model.clone();
     m.entry.model_path = onnx.to_path_buf();
     m.entry.config.platform = Platform::OnnxRuntimeOnnx;
     let engines = (0..instances)
-        .map(|_| crate::model::open_engine(&m))
+        .map(|_| crate::model::open_engine(&m, cpu.choice, cpu.settings))
         .collect::<Result<Vec<_>, _>>()?;
+    let kind = engines.first().map_or("tract", |e| e.kind());
+    let detail = engines.first().map_or_else(String::new, |e| e.detail());
     Ok(Opened {
         engines,
-        kind: "tract",
+        kind,
+        detail,
         device: "CPU".into(),
         note,
     })
@@ -172,11 +188,20 @@ fn open_tract(
 
 /// Falls back to tract with `why`, or fails naming it when there is no
 /// ONNX file.
-fn fall_back(model: &PreparedModel, instances: usize, why: String) -> Result<Opened, ModelError> {
+fn fall_back(
+    model: &PreparedModel,
+    instances: usize,
+    why: String,
+    cpu: CpuEngine<'_>,
+) -> Result<Opened, ModelError> {
     match onnx_fallback(model) {
         Some(onnx) => {
-            let note = format!("{why}; running on tract from {}", onnx.display());
-            open_tract(model, &onnx, instances, Some(note))
+            let kind = match cpu.choice {
+                EngineChoice::Auto | EngineChoice::Tract => "tract",
+                other => other.name(),
+            };
+            let note = format!("{why}; running on {kind} from {}", onnx.display());
+            open_cpu(model, &onnx, instances, Some(note), cpu)
         }
         None => Err(ModelError::Mismatch {
             model: model.entry.name.clone(),
@@ -303,13 +328,14 @@ impl EngineSet {
         instances: usize,
         rebuild: bool,
         progress: Progress<'_>,
+        cpu: CpuEngine<'_>,
     ) -> Result<Opened, ModelError> {
         let instances = instances.max(1);
         let want = wanted(model);
         if want == Wanted::Tract {
-            return open_tract(model, &model.entry.model_path, instances, None);
+            return open_cpu(model, &model.entry.model_path, instances, None, cpu);
         }
-        self.open_tensorrt(model, &want, instances, rebuild, progress)
+        self.open_tensorrt(model, &want, instances, rebuild, progress, cpu)
     }
 
     #[cfg(not(feature = "tensorrt"))]
@@ -320,11 +346,13 @@ impl EngineSet {
         instances: usize,
         _rebuild: bool,
         _progress: Progress<'_>,
+        cpu: CpuEngine<'_>,
     ) -> Result<Opened, ModelError> {
         fall_back(
             model,
             instances,
             "config.pbtxt asks for TensorRT, but this gsinfer was built without the `tensorrt` feature".into(),
+            cpu,
         )
     }
 
@@ -336,8 +364,9 @@ impl EngineSet {
         instances: usize,
         rebuild: bool,
         progress: Progress<'_>,
+        cpu: CpuEngine<'_>,
     ) -> Result<Opened, ModelError> {
-        trt_impl::open(self, model, want, instances, rebuild, progress)
+        trt_impl::open(self, model, want, instances, rebuild, progress, cpu)
     }
 
     /// Builds `model`'s plan when it is missing, stale or corrupt (always
@@ -490,14 +519,15 @@ mod trt_impl {
         instances: usize,
         rebuild: bool,
         progress: Progress<'_>,
+        cpu: CpuEngine<'_>,
     ) -> Result<Opened, ModelError> {
         let platform = match set.trt.platform(&set.config) {
             Ok(p) => p.clone(),
-            Err(why) => return fall_back(model, instances, format!("TensorRT is unusable: {why}")),
+            Err(why) => return fall_back(model, instances, format!("TensorRT is unusable: {why}"), cpu),
         };
         let gpu = match Gpu::open(platform.device.ordinal) {
             Ok(g) => g,
-            Err(e) => return fall_back(model, instances, e.to_string()),
+            Err(e) => return fall_back(model, instances, e.to_string(), cpu),
         };
         let name = model.entry.name.clone();
         let version = model.entry.version;
@@ -514,10 +544,11 @@ mod trt_impl {
                                     "the repository's plan {} does not load on this box ({e}); a repository plan cannot be rebuilt, ship model.onnx beside it",
                                     model.entry.model_path.display()
                                 ),
+                                cpu,
                             )
                         }
                     },
-                    Err(e) => return fall_back(model, instances, format!("cannot read the plan: {e}")),
+                    Err(e) => return fall_back(model, instances, format!("cannot read the plan: {e}"), cpu),
                 }
             }
             _ => {
@@ -531,11 +562,11 @@ mod trt_impl {
                             log::warn!(target: "gsinfer::engine", "model {name}: engine {other}; rebuilding it from {}", model.entry.model_path.display());
                             match build(set, model, &other, progress) {
                                 Ok(done) => log::info!(target: "gsinfer::engine", "model {name}: engine {done}"),
-                                Err(e) => return fall_back(model, instances, format!("the engine rebuild failed: {e}")),
+                                Err(e) => return fall_back(model, instances, format!("the engine rebuild failed: {e}"), cpu),
                             }
                             match set.cache.lookup(&name, version, state.want.as_ref().expect("a key, the platform is usable")) {
                                 Lookup::Fresh { plan, .. } => Some(plan),
-                                other => return fall_back(model, instances, format!("the rebuilt engine is {other}")),
+                                other => return fall_back(model, instances, format!("the rebuilt engine is {other}"), cpu),
                             }
                         }
                         other => {
@@ -543,6 +574,7 @@ mod trt_impl {
                                 model,
                                 instances,
                                 format!("engine {other} and tensorrt.rebuild_at_start is off; run `gsinfer engine build`"),
+                                cpu,
                             )
                         }
                     };
@@ -555,15 +587,15 @@ mod trt_impl {
                             // rebuild once.
                             let why = Lookup::Stale { why: format!("TensorRT refused it: {e}") };
                             if let Err(e) = build(set, model, &why, progress) {
-                                return fall_back(model, instances, format!("the engine rebuild failed: {e}"));
+                                return fall_back(model, instances, format!("the engine rebuild failed: {e}"), cpu);
                             }
                             match set.state(model).lookup {
                                 Lookup::Fresh { plan, .. } => SharedPlan::deserialize(&gpu, &plan)
                                     .map_err(|e| ModelError::Mismatch { model: name.clone(), message: e.to_string() })?,
-                                other => return fall_back(model, instances, format!("the rebuilt engine is {other}")),
+                                other => return fall_back(model, instances, format!("the rebuilt engine is {other}"), cpu),
                             }
                         }
-                        Err(e) => return fall_back(model, instances, e.to_string()),
+                        Err(e) => return fall_back(model, instances, e.to_string(), cpu),
                     }
                 }
             }
@@ -586,6 +618,7 @@ mod trt_impl {
         Ok(Opened {
             engines,
             kind: "tensorrt",
+            detail: format!("tensorrt on {}", platform.device.name),
             device: platform.device.name.clone(),
             note: None,
         })
@@ -597,6 +630,14 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::repository::ModelRepository;
+
+    fn cpu() -> CpuEngine<'static> {
+        static SETTINGS: std::sync::OnceLock<EngineSettings> = std::sync::OnceLock::new();
+        CpuEngine {
+            choice: EngineChoice::Auto,
+            settings: SETTINGS.get_or_init(EngineSettings::default),
+        }
+    }
 
     fn prepared(accelerator: bool) -> (tempfile::TempDir, PreparedModel) {
         let dir = tempfile::tempdir().unwrap();
@@ -647,7 +688,7 @@ mod tests {
             engine_dir: Some(engines_dir.path().to_path_buf()),
             ..TensorRtConfig::default()
         });
-        let opened = set.open(&model, 2, true, &|_| {}).unwrap();
+        let opened = set.open(&model, 2, true, &|_| {}, cpu()).unwrap();
         assert_eq!(opened.kind, "tract");
         assert_eq!(opened.engines.len(), 2);
         let note = opened.note.expect("a fallback explains itself");
@@ -670,7 +711,7 @@ mod tests {
             engine_dir: Some(dir.path().join("engines")),
             ..TensorRtConfig::default()
         });
-        let err = set.open(&model, 1, true, &|_| {}).err().unwrap().to_string();
+        let err = set.open(&model, 1, true, &|_| {}, cpu()).err().unwrap().to_string();
         assert!(err.contains("no model.onnx beside"), "{err}");
         assert!(!err.contains('\n'));
     }

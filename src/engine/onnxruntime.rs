@@ -1,0 +1,318 @@
+//! ONNX Runtime on the CPU (cargo feature `onnxruntime`, on by default).
+//!
+//! Why: on the recurrent models gsinfer ships, ONNX Runtime's fused LSTM
+//! kernel is several times faster than tract's scan (BENCHMARKS.md), and a
+//! user comparing gsinfer's CPU path with plain onnxruntime should not find
+//! it slower. tract stays the default because it needs nothing installed.
+//!
+//! Through the `ort` crate with `load-dynamic`: nothing is downloaded or
+//! linked at build time; `libonnxruntime.so` (ONNX Runtime 1.17 or newer) is
+//! opened once per process, the first time an engine is opened, from
+//! [`EngineSettings::onnxruntime_library`], else `$ORT_DYLIB_PATH`, else the
+//! dynamic loader's search and the usual library folders. One session per
+//! engine instance (graph optimisation level "all", sequential execution,
+//! `threads` intra-op threads); the output tensors of each batch size are
+//! allocated once and reused by every later run of that size.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::memory::Allocator;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
+use ort::value::{Tensor, TensorRef, ValueType};
+
+use super::{check_inputs, Engine, EngineError, EngineSettings, TensorSpec};
+
+/// The hint every "library not found" error ends with.
+pub const LIBRARY_HINT: &str = "set engine.onnxruntime_library or ORT_DYLIB_PATH to libonnxruntime.so \
+     (pip install onnxruntime ships one in site-packages/onnxruntime/capi/)";
+
+/// Names and folders tried, in order, when neither the setting nor
+/// `$ORT_DYLIB_PATH` names the library. A bare name goes to the dynamic
+/// loader (next to the executable first, then `LD_LIBRARY_PATH` and
+/// `/etc/ld.so.cache`).
+const SEARCH: [&str; 5] = [
+    "libonnxruntime.so",
+    "libonnxruntime.so.1",
+    "/usr/local/lib/libonnxruntime.so",
+    "/usr/lib/x86_64-linux-gnu/libonnxruntime.so",
+    "/usr/lib/libonnxruntime.so",
+];
+
+/// The process-wide ONNX Runtime: the library and its one environment.
+struct Runtime {
+    env: Environment,
+    library: PathBuf,
+    version: String,
+}
+
+static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+
+/// The library candidates for `settings`, with where each came from.
+fn candidates(settings: &EngineSettings) -> Vec<(PathBuf, &'static str)> {
+    if let Some(lib) = &settings.onnxruntime_library {
+        return vec![(lib.clone(), "engine.onnxruntime_library")];
+    }
+    match std::env::var_os("ORT_DYLIB_PATH") {
+        Some(p) if !p.is_empty() => vec![(PathBuf::from(p), "ORT_DYLIB_PATH")],
+        _ => SEARCH
+            .iter()
+            .map(|s| (PathBuf::from(s), "search"))
+            .collect(),
+    }
+}
+
+/// Opens the library (once per process; later calls get the same one
+/// whatever their settings) and creates the environment.
+fn runtime(settings: &EngineSettings) -> Result<&'static Runtime, EngineError> {
+    RUNTIME
+        .get_or_init(|| open_runtime(settings))
+        .as_ref()
+        .map_err(|reason| EngineError::Unavailable {
+            engine: "onnxruntime",
+            reason: reason.clone(),
+        })
+}
+
+fn open_runtime(settings: &EngineSettings) -> Result<Runtime, String> {
+    let mut tried = Vec::new();
+    for (path, origin) in candidates(settings) {
+        let searched = origin == "search";
+        if searched && path.is_absolute() && !path.exists() {
+            continue;
+        }
+        match ort::init_from(&path) {
+            Ok(builder) => {
+                let env = builder
+                    .with_name("gsinfer")
+                    .with_telemetry(false)
+                    .build()
+                    .map_err(|e| format!("{} loaded but its environment failed: {e}", path.display()))?;
+                let version = build_version(ort::info());
+                return Ok(Runtime {
+                    env,
+                    library: path,
+                    version,
+                });
+            }
+            // A bare name the loader does not know: try the next one.
+            Err(ort::LoadDynamicError::Dlopen { .. }) if searched => {
+                tried.push(path.display().to_string())
+            }
+            Err(e) => return Err(format!("{origin} = {}: {e}; {LIBRARY_HINT}", path.display())),
+        }
+    }
+    Err(format!(
+        "no libonnxruntime.so found (tried {}); {LIBRARY_HINT}",
+        tried.join(", ")
+    ))
+}
+
+/// `"1.31.1"` out of ONNX Runtime's build info (`... git-branch=rel-1.31.1, ...`).
+fn build_version(info: &str) -> String {
+    info.split([',', ' '])
+        .find_map(|part| part.strip_prefix("git-branch=rel-"))
+        .unwrap_or("unknown version")
+        .to_string()
+}
+
+/// An ONNX Runtime session for one ONNX model with one `f32` input.
+pub struct OnnxRuntimeEngine {
+    session: Session,
+    /// Output names in the session (the names `run` selects by).
+    session_outputs: Vec<String>,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    /// Per batch size: run options whose output tensors are allocated once.
+    runs: HashMap<usize, RunOptions<HasSelectedOutputs>>,
+    detail: String,
+}
+
+impl std::fmt::Debug for OnnxRuntimeEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxRuntimeEngine")
+            .field("detail", &self.detail)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .finish()
+    }
+}
+
+impl OnnxRuntimeEngine {
+    /// Opens a session on the ONNX model at `path`, whose single input is
+    /// `input` (named, per-item dims without the batch dimension) and whose
+    /// outputs are `outputs` (names as config.pbtxt gives them; per-item
+    /// dims are read from the model).
+    ///
+    /// # Errors
+    /// [`EngineError::Unavailable`] when no usable `libonnxruntime.so` is
+    /// found (the message says how to point at one); [`EngineError::Load`]
+    /// naming the file when ONNX Runtime cannot load the model or the model
+    /// has more than one input or a non-batch dimension that is not fixed.
+    pub fn load(
+        path: &Path,
+        input: &TensorSpec,
+        outputs: &[String],
+        settings: &EngineSettings,
+    ) -> Result<Self, EngineError> {
+        let rt = runtime(settings)?;
+        let fail = |reason: String| EngineError::Load {
+            path: path.display().to_string(),
+            reason,
+        };
+        let threads = settings.threads.max(1);
+        let step = |e: ort::Error<SessionBuilder>| fail(format!("{e}"));
+        let mut builder = Session::builder(&rt.env)
+            .map_err(|e| fail(format!("{e}")))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(step)?
+            .with_intra_threads(threads)
+            .map_err(step)?
+            .with_inter_threads(1)
+            .map_err(step)?
+            .with_parallel_execution(false)
+            .map_err(step)?
+            // Spinning workers would take the cores the MQTT and scoring tasks need.
+            .with_intra_op_spinning(false)
+            .map_err(step)?;
+        let session = builder
+            .commit_from_file(path)
+            .map_err(|e| fail(format!("{e}")))?;
+        if session.inputs().len() != 1 {
+            return Err(fail(format!(
+                "has {} inputs; gsinfer feeds exactly one window input",
+                session.inputs().len()
+            )));
+        }
+        let mut specs = Vec::new();
+        let mut session_outputs = Vec::new();
+        for (ix, outlet) in session.outputs().iter().enumerate() {
+            let shape: Vec<i64> = match outlet.dtype() {
+                ValueType::Tensor { shape, .. } => shape.iter().copied().collect(),
+                other => return Err(fail(format!("output {ix} is not a tensor ({other:?})"))),
+            };
+            let dims = shape
+                .iter()
+                .skip(1)
+                .map(|d| usize::try_from(*d))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| {
+                    fail(format!(
+                        "output {ix} has a dimension other than the batch that is not fixed ({shape:?})"
+                    ))
+                })?;
+            let name = outputs
+                .get(ix)
+                .cloned()
+                .unwrap_or_else(|| outlet.name().to_string());
+            specs.push(TensorSpec { name, dims });
+            session_outputs.push(outlet.name().to_string());
+        }
+        let detail = format!(
+            "onnxruntime {} ({}), {threads} thread{}",
+            rt.version,
+            rt.library.display(),
+            if threads == 1 { "" } else { "s" }
+        );
+        Ok(Self {
+            session,
+            session_outputs,
+            inputs: vec![input.clone()],
+            outputs: specs,
+            runs: HashMap::new(),
+            detail,
+        })
+    }
+
+    /// The run options for batches of `batch`, with every output allocated
+    /// once at `[batch, dims...]`.
+    fn run_options(&mut self, batch: usize) -> Result<&RunOptions<HasSelectedOutputs>, EngineError> {
+        if !self.runs.contains_key(&batch) {
+            let mut selector = OutputSelector::no_default();
+            for (name, spec) in self.session_outputs.iter().zip(&self.outputs) {
+                let mut shape = vec![batch];
+                shape.extend(&spec.dims);
+                let tensor = Tensor::<f32>::new(&Allocator::default(), shape)
+                    .map_err(|e| EngineError::Run(format!("cannot allocate output {name}: {e}")))?;
+                selector = selector.with(name.clone()).preallocate(name.clone(), tensor);
+            }
+            let options = RunOptions::new()
+                .map_err(|e| EngineError::Run(format!("{e}")))?
+                .with_outputs(selector);
+            self.runs.insert(batch, options);
+        }
+        Ok(&self.runs[&batch])
+    }
+}
+
+impl Engine for OnnxRuntimeEngine {
+    fn kind(&self) -> &'static str {
+        "onnxruntime"
+    }
+
+    fn detail(&self) -> String {
+        self.detail.clone()
+    }
+
+    fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    fn infer(&mut self, batch: usize, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, EngineError> {
+        check_inputs(&self.inputs, batch, inputs)?;
+        let run = |e: ort::Error| EngineError::Run(format!("{e}"));
+        self.run_options(batch)?;
+        let options = &self.runs[&batch];
+        let mut shape = vec![batch];
+        shape.extend(&self.inputs[0].dims);
+        // A view of the caller's buffer: the input is not copied.
+        let input = TensorRef::from_array_view((shape, inputs[0])).map_err(run)?;
+        let outputs = self
+            .session
+            .run_with_options(ort::inputs![input], options)
+            .map_err(run)?;
+        self.session_outputs
+            .iter()
+            .map(|name| {
+                let value = outputs
+                    .get(name.as_str())
+                    .ok_or_else(|| EngineError::Run(format!("no output {name}")))?;
+                let (_, data) = value.try_extract_tensor::<f32>().map_err(run)?;
+                Ok(data.to_vec())
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_is_read_from_the_build_info() {
+        assert_eq!(
+            build_version("ORT Build Info: git-branch=rel-1.31.1, git-commit-id=abc, build type=Release"),
+            "1.31.1"
+        );
+        assert_eq!(build_version("something else"), "unknown version");
+    }
+
+    #[test]
+    fn explicit_library_is_the_only_candidate() {
+        let settings = EngineSettings {
+            onnxruntime_library: Some("/opt/ort/libonnxruntime.so".into()),
+            threads: 1,
+        };
+        assert_eq!(
+            candidates(&settings),
+            vec![(PathBuf::from("/opt/ort/libonnxruntime.so"), "engine.onnxruntime_library")]
+        );
+    }
+}
