@@ -1,11 +1,12 @@
 //! The embedded CPU engine, on tract (sonos/tract).
 //!
 //! The ONNX file is loaded once, its input fact set to `[N, dims...]` with
-//! a symbolic batch dimension `N`, optimised once, and made runnable once;
-//! each batch then runs on a reused state (load → optimise → runnable, as
-//! tract's own examples do).
+//! a symbolic batch dimension `N`, optimised once, and made runnable once
+//! (load → optimise → runnable, as tract's own examples do). Each batch runs
+//! on a fresh state: a tract state is a *stream* and carries the recurrent
+//! state of a Scan (what an ONNX LSTM becomes) from one run into the next,
+//! whereas every batch of windows here is independent.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,9 +19,6 @@ type Plan = Arc<TypedSimplePlan>;
 /// A tract engine for one ONNX model with one `f32` input.
 pub struct TractEngine {
     plan: Plan,
-    /// One state per batch size: a state binds the batch symbol on its
-    /// first run, and the batcher only ever uses a handful of buckets.
-    states: HashMap<usize, TypedSimpleState>,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
 }
@@ -79,7 +77,6 @@ impl TractEngine {
         let plan = typed.into_runnable().map_err(fail)?;
         Ok(Self {
             plan,
-            states: HashMap::new(),
             inputs: vec![input.clone()],
             outputs: specs,
         })
@@ -105,15 +102,9 @@ impl Engine for TractEngine {
         shape.extend(&self.inputs[0].dims);
         let tensor = Tensor::from_shape(&shape, inputs[0])
             .map_err(|e| EngineError::Run(format!("{e:#}")))?;
-        let state = match self.states.entry(batch) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(
-                self.plan
-                    .spawn()
-                    .map_err(|e| EngineError::Run(format!("{e:#}")))?,
-            ),
-        };
-        let outputs = state
+        // A fresh state per run (module docs): `plan.run` spawns one.
+        let outputs = self
+            .plan
             .run(tvec![tensor.into()])
             .map_err(|e| EngineError::Run(format!("{e:#}")))?;
         outputs
@@ -156,6 +147,22 @@ mod tests {
         for k in 0..10 {
             assert!((batched[k] - single[k]).abs() < 1e-4);
             assert!((batched[20 + k] - single[k]).abs() < 1e-4);
+        }
+    }
+
+    /// A tract state is a stream: reusing one carried the LSTM's hidden
+    /// state from one batch into the next.
+    #[test]
+    fn a_window_gives_the_same_forecast_every_time() {
+        let input = TensorSpec {
+            name: "window".into(),
+            dims: vec![250, 25],
+        };
+        let x: Vec<f32> = (0..250 * 25).map(|i| ((i % 89) as f32 / 89.0) - 0.5).collect();
+        let mut engine = TractEngine::load(&example(), &input, &["forecast".into()]).unwrap();
+        let first = engine.infer(1, &[&x]).unwrap();
+        for _ in 0..3 {
+            assert_eq!(engine.infer(1, &[&x]).unwrap(), first);
         }
     }
 
