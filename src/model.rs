@@ -173,7 +173,9 @@ pub fn open_engine(
     let path = &model.entry.model_path;
     match choice {
         EngineChoice::Auto | EngineChoice::Tract => {
-            let engine = TractEngine::load(path, &model.input, &outputs).map_err(failed)?;
+            let engine =
+                TractEngine::load_for_batches(path, &model.input, &outputs, &model.buckets)
+                    .map_err(failed)?;
             Ok(Box::new(engine))
         }
         #[cfg(feature = "onnxruntime")]
