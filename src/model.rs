@@ -24,12 +24,12 @@ pub enum ModelError {
         message: String,
     },
     /// The engine could not load the model.
-    #[error("model {model}: {source}")]
+    #[error("model {model}: {error}")]
     Engine {
         /// Model name.
         model: String,
-        /// The engine's error.
-        source: crate::engine::EngineError,
+        /// The engine's error (in the message, not repeated as a cause).
+        error: crate::engine::EngineError,
     },
 }
 
@@ -148,9 +148,9 @@ pub fn open_engine(
     settings: &EngineSettings,
 ) -> Result<Box<dyn Engine>, ModelError> {
     let name = model.entry.name.clone();
-    let failed = |source| ModelError::Engine {
+    let failed = |error| ModelError::Engine {
         model: model.entry.name.clone(),
-        source,
+        error,
     };
     match model.entry.config.platform {
         Platform::OnnxRuntimeOnnx => {}
@@ -173,7 +173,9 @@ pub fn open_engine(
     let path = &model.entry.model_path;
     match choice {
         EngineChoice::Auto | EngineChoice::Tract => {
-            let engine = TractEngine::load(path, &model.input, &outputs).map_err(failed)?;
+            let engine =
+                TractEngine::load_for_batches(path, &model.input, &outputs, &model.buckets)
+                    .map_err(failed)?;
             Ok(Box::new(engine))
         }
         #[cfg(feature = "onnxruntime")]

@@ -102,6 +102,29 @@ fn compare(got: &[f32], want: &[f32]) -> (f32, bool) {
     (worst, ok)
 }
 
+/// Runs every bucket of `model` on `engine` twice: the second pass must give
+/// the first pass's outputs (no state may leak from one batch into the next,
+/// as a reused tract state once carried an LSTM's).
+fn check_repeatable(model: &PreparedModel, engine: &mut dyn Engine) {
+    let item_len = model.input.item_len();
+    let mut first = Vec::new();
+    for &bucket in &model.buckets {
+        first.push(engine.infer(bucket, &[&windows(bucket as u64, bucket, item_len)]).unwrap());
+    }
+    for (&bucket, want) in model.buckets.iter().zip(&first).rev() {
+        let got = engine.infer(bucket, &[&windows(bucket as u64, bucket, item_len)]).unwrap();
+        for (g, w) in got.iter().zip(want) {
+            let (worst, ok) = compare(g, w);
+            assert!(
+                ok,
+                "{} on {}: bucket {bucket} differs on a second run by {worst:e}",
+                model.entry.name,
+                engine.kind()
+            );
+        }
+    }
+}
+
 /// Runs every bucket of `model` on `engine` and on tract and compares.
 fn check(model: &PreparedModel, tract: &mut dyn Engine, engine: &mut dyn Engine) {
     let name = &model.entry.name;
@@ -154,11 +177,13 @@ fn every_engine_matches_tract_on_every_family_and_bucket() {
         // auto is tract until a faster engine is present.
         let auto = open_engine(&model, EngineChoice::Auto, &EngineSettings::default()).unwrap();
         assert_eq!(auto.kind(), "tract");
+        check_repeatable(&model, tract.as_mut());
         for (choice, settings) in &engines {
             let mut engine = open_engine(&model, *choice, settings)
                 .unwrap_or_else(|e| panic!("{}: {e}", model.entry.name));
             assert_eq!(engine.kind(), choice.name());
             check(&model, tract.as_mut(), engine.as_mut());
+            check_repeatable(&model, engine.as_mut());
         }
     }
 }

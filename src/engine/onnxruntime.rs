@@ -91,7 +91,7 @@ fn open_runtime(settings: &EngineSettings) -> Result<Runtime, String> {
                     .with_telemetry(false)
                     .build()
                     .map_err(|e| format!("{} loaded but its environment failed: {e}", path.display()))?;
-                let version = build_version(ort::info());
+                let version = library_version(&path).unwrap_or_else(|| build_version(ort::info()));
                 return Ok(Runtime {
                     env,
                     library: path,
@@ -109,6 +109,24 @@ fn open_runtime(settings: &EngineSettings) -> Result<Runtime, String> {
         "no libonnxruntime.so found (tried {}); {LIBRARY_HINT}",
         tried.join(", ")
     ))
+}
+
+/// The library's own version string (`OrtApiBase::GetVersionString`), e.g. `"1.31.1"`.
+fn library_version(path: &Path) -> Option<String> {
+    // SAFETY: the same library ort has just loaded and checked; opening it
+    // again only takes another reference, and GetVersionString returns a
+    // static, NUL-terminated string.
+    unsafe {
+        let lib = libloading::Library::new(path).ok()?;
+        let get: libloading::Symbol<'_, unsafe extern "system" fn() -> *const ort::sys::OrtApiBase> =
+            lib.get(b"OrtGetApiBase").ok()?;
+        let base = get();
+        if base.is_null() {
+            return None;
+        }
+        let version = ((*base).GetVersionString)();
+        (!version.is_null()).then(|| std::ffi::CStr::from_ptr(version).to_string_lossy().into_owned())
+    }
 }
 
 /// `"1.31.1"` out of ONNX Runtime's build info (`... git-branch=rel-1.31.1, ...`).

@@ -1,13 +1,24 @@
 //! The embedded CPU engine, on tract (sonos/tract).
 //!
 //! The ONNX file is loaded once, its input fact set to `[N, dims...]` with
-//! a symbolic batch dimension `N`, optimised once, and made runnable once;
-//! each batch then runs on a reused state (load → optimise → runnable, as
-//! tract's own examples do).
+//! a symbolic batch dimension `N`, optimised once, and made runnable once
+//! (load → optimise → runnable, as tract's own examples do). Each batch runs
+//! on a fresh state: a tract state is a *stream* and carries the recurrent
+//! state of a Scan (what an ONNX LSTM becomes) from one run into the next,
+//! whereas every batch of windows here is independent.
+//!
+//! With [`TractEngine::load_for_batches`] (what the service does, with the
+//! model's buckets) each bucket also gets a plan optimised for its concrete
+//! batch size, which tract's optimiser can specialise further (1.7–2× on
+//! the LSTM and Transformer forecasters, BENCHMARKS.md) but not always to
+//! advantage (0.8× on the VAE at batch 1). So both plans are timed once at
+//! load on the same window pattern and the faster is kept for that bucket:
+//! like a TensorRT builder choosing tactics, by measurement on the box.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tract_onnx::prelude::*;
 
@@ -17,10 +28,10 @@ type Plan = Arc<TypedSimplePlan>;
 
 /// A tract engine for one ONNX model with one `f32` input.
 pub struct TractEngine {
+    /// The plan for any batch size (symbolic `N`).
     plan: Plan,
-    /// One state per batch size: a state binds the batch symbol on its
-    /// first run, and the batcher only ever uses a handful of buckets.
-    states: HashMap<usize, TypedSimpleState>,
+    /// Batch sizes whose own plan timed faster than the symbolic one.
+    concrete: HashMap<usize, Plan>,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
 }
@@ -42,11 +53,28 @@ impl TractEngine {
     /// # Errors
     /// [`EngineError::Load`] naming the file and tract's chain of causes.
     pub fn load(path: &Path, input: &TensorSpec, outputs: &[String]) -> Result<Self, EngineError> {
+        Self::load_for_batches(path, input, outputs, &[])
+    }
+
+    /// [`TractEngine::load`], then for each size in `batches` a plan
+    /// optimised for that concrete batch, kept where it runs faster than
+    /// the symbolic plan (module docs). Loading takes longer: two plans per
+    /// size are built and each is timed on a few batches.
+    ///
+    /// # Errors
+    /// As [`TractEngine::load`].
+    pub fn load_for_batches(
+        path: &Path,
+        input: &TensorSpec,
+        outputs: &[String],
+        batches: &[usize],
+    ) -> Result<Self, EngineError> {
         let fail = |e: TractError| EngineError::Load {
             path: path.display().to_string(),
             reason: format!("{e:#}"),
         };
-        let mut model = tract_onnx::onnx().model_for_path(path).map_err(fail)?;
+        let source = tract_onnx::onnx().model_for_path(path).map_err(fail)?;
+        let mut model = source.clone();
         let batch = model.symbols.sym("N");
         let mut shape: TVec<TDim> = tvec![batch.into()];
         shape.extend(input.dims.iter().map(|d| TDim::from(*d as i64)));
@@ -77,18 +105,66 @@ impl TractEngine {
             specs.push(TensorSpec { name, dims });
         }
         let plan = typed.into_runnable().map_err(fail)?;
-        Ok(Self {
+        let mut engine = Self {
             plan,
-            states: HashMap::new(),
+            concrete: HashMap::new(),
             inputs: vec![input.clone()],
             outputs: specs,
-        })
+        };
+        for &b in batches {
+            let mut shape = vec![b];
+            shape.extend(&input.dims);
+            let plan = source
+                .clone()
+                .with_input_fact(0, f32::fact(&shape).into())
+                .and_then(|m| m.into_optimized())
+                .and_then(|m| m.into_runnable())
+                .map_err(fail)?;
+            let window: Vec<f32> = (0..b * input.item_len())
+                .map(|i| ((i % 97) as f32 / 48.5) - 1.0)
+                .collect();
+            let tensor = Tensor::from_shape(&shape, &window).map_err(fail)?;
+            let concrete = time_runs(|| plan.run(tvec![tensor.clone().into()]).map(drop)).map_err(fail)?;
+            let symbolic =
+                time_runs(|| engine.plan.run(tvec![tensor.clone().into()]).map(drop)).map_err(fail)?;
+            log::debug!(target: "gsinfer::engine", "tract {}: batch {b}: own plan {concrete:?}, symbolic {symbolic:?}", path.display());
+            if concrete < symbolic {
+                engine.concrete.insert(b, plan);
+            }
+        }
+        Ok(engine)
     }
+
+    /// Batch sizes that run on a plan of their own.
+    pub fn concrete_batches(&self) -> Vec<usize> {
+        let mut b: Vec<usize> = self.concrete.keys().copied().collect();
+        b.sort_unstable();
+        b
+    }
+}
+
+/// The fastest of 3 timed runs of `run`, after one warm-up run.
+fn time_runs(mut run: impl FnMut() -> TractResult<()>) -> TractResult<Duration> {
+    run()?;
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        run()?;
+        best = best.min(t.elapsed());
+    }
+    Ok(best)
 }
 
 impl Engine for TractEngine {
     fn kind(&self) -> &'static str {
         "tract"
+    }
+
+    fn detail(&self) -> String {
+        format!(
+            "tract, 1 thread, own plans for batches {:?}",
+            self.concrete_batches()
+        )
     }
 
     fn inputs(&self) -> &[TensorSpec] {
@@ -105,15 +181,9 @@ impl Engine for TractEngine {
         shape.extend(&self.inputs[0].dims);
         let tensor = Tensor::from_shape(&shape, inputs[0])
             .map_err(|e| EngineError::Run(format!("{e:#}")))?;
-        let state = match self.states.entry(batch) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(
-                self.plan
-                    .spawn()
-                    .map_err(|e| EngineError::Run(format!("{e:#}")))?,
-            ),
-        };
-        let outputs = state
+        let plan = self.concrete.get(&batch).unwrap_or(&self.plan);
+        // A fresh state per run (module docs): `plan.run` spawns one.
+        let outputs = plan
             .run(tvec![tensor.into()])
             .map_err(|e| EngineError::Run(format!("{e:#}")))?;
         outputs
@@ -156,6 +226,43 @@ mod tests {
         for k in 0..10 {
             assert!((batched[k] - single[k]).abs() < 1e-4);
             assert!((batched[20 + k] - single[k]).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn per_batch_plans_give_the_symbolic_plans_results() {
+        let input = TensorSpec {
+            name: "window".into(),
+            dims: vec![250, 25],
+        };
+        let outputs = ["forecast".to_string()];
+        let mut plain = TractEngine::load(&example(), &input, &outputs).unwrap();
+        let mut tuned = TractEngine::load_for_batches(&example(), &input, &outputs, &[1, 4]).unwrap();
+        assert!(plain.concrete_batches().is_empty());
+        for b in [1, 3, 4] {
+            let x: Vec<f32> = (0..b * 250 * 25).map(|i| ((i % 89) as f32 / 89.0) - 0.5).collect();
+            let want = plain.infer(b, &[&x]).unwrap();
+            let got = tuned.infer(b, &[&x]).unwrap();
+            for (g, w) in got[0].iter().zip(&want[0]) {
+                assert!((g - w).abs() < 1e-4, "batch {b}: {g} vs {w}");
+            }
+        }
+    }
+
+    /// A tract state is a stream: reusing one carried the LSTM's hidden
+    /// state from one batch into the next.
+    #[test]
+    fn a_window_gives_the_same_forecast_every_time() {
+        let input = TensorSpec {
+            name: "window".into(),
+            dims: vec![250, 25],
+        };
+        let outputs = ["forecast".to_string()];
+        let x: Vec<f32> = (0..250 * 25).map(|i| ((i % 89) as f32 / 89.0) - 0.5).collect();
+        let mut engine = TractEngine::load_for_batches(&example(), &input, &outputs, &[1]).unwrap();
+        let first = engine.infer(1, &[&x]).unwrap();
+        for _ in 0..3 {
+            assert_eq!(engine.infer(1, &[&x]).unwrap(), first);
         }
     }
 
