@@ -275,6 +275,10 @@ impl Engine for OnnxRuntimeEngine {
         self.detail.clone()
     }
 
+    fn pads_to_bucket(&self) -> bool {
+        false
+    }
+
     fn inputs(&self) -> &[TensorSpec] {
         &self.inputs
     }
