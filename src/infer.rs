@@ -340,12 +340,22 @@ mod tests {
                 pads,
                 ran: Arc::clone(&ran),
                 specs: (
-                    vec![TensorSpec { name: "x".into(), dims: vec![2] }],
-                    vec![TensorSpec { name: "y".into(), dims: vec![1] }],
+                    vec![TensorSpec {
+                        name: "x".into(),
+                        dims: vec![2],
+                    }],
+                    vec![TensorSpec {
+                        name: "y".into(),
+                        dims: vec![1],
+                    }],
                 ),
             };
             for i in 0..3 {
-                handle.push(i, Job::window(window(i, 10.0 + i as f32), Instant::now()), Instant::now());
+                handle.push(
+                    i,
+                    Job::window(window(i, 10.0 + i as f32), Instant::now()),
+                    Instant::now(),
+                );
             }
             handle.close();
             let thread = EngineThread {
