@@ -47,7 +47,11 @@ fn queue_bench(c: &mut Criterion) {
     g.bench_function("queue/64", |b| {
         let mut q = BatchQueue::new(4096, BUCKETS.to_vec(), BUDGET);
         b.iter_batched(
-            || (0..64).map(|_| Job::window(item(1), Instant::now())).collect::<Vec<_>>(),
+            || {
+                (0..64)
+                    .map(|_| Job::window(item(1), Instant::now()))
+                    .collect::<Vec<_>>()
+            },
             |jobs| {
                 let now = Instant::now();
                 for (i, job) in jobs.into_iter().enumerate() {
@@ -77,7 +81,11 @@ fn queue_bench(c: &mut Criterion) {
             })
         };
         b.iter_batched(
-            || (0..n).map(|_| Job::window(item(1), Instant::now())).collect::<Vec<_>>(),
+            || {
+                (0..n)
+                    .map(|_| Job::window(item(1), Instant::now()))
+                    .collect::<Vec<_>>()
+            },
             |jobs| {
                 let start = taken.load(Ordering::Acquire);
                 for (i, job) in jobs.into_iter().enumerate() {
@@ -122,7 +130,9 @@ fn pipeline_bench(c: &mut Criterion) {
         let limits = DecodeLimits::new(25);
         let mut seq = 0u64;
         let payload = |seq: u64| {
-            let v: Vec<f32> = (0..25).map(|k| ((seq as usize * 7 + k) % 13) as f32 * 0.1).collect();
+            let v: Vec<f32> = (0..25)
+                .map(|k| ((seq as usize * 7 + k) % 13) as f32 * 0.1)
+                .collect();
             serde_json::to_vec(&serde_json::json!({ "t": 1_514_764_800_000_000_000i64 + seq as i64 * 60_000_000_000, "seq": seq, "v": v }))
                 .unwrap()
         };
@@ -132,7 +142,13 @@ fn pipeline_bench(c: &mut Criterion) {
         for _ in 0..length as u64 {
             for ch in 0..channels {
                 let d = decode(PayloadFormat::Json, &payload(seq), &limits);
-                let _ = pipeline.on_sample(&format!("C-{ch}"), 0, &d.samples[0], Instant::now(), &mut scored);
+                let _ = pipeline.on_sample(
+                    &format!("C-{ch}"),
+                    0,
+                    &d.samples[0],
+                    Instant::now(),
+                    &mut scored,
+                );
             }
             seq += 1;
         }
@@ -144,7 +160,9 @@ fn pipeline_bench(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("pipeline", name), |b| {
             b.iter_batched(
                 || {
-                    let p: Vec<Vec<u8>> = (0..batch as u64).map(|i| payload(seq + i / channels)).collect();
+                    let p: Vec<Vec<u8>> = (0..batch as u64)
+                        .map(|i| payload(seq + i / channels))
+                        .collect();
                     seq += batch as u64 / channels;
                     p
                 },
@@ -161,7 +179,9 @@ fn pipeline_bench(c: &mut Criterion) {
                         let now = Instant::now();
                         handle.push(w.channel, Job::window(w, now), now);
                     }
-                    let Some(batch) = handle.next_blocking() else { unreachable!() };
+                    let Some(batch) = handle.next_blocking() else {
+                        unreachable!()
+                    };
                     gather(
                         batch.items.iter().map(|j| match &j.work {
                             Work::Window(w) => w.values.as_slice(),
@@ -173,10 +193,19 @@ fn pipeline_bench(c: &mut Criterion) {
                     );
                     black_box(&input);
                     for (i, job) in batch.items.into_iter().enumerate() {
-                        let Work::Window(mut w) = job.work else { unreachable!() };
+                        let Work::Window(mut w) = job.work else {
+                            unreachable!()
+                        };
                         let row = output[i * out_len..(i + 1) * out_len].to_vec();
                         let values = std::mem::take(&mut w.values);
-                        pipeline.on_window(&w, WindowOutcome::Output { output: row, input: values }, &mut scored);
+                        pipeline.on_window(
+                            &w,
+                            WindowOutcome::Output {
+                                output: row,
+                                input: values,
+                            },
+                            &mut scored,
+                        );
                     }
                     black_box(scored)
                 },

@@ -36,16 +36,24 @@ fn bench(c: &mut Criterion) {
         )),
         None => eprintln!("ORT_DYLIB_PATH unset: tract only"),
     }
-    let buckets: Option<Vec<usize>> = std::env::var("GSINFER_BENCH_BUCKETS")
-        .ok()
-        .map(|s| s.split(',').map(|b| b.trim().parse().expect("bucket")).collect());
+    let buckets: Option<Vec<usize>> = std::env::var("GSINFER_BENCH_BUCKETS").ok().map(|s| {
+        s.split(',')
+            .map(|b| b.trim().parse().expect("bucket"))
+            .collect()
+    });
     for (config, model) in CASES {
         let config = Config::load(&root.join(config)).expect("config");
-        let pipeline = config.pipelines.iter().find(|p| p.model == model).expect("pipeline");
+        let pipeline = config
+            .pipelines
+            .iter()
+            .find(|p| p.model == model)
+            .expect("pipeline");
         let repo = ModelRepository::open(&config.repository.path).expect("repository");
         let prepared = prepare(&repo, pipeline).expect("model");
         let mut g = c.benchmark_group(format!("engine/{model}"));
-        g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+        g.sample_size(10)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
         for &bucket in buckets.as_deref().unwrap_or(&prepared.buckets) {
             let mut rng = rand::rngs::StdRng::seed_from_u64(42);
             let input: Vec<f32> = (0..bucket * prepared.input.item_len())
@@ -54,9 +62,11 @@ fn bench(c: &mut Criterion) {
             g.throughput(Throughput::Elements(bucket as u64));
             for (choice, settings) in &engines {
                 let mut engine = open_engine(&prepared, *choice, settings).expect("engine");
-                g.bench_with_input(BenchmarkId::new(choice.name(), bucket), &input, |b, input| {
-                    b.iter(|| black_box(engine.infer(bucket, &[input]).unwrap()))
-                });
+                g.bench_with_input(
+                    BenchmarkId::new(choice.name(), bucket),
+                    &input,
+                    |b, input| b.iter(|| black_box(engine.infer(bucket, &[input]).unwrap())),
+                );
             }
         }
         g.finish();

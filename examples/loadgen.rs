@@ -188,11 +188,17 @@ fn connect(
                     match connection.recv_timeout(Duration::from_millis(50)) {
                         Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                             for f in &filters {
-                                client.try_subscribe(f.clone(), QoS::AtMostOnce).expect("subscribe");
+                                client
+                                    .try_subscribe(f.clone(), QoS::AtMostOnce)
+                                    .expect("subscribe");
                             }
                         }
-                        Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => subscribed.store(true, Ordering::Release),
-                        Ok(Ok(Event::Incoming(Packet::Publish(p)))) => on_publish(&client, &p.topic, &p.payload),
+                        Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                            subscribed.store(true, Ordering::Release)
+                        }
+                        Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                            on_publish(&client, &p.topic, &p.payload)
+                        }
                         Ok(Ok(_)) | Err(rumqttc::RecvTimeoutError::Timeout) => {}
                         Ok(Err(e)) => {
                             eprintln!("loadgen {role}: {e}");
@@ -206,7 +212,10 @@ fn connect(
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while !subscribed.load(Ordering::Acquire) {
-        assert!(Instant::now() < deadline, "{role}: no SUBACK from the broker");
+        assert!(
+            Instant::now() < deadline,
+            "{role}: no SUBACK from the broker"
+        );
         thread::sleep(Duration::from_millis(5));
     }
     (client, handle)
@@ -220,7 +229,11 @@ struct Stamped {
 fn main() {
     let args = Args::parse();
     let mut names = gsinfer::eval::list_channels(&args.data_dir).expect("channels of the data set");
-    assert!(names.len() >= args.channels, "the data set has {} channels", names.len());
+    assert!(
+        names.len() >= args.channels,
+        "the data set has {} channels",
+        names.len()
+    );
     names.truncate(args.channels);
     let data: Vec<Vec<Vec<f32>>> = names
         .iter()
@@ -239,9 +252,15 @@ fn main() {
             .collect(),
     );
     // (channel, sample number, received ns from `base`).
-    let received: Arc<Mutex<Vec<(usize, u64, u64)>>> = Arc::new(Mutex::new(Vec::with_capacity(total)));
-    let index: Arc<HashMap<String, usize>> =
-        Arc::new(names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect());
+    let received: Arc<Mutex<Vec<(usize, u64, u64)>>> =
+        Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let index: Arc<HashMap<String, usize>> = Arc::new(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect(),
+    );
     let stop = Arc::new(AtomicBool::new(false));
 
     let (result_filter, publish_prefix) = match args.mode {
@@ -259,8 +278,15 @@ fn main() {
                 let now = base.elapsed().as_nanos() as u64;
                 let mut levels = topic.rsplit('/');
                 let last = levels.next().unwrap_or("");
-                let channel = if last == "score" { levels.next().unwrap_or("") } else { last };
-                let (Some(&ch), Ok(s)) = (index.get(channel), serde_json::from_slice::<Stamped>(payload)) else {
+                let channel = if last == "score" {
+                    levels.next().unwrap_or("")
+                } else {
+                    last
+                };
+                let (Some(&ch), Ok(s)) = (
+                    index.get(channel),
+                    serde_json::from_slice::<Stamped>(payload),
+                ) else {
                     return;
                 };
                 let k = ((s.t - START_NS) / STEP_NS) as u64;
@@ -276,7 +302,12 @@ fn main() {
             &["telemetry/SMAP/+".to_string()],
             |client, topic, payload| {
                 let channel = topic.rsplit('/').next().unwrap_or("");
-                let _ = client.try_publish(format!("loadgen/relay/{channel}"), QoS::AtMostOnce, false, payload.to_vec());
+                let _ = client.try_publish(
+                    format!("loadgen/relay/{channel}"),
+                    QoS::AtMostOnce,
+                    false,
+                    payload.to_vec(),
+                );
             },
             Arc::clone(&stop),
         )
@@ -286,9 +317,15 @@ fn main() {
     let payload = |ch: usize, k: usize| -> Vec<u8> {
         let rows = &data[ch];
         let v = &rows[k % rows.len()];
-        serde_json::to_vec(&serde_json::json!({ "t": START_NS + k as i64 * STEP_NS, "seq": k, "v": v })).unwrap()
+        serde_json::to_vec(
+            &serde_json::json!({ "t": START_NS + k as i64 * STEP_NS, "seq": k, "v": v }),
+        )
+        .unwrap()
     };
-    let topics: Vec<String> = names.iter().map(|n| format!("{publish_prefix}/{n}")).collect();
+    let topics: Vec<String> = names
+        .iter()
+        .map(|n| format!("{publish_prefix}/{n}"))
+        .collect();
 
     // Prefill, untimed.
     let mut next = vec![0usize; n_ch];
@@ -296,7 +333,9 @@ fn main() {
         let gap = Duration::from_secs_f64(1.0 / args.prefill_rate);
         for _ in 0..args.prefill {
             for ch in 0..n_ch {
-                publisher.publish(&topics[ch], q, false, payload(ch, next[ch])).expect("publish");
+                publisher
+                    .publish(&topics[ch], q, false, payload(ch, next[ch]))
+                    .expect("publish");
                 next[ch] += 1;
                 thread::sleep(gap);
             }
@@ -318,7 +357,9 @@ fn main() {
             thread::sleep(Duration::from_nanos(start + due - now));
         }
         sent[ch][k].store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        publisher.publish(&topics[ch], q, false, body).expect("publish");
+        publisher
+            .publish(&topics[ch], q, false, body)
+            .expect("publish");
     }
     let elapsed_s = (base.elapsed().as_nanos() as u64 - start) as f64 / 1e9;
     // Wait for the results to stop coming.

@@ -201,6 +201,8 @@ impl EngineThread {
         let Batch { items, bucket } = batch;
         let name = self.name.as_str();
         let n = items.len();
+        // Engines whose time grows with the rows run the batch as it is.
+        let bucket = if engine.pads_to_bucket() { bucket } else { n };
         self.board
             .metrics
             .set_queue_depth(name, self.handle.depth());
@@ -279,5 +281,108 @@ impl EngineThread {
                     windows,
                 })
                 .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::batch::BatchQueue;
+    use crate::engine::TensorSpec;
+    use crate::status::{ModelState, StatusConfig};
+
+    /// Returns each window's first value as its output; records the batch sizes it ran.
+    struct Echo {
+        pads: bool,
+        ran: Arc<Mutex<Vec<usize>>>,
+        specs: (Vec<TensorSpec>, Vec<TensorSpec>),
+    }
+
+    impl Engine for Echo {
+        fn kind(&self) -> &'static str {
+            "echo"
+        }
+        fn pads_to_bucket(&self) -> bool {
+            self.pads
+        }
+        fn inputs(&self) -> &[TensorSpec] {
+            &self.specs.0
+        }
+        fn outputs(&self) -> &[TensorSpec] {
+            &self.specs.1
+        }
+        fn infer(&mut self, batch: usize, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, EngineError> {
+            self.ran.lock().unwrap().push(batch);
+            Ok(vec![inputs[0].chunks(2).map(|w| w[0]).collect()])
+        }
+    }
+
+    fn window(channel: u32, value: f32) -> WindowItem {
+        WindowItem {
+            channel,
+            seq: 0,
+            end_index: 0,
+            end_t_ns: 0,
+            received: Instant::now(),
+            values: vec![value, 0.0],
+        }
+    }
+
+    /// Three windows with buckets [1, 4]: padded to 4 for an engine that
+    /// wants its buckets, run as 3 for one that does not; outputs line up.
+    #[test]
+    fn batches_are_padded_only_for_engines_that_want_it() {
+        for (pads, want) in [(true, 4), (false, 3)] {
+            let board = StatusBoard::new(StatusConfig::default());
+            board.set_model("m", "echo", ModelState::Ready, 1, 1000, &[1, 4]);
+            let handle = BatchHandle::new(BatchQueue::new(16, vec![1, 4], Duration::from_secs(60)));
+            let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+            let ran = Arc::new(Mutex::new(Vec::new()));
+            let engine = Echo {
+                pads,
+                ran: Arc::clone(&ran),
+                specs: (
+                    vec![TensorSpec {
+                        name: "x".into(),
+                        dims: vec![2],
+                    }],
+                    vec![TensorSpec {
+                        name: "y".into(),
+                        dims: vec![1],
+                    }],
+                ),
+            };
+            for i in 0..3 {
+                handle.push(
+                    i,
+                    Job::window(window(i, 10.0 + i as f32), Instant::now()),
+                    Instant::now(),
+                );
+            }
+            handle.close();
+            let thread = EngineThread {
+                name: "m".into(),
+                pipeline: 0,
+                handle,
+                results: tx,
+                board: Arc::clone(&board),
+                stats: board.stats("m").unwrap(),
+            }
+            .spawn(Box::new(engine));
+            thread.join().unwrap();
+            assert_eq!(*ran.lock().unwrap(), vec![want]);
+            let result = rx.try_recv().unwrap();
+            let outputs: Vec<Vec<f32>> = result
+                .windows
+                .into_iter()
+                .map(|(_, o)| match o {
+                    WindowOutcome::Output { output, .. } => output,
+                    WindowOutcome::Dropped => panic!("dropped"),
+                })
+                .collect();
+            assert_eq!(outputs, vec![vec![10.0], vec![11.0], vec![12.0]]);
+        }
     }
 }

@@ -345,7 +345,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 println!(
                     "{} on {}: batch {}: {:.0} windows/s, {:.3} ms per batch (median of {})",
-                    r.model, r.engine_detail, r.batch, r.windows_per_s, r.ms_per_batch, r.iterations
+                    r.model,
+                    r.engine_detail,
+                    r.batch,
+                    r.windows_per_s,
+                    r.ms_per_batch,
+                    r.iterations
                 );
             }
             Ok(ExitCode::SUCCESS)

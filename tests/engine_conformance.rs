@@ -86,7 +86,9 @@ fn prepared(config: &str, model: &str) -> PreparedModel {
 
 fn windows(seed: u64, n: usize, item_len: usize) -> Vec<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..n * item_len).map(|_| rng.random_range(-1.0..1.0)).collect()
+    (0..n * item_len)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect()
 }
 
 /// The largest |a − b| − RTOL·|b|, and whether every value is within tolerance.
@@ -109,10 +111,16 @@ fn check_repeatable(model: &PreparedModel, engine: &mut dyn Engine) {
     let item_len = model.input.item_len();
     let mut first = Vec::new();
     for &bucket in &model.buckets {
-        first.push(engine.infer(bucket, &[&windows(bucket as u64, bucket, item_len)]).unwrap());
+        first.push(
+            engine
+                .infer(bucket, &[&windows(bucket as u64, bucket, item_len)])
+                .unwrap(),
+        );
     }
     for (&bucket, want) in model.buckets.iter().zip(&first).rev() {
-        let got = engine.infer(bucket, &[&windows(bucket as u64, bucket, item_len)]).unwrap();
+        let got = engine
+            .infer(bucket, &[&windows(bucket as u64, bucket, item_len)])
+            .unwrap();
         for (g, w) in got.iter().zip(want) {
             let (worst, ok) = compare(g, w);
             assert!(
@@ -172,7 +180,8 @@ fn every_engine_matches_tract_on_every_family_and_bucket() {
     let engines = engines_under_test();
     for (config, model) in CASES {
         let model = prepared(config, model);
-        let mut tract = open_engine(&model, EngineChoice::Tract, &EngineSettings::default()).unwrap();
+        let mut tract =
+            open_engine(&model, EngineChoice::Tract, &EngineSettings::default()).unwrap();
         assert_eq!(tract.kind(), "tract");
         // auto is tract until a faster engine is present.
         let auto = open_engine(&model, EngineChoice::Auto, &EngineSettings::default()).unwrap();
@@ -194,14 +203,27 @@ fn bench_with(dir: &Path, extra: &str, env: &[(&str, &str)]) -> (Option<i32>, St
     let example = std::fs::read_to_string(root().join("config/gsinfer.example.toml")).unwrap();
     let text = format!("{extra}\n{example}").replace(
         "path = \"../model_repository\"",
-        &format!("path = {:?}", root().join("model_repository").display().to_string()),
+        &format!(
+            "path = {:?}",
+            root().join("model_repository").display().to_string()
+        ),
     );
     let config = dir.join("gsinfer.toml");
     std::fs::write(&config, text).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gsinfer"));
-    cmd.args(["bench", "--model", "smap_lstm", "--engine", "onnxruntime", "--seconds", "0", "--json", "--config"])
-        .arg(&config)
-        .env_remove("ORT_DYLIB_PATH");
+    cmd.args([
+        "bench",
+        "--model",
+        "smap_lstm",
+        "--engine",
+        "onnxruntime",
+        "--seconds",
+        "0",
+        "--json",
+        "--config",
+    ])
+    .arg(&config)
+    .env_remove("ORT_DYLIB_PATH");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -227,13 +249,21 @@ fn a_missing_library_fails_with_one_line_naming_the_key_and_the_fix() {
         &[],
     );
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("engine.onnxruntime_library") && err.contains("pip install onnxruntime"), "{err}");
+    assert!(
+        err.contains("engine.onnxruntime_library") && err.contains("pip install onnxruntime"),
+        "{err}"
+    );
     // ORT_DYLIB_PATH names a file that is not there: the engine's own error.
-    let (code, _, err) = bench_with(dir.path(), "", &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")]);
+    let (code, _, err) = bench_with(
+        dir.path(),
+        "",
+        &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")],
+    );
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
-        err.contains("ORT_DYLIB_PATH") && err.contains("set engine.onnxruntime_library or ORT_DYLIB_PATH"),
+        err.contains("ORT_DYLIB_PATH")
+            && err.contains("set engine.onnxruntime_library or ORT_DYLIB_PATH"),
         "{err}"
     );
 }

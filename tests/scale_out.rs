@@ -33,7 +33,10 @@ fn instance_config(dir: &Path, broker: u16, status: u16, n: usize, channels: &[S
             "topics = [\"telemetry/SMAP/+\"]",
             &format!("topics = [{}]", topics.join(", ")),
         )
-        .replace("client_id = \"gsinfer-test-", &format!("client_id = \"gsinfer-part{n}-"))
+        .replace(
+            "client_id = \"gsinfer-test-",
+            &format!("client_id = \"gsinfer-part{n}-"),
+        )
         .replace("score_qos = 0", "score_qos = 1")
         .replace("queue_capacity = 4096", "queue_capacity = 16384");
     assert!(text.contains("telemetry/SMAP/") && text.contains("gsinfer-part"));
@@ -99,7 +102,9 @@ fn two_instances_partition_channels_and_score_every_sample_exactly_once() {
         let v: Value = serde_json::from_slice(&payload).unwrap();
         let channel = topic.split('/').nth(2).unwrap().to_string();
         assert_eq!(v["channel"], channel.as_str());
-        *seen.entry((channel, v["index"].as_u64().unwrap())).or_default() += 1;
+        *seen
+            .entry((channel, v["index"].as_u64().unwrap()))
+            .or_default() += 1;
     }
     assert!(complete, "received {} of {expected} scores", seen.len());
     let want: Vec<(String, u64)> = channels
@@ -122,10 +127,18 @@ fn two_instances_partition_channels_and_score_every_sample_exactly_once() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|c| (c["channel"].as_str().unwrap().to_string(), c["samples"].as_u64().unwrap()))
+            .map(|c| {
+                (
+                    c["channel"].as_str().unwrap().to_string(),
+                    c["samples"].as_u64().unwrap(),
+                )
+            })
             .collect();
         got.sort();
-        let want: Vec<(String, u64)> = parts[n].iter().map(|c| (c.clone(), SAMPLES as u64)).collect();
+        let want: Vec<(String, u64)> = parts[n]
+            .iter()
+            .map(|c| (c.clone(), SAMPLES as u64))
+            .collect();
         assert_eq!(got, want, "instance {n}'s channels");
         assert_eq!(status["models"][0]["windows_dropped"], 0, "instance {n}");
     }

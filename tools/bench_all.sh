@@ -9,7 +9,7 @@
 #      Triton-style one, RSS (tools/e2e_bench.py, examples/loadgen.rs);
 # and draws the plots into docs/benchmarks/ and the tables into
 # bench-results/tables.md (tools/plot_bench.py). Raw results go to
-# bench-results/ (git-ignored). About 25 minutes on 2 cores.
+# bench-results/ (git-ignored). About 35 minutes on 2 cores.
 #
 # The GPU reference is measured on a GPU machine with
 #   python3 tools/gpu_reference.py --onnx lstm=... tfm=... vae=... --out docs/benchmarks/gpu_reference.json
@@ -37,7 +37,7 @@ if [ "${QUICK:-0}" = 1 ]; then
   E2E_ARGS=(--seconds 5 --loads 0.8 1.2)
   CRITERION=(--warm-up-time 1 --measurement-time 2)
 else
-  ENGINE_ARGS=(--rounds 3 --seconds 1.0)
+  ENGINE_ARGS=(--rounds 5 --seconds 1.0)
   E2E_ARGS=(--seconds 20)
   CRITERION=()
 fi

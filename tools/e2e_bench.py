@@ -182,6 +182,17 @@ class Service:
         out = {"dropped": metric_sum(text, "gsinfer_windows_dropped_total"),
                "ingest_overflow": metric_sum(text, "gsinfer_ingest_overflow_total"),
                "rejected": metric_sum(text, "gsinfer_samples_rejected_total")}
+        # Engine time per bucket in this run (mean ms, batches), from the compute histogram.
+        sums = {m.group(1): float(m.group(2)) for m in re.finditer(
+            r'^gsinfer_compute_duration_seconds_sum{[^}]*bucket="(\d+)"[^}]*} ([0-9.e+-]+)$', text, re.M)}
+        counts = {m.group(1): float(m.group(2)) for m in re.finditer(
+            r'^gsinfer_compute_duration_seconds_count{[^}]*bucket="(\d+)"[^}]*} ([0-9.e+-]+)$', text, re.M)}
+        out["engine_ms_by_bucket"] = {b: [1e3 * sums[b] / counts[b], int(counts[b])]
+                                      for b in sorted(counts, key=int) if counts[b] > 0}
+        # The service's own view: window received -> result, queue wait, engine time (µs percentiles).
+        _, status = http_get(self.status_port, "/api/status")
+        model = json.loads(status)["models"][0]
+        out["server_us"] = {k: model.get(k) for k in ("latency_us", "queue_us", "inference_us")}
         out.update(proc_memory(self.proc.pid))
         return out
 
@@ -220,7 +231,7 @@ def run(args, broker, name, pipeline, gen, results):
     results.append(r)
     ms = {k: (v if v is not None else float("nan")) for k, v in r["ms"].items()}
     print(f"{name:40} sent {r['sent']:6} results {r['results']:6} p50 {ms['p50']:8.2f} p99 {ms['p99']:8.2f} "
-          f"p99.9 {ms['p999']:8.2f} max {ms['max']:8.2f} ms {r.get('gsinfer', '')}", flush=True)
+          f"p99.9 {ms['p999']:8.2f} max {ms['max']:8.2f} ms {json.dumps(r.get('gsinfer', ''))}", flush=True)
     return r
 
 

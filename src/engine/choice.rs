@@ -55,9 +55,7 @@ impl std::str::FromStr for EngineChoice {
         EngineChoice::ALL
             .into_iter()
             .find(|c| c.name() == s)
-            .ok_or_else(|| {
-                format!("unknown engine `{s}`; use one of auto, tract, onnxruntime")
-            })
+            .ok_or_else(|| format!("unknown engine `{s}`; use one of auto, tract, onnxruntime"))
     }
 }
 

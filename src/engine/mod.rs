@@ -83,6 +83,16 @@ pub trait Engine: Send {
     fn detail(&self) -> String {
         self.kind().to_string()
     }
+    /// Whether the batcher pads a batch to its bucket before this engine
+    /// runs it. True (the default) for engines with a fixed shape per
+    /// bucket: CUDA graphs, TensorRT optimisation profiles, tract's
+    /// per-bucket plans. False for an engine whose time grows with the rows
+    /// it is given and that runs any batch size as fast as the next bucket
+    /// (onnxruntime on the CPU): padding would only add work, and the
+    /// latency bound, which uses the largest bucket's time, still holds.
+    fn pads_to_bucket(&self) -> bool {
+        true
+    }
     /// The model's inputs, in order.
     fn inputs(&self) -> &[TensorSpec];
     /// The model's outputs, in order.

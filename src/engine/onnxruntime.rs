@@ -27,7 +27,8 @@ use ort::value::{Tensor, TensorRef, ValueType};
 use super::{check_inputs, Engine, EngineError, EngineSettings, TensorSpec};
 
 /// The hint every "library not found" error ends with.
-pub const LIBRARY_HINT: &str = "set engine.onnxruntime_library or ORT_DYLIB_PATH to libonnxruntime.so \
+pub const LIBRARY_HINT: &str =
+    "set engine.onnxruntime_library or ORT_DYLIB_PATH to libonnxruntime.so \
      (pip install onnxruntime ships one in site-packages/onnxruntime/capi/)";
 
 /// Names and folders tried, in order, when neither the setting nor
@@ -90,7 +91,9 @@ fn open_runtime(settings: &EngineSettings) -> Result<Runtime, String> {
                     .with_name("gsinfer")
                     .with_telemetry(false)
                     .build()
-                    .map_err(|e| format!("{} loaded but its environment failed: {e}", path.display()))?;
+                    .map_err(|e| {
+                        format!("{} loaded but its environment failed: {e}", path.display())
+                    })?;
                 let version = library_version(&path).unwrap_or_else(|| build_version(ort::info()));
                 return Ok(Runtime {
                     env,
@@ -102,7 +105,12 @@ fn open_runtime(settings: &EngineSettings) -> Result<Runtime, String> {
             Err(ort::LoadDynamicError::Dlopen { .. }) if searched => {
                 tried.push(path.display().to_string())
             }
-            Err(e) => return Err(format!("{origin} = {}: {e}; {LIBRARY_HINT}", path.display())),
+            Err(e) => {
+                return Err(format!(
+                    "{origin} = {}: {e}; {LIBRARY_HINT}",
+                    path.display()
+                ))
+            }
         }
     }
     Err(format!(
@@ -118,14 +126,20 @@ fn library_version(path: &Path) -> Option<String> {
     // static, NUL-terminated string.
     unsafe {
         let lib = libloading::Library::new(path).ok()?;
-        let get: libloading::Symbol<'_, unsafe extern "system" fn() -> *const ort::sys::OrtApiBase> =
-            lib.get(b"OrtGetApiBase").ok()?;
+        let get: libloading::Symbol<
+            '_,
+            unsafe extern "system" fn() -> *const ort::sys::OrtApiBase,
+        > = lib.get(b"OrtGetApiBase").ok()?;
         let base = get();
         if base.is_null() {
             return None;
         }
         let version = ((*base).GetVersionString)();
-        (!version.is_null()).then(|| std::ffi::CStr::from_ptr(version).to_string_lossy().into_owned())
+        (!version.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(version)
+                .to_string_lossy()
+                .into_owned()
+        })
     }
 }
 
@@ -247,7 +261,10 @@ impl OnnxRuntimeEngine {
 
     /// The run options for batches of `batch`, with every output allocated
     /// once at `[batch, dims...]`.
-    fn run_options(&mut self, batch: usize) -> Result<&RunOptions<HasSelectedOutputs>, EngineError> {
+    fn run_options(
+        &mut self,
+        batch: usize,
+    ) -> Result<&RunOptions<HasSelectedOutputs>, EngineError> {
         if !self.runs.contains_key(&batch) {
             let mut selector = OutputSelector::no_default();
             for (name, spec) in self.session_outputs.iter().zip(&self.outputs) {
@@ -255,7 +272,9 @@ impl OnnxRuntimeEngine {
                 shape.extend(&spec.dims);
                 let tensor = Tensor::<f32>::new(&Allocator::default(), shape)
                     .map_err(|e| EngineError::Run(format!("cannot allocate output {name}: {e}")))?;
-                selector = selector.with(name.clone()).preallocate(name.clone(), tensor);
+                selector = selector
+                    .with(name.clone())
+                    .preallocate(name.clone(), tensor);
             }
             let options = RunOptions::new()
                 .map_err(|e| EngineError::Run(format!("{e}")))?
@@ -273,6 +292,10 @@ impl Engine for OnnxRuntimeEngine {
 
     fn detail(&self) -> String {
         self.detail.clone()
+    }
+
+    fn pads_to_bucket(&self) -> bool {
+        false
     }
 
     fn inputs(&self) -> &[TensorSpec] {
@@ -316,7 +339,9 @@ mod tests {
     #[test]
     fn version_is_read_from_the_build_info() {
         assert_eq!(
-            build_version("ORT Build Info: git-branch=rel-1.31.1, git-commit-id=abc, build type=Release"),
+            build_version(
+                "ORT Build Info: git-branch=rel-1.31.1, git-commit-id=abc, build type=Release"
+            ),
             "1.31.1"
         );
         assert_eq!(build_version("something else"), "unknown version");
@@ -330,7 +355,10 @@ mod tests {
         };
         assert_eq!(
             candidates(&settings),
-            vec![(PathBuf::from("/opt/ort/libonnxruntime.so"), "engine.onnxruntime_library")]
+            vec![(
+                PathBuf::from("/opt/ort/libonnxruntime.so"),
+                "engine.onnxruntime_library"
+            )]
         );
     }
 }

@@ -124,9 +124,10 @@ impl TractEngine {
                 .map(|i| ((i % 97) as f32 / 48.5) - 1.0)
                 .collect();
             let tensor = Tensor::from_shape(&shape, &window).map_err(fail)?;
-            let concrete = time_runs(|| plan.run(tvec![tensor.clone().into()]).map(drop)).map_err(fail)?;
-            let symbolic =
-                time_runs(|| engine.plan.run(tvec![tensor.clone().into()]).map(drop)).map_err(fail)?;
+            let concrete =
+                time_runs(|| plan.run(tvec![tensor.clone().into()]).map(drop)).map_err(fail)?;
+            let symbolic = time_runs(|| engine.plan.run(tvec![tensor.clone().into()]).map(drop))
+                .map_err(fail)?;
             log::debug!(target: "gsinfer::engine", "tract {}: batch {b}: own plan {concrete:?}, symbolic {symbolic:?}", path.display());
             if concrete < symbolic {
                 engine.concrete.insert(b, plan);
@@ -237,10 +238,13 @@ mod tests {
         };
         let outputs = ["forecast".to_string()];
         let mut plain = TractEngine::load(&example(), &input, &outputs).unwrap();
-        let mut tuned = TractEngine::load_for_batches(&example(), &input, &outputs, &[1, 4]).unwrap();
+        let mut tuned =
+            TractEngine::load_for_batches(&example(), &input, &outputs, &[1, 4]).unwrap();
         assert!(plain.concrete_batches().is_empty());
         for b in [1, 3, 4] {
-            let x: Vec<f32> = (0..b * 250 * 25).map(|i| ((i % 89) as f32 / 89.0) - 0.5).collect();
+            let x: Vec<f32> = (0..b * 250 * 25)
+                .map(|i| ((i % 89) as f32 / 89.0) - 0.5)
+                .collect();
             let want = plain.infer(b, &[&x]).unwrap();
             let got = tuned.infer(b, &[&x]).unwrap();
             for (g, w) in got[0].iter().zip(&want[0]) {
@@ -258,7 +262,9 @@ mod tests {
             dims: vec![250, 25],
         };
         let outputs = ["forecast".to_string()];
-        let x: Vec<f32> = (0..250 * 25).map(|i| ((i % 89) as f32 / 89.0) - 0.5).collect();
+        let x: Vec<f32> = (0..250 * 25)
+            .map(|i| ((i % 89) as f32 / 89.0) - 0.5)
+            .collect();
         let mut engine = TractEngine::load_for_batches(&example(), &input, &outputs, &[1]).unwrap();
         let first = engine.infer(1, &[&x]).unwrap();
         for _ in 0..3 {
