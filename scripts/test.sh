@@ -14,4 +14,11 @@ fi
 # in (on a machine without a GPU it exercises the fallback to tract). The
 # default build (tract only) is `cargo check --lib --bins`: quick locally,
 # left out here to keep CI short.
+# Lint first: the TensorRT code is compiled (never run) here, so clippy is
+# part of what CI checks of it.
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --all-targets --features tensorrt -- -D warnings
+else
+  echo "cargo clippy is not installed: lint skipped (rustup component add clippy)" >&2
+fi
 exec cargo test --all-targets --features tensorrt "$@"

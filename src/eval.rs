@@ -106,7 +106,8 @@ pub struct ChannelEval {
 /// Runs `pipeline` over `rows` exactly as the service would, batching
 /// windows into the largest bucket; once per threshold in `thresholds`
 /// (the pipeline's own when empty), running the engine only once, on the
-/// pipeline's engine with the `[engine]` settings `engine`.
+/// pipeline's engine with the `[engine]` settings `engine`. Row `i` is
+/// stamped [`DEFAULT_START_NS`] + `i` × [`DEFAULT_STEP_NS`].
 ///
 /// # Errors
 /// When the model cannot be loaded or run, or a row is rejected.
@@ -117,9 +118,8 @@ pub fn eval_channel(
     thresholds: &[ThresholdConfig],
     channel: &str,
     rows: &[Vec<f32>],
-    start_ns: i64,
-    step_ns: i64,
 ) -> Result<Vec<ChannelEval>> {
+    let (start_ns, step_ns) = (DEFAULT_START_NS, DEFAULT_STEP_NS);
     let prepared = prepare(repo, pipeline)?;
     let mut engine = open_engine(&prepared, pipeline.engine, engine)?;
     let max_batch = *prepared.buckets.last().expect("buckets are non-empty");
@@ -292,8 +292,6 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
                         &opts.thresholds,
                         ch,
                         &rows,
-                        DEFAULT_START_NS,
-                        DEFAULT_STEP_NS,
                     )
                 });
                 *results[i].lock().expect("result slot") = Some(r);

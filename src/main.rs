@@ -249,7 +249,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            print!("{}", gsinfer::engine::commands::inspect(&c, model.as_deref())?);
+            print!(
+                "{}",
+                gsinfer::engine::commands::inspect(&c, model.as_deref())?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Selftest {
@@ -263,7 +266,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let (report, ok) = gsinfer::selftest::run(&c, cuda, tolerance)?;
             print!("{report}");
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Replay {
             config,

@@ -24,10 +24,12 @@ pub const REL_FLOOR: f32 = 1e-3;
 /// Maximum absolute and relative difference of `a` against the reference
 /// `b` (same length).
 pub fn max_errors(a: &[f32], b: &[f32]) -> (f32, f32) {
-    a.iter().zip(b).fold((0.0f32, 0.0f32), |(abs, rel), (x, y)| {
-        let d = (x - y).abs();
-        (abs.max(d), rel.max(d / y.abs().max(REL_FLOOR)))
-    })
+    a.iter()
+        .zip(b)
+        .fold((0.0f32, 0.0f32), |(abs, rel), (x, y)| {
+            let d = (x - y).abs();
+            (abs.max(d), rel.max(d / y.abs().max(REL_FLOOR)))
+        })
 }
 
 /// Median of `times` (seconds), in ms.
@@ -126,7 +128,11 @@ mod trt {
             }
             let model = prepare(&repo, p)?;
             if wanted(&model) == Wanted::Tract {
-                let _ = writeln!(out, "{}: runs on tract (no TensorRT accelerator in config.pbtxt); skipped", p.model);
+                let _ = writeln!(
+                    out,
+                    "{}: runs on tract (no TensorRT accelerator in config.pbtxt); skipped",
+                    p.model
+                );
                 continue;
             }
             let cpu = crate::engine::plans::CpuEngine {
@@ -153,7 +159,11 @@ mod trt {
             let mut reference = model.clone();
             reference.entry.model_path = onnx;
             reference.entry.config.platform = Platform::OnnxRuntimeOnnx;
-            let mut tract = open_engine(&reference, crate::engine::EngineChoice::Tract, &config.engine)?;
+            let mut tract = open_engine(
+                &reference,
+                crate::engine::EngineChoice::Tract,
+                &config.engine,
+            )?;
             let mut trt = opened.engines.into_iter().next().expect("one instance");
             let mut rng = rand::rngs::StdRng::seed_from_u64(7);
             for &b in &model.buckets {

@@ -9,9 +9,14 @@
 //! engine threads ──BatchResult (bounded, blocking)──▶ pipeline task ──Outgoing (bounded)──▶ publisher task
 //! engine threads ──item results (one per item)──▶ the waiting HTTP worker
 //! ```
-//! Shutdown (SIGTERM or SIGINT): stop taking telemetry, close the batch
-//! queues so the engines drain what is queued, score and publish it, set
-//! the retained status to offline, disconnect.
+//! The pipeline task acknowledges each QoS 1/2 message to the broker once
+//! its samples are taken (manual acknowledgements, see [`crate::ingest::mqtt`]).
+//!
+//! Shutdown (SIGTERM or SIGINT): stop taking telemetry (messages still in the
+//! ingest queue stay unacknowledged, so the broker redelivers them to the
+//! next run of the persistent session), close the batch queues so the
+//! engines drain what is queued, score and publish it, set the retained
+//! status to offline, disconnect.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,7 +50,12 @@ const RESULTS_CAPACITY: usize = 64;
 const OUTGOING_CAPACITY: usize = 16_384;
 /// Capacity of the serial links → pipeline channel, in read batches.
 const SERIAL_CAPACITY: usize = 1024;
-/// Longest a graceful shutdown waits for the broker to take the last messages.
+/// Longest a graceful shutdown spends scoring queued windows and handing
+/// their results to the broker.
+const DRAIN_BUDGET: Duration = Duration::from_secs(15);
+/// Longest a graceful shutdown then waits for the broker to take the last
+/// messages (the offline status). With [`DRAIN_BUDGET`], under systemd's
+/// `TimeoutStopSec=30s`.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Nanoseconds since the Unix epoch now.
@@ -286,7 +296,7 @@ pub async fn run(config: Config) -> Result<()> {
         Stage::with_backlog("publisher", move || queued(out.upgrade()))
     };
     notifier.supervise(publisher_stage.clone());
-    let publisher = tokio::spawn(run_publisher(
+    let mut publisher = tokio::spawn(run_publisher(
         client.clone(),
         out_rx,
         config.publish.clone(),
@@ -322,6 +332,8 @@ pub async fn run(config: Config) -> Result<()> {
                 let _busy = pipeline_stage.begin();
                 ingest(&mut served, &msg, &board, &mut rejects, &mut outputs);
                 forward(&mut served, &mut outputs, &out_tx, &board).await;
+                // Taken: only now may the broker forget it (see ingest::mqtt).
+                mqtt::acknowledge(&client, &msg).await;
             }
             batch = serial_rx.recv(), if serial_open && !stop.is_triggered() => {
                 match batch {
@@ -362,15 +374,34 @@ pub async fn run(config: Config) -> Result<()> {
     for s in &served {
         s.handle.close();
     }
-    while let Some(res) = results_rx.recv().await {
-        settle(&mut served, res, &mut outputs, &board);
-        forward(&mut served, &mut outputs, &out_tx, &board).await;
+    // Bounded: with the broker gone the publisher cannot empty its queue,
+    // and systemd's TimeoutStopSec (30 s) would end the drain by SIGKILL.
+    let deadline = tokio::time::Instant::now() + DRAIN_BUDGET;
+    let scored = tokio::time::timeout_at(deadline, async {
+        while let Some(res) = results_rx.recv().await {
+            settle(&mut served, res, &mut outputs, &board);
+            forward(&mut served, &mut outputs, &out_tx, &board).await;
+        }
+    })
+    .await;
+    if scored.is_err() {
+        let queued: usize = served.iter().map(|s| s.handle.depth()).sum();
+        log::warn!(target: "gsinfer", "drain: not every queued window was scored within {DRAIN_BUDGET:?}; {queued} windows left in the batch queues are dropped");
     }
+    // Engine threads finish their current batch; with the results channel
+    // closed they stop instead of waiting for room.
+    drop(results_rx);
     for t in engine_threads {
         let _ = t.join();
     }
     drop(out_tx);
-    let _ = publisher.await;
+    if tokio::time::timeout_at(deadline, &mut publisher)
+        .await
+        .is_err()
+    {
+        log::warn!(target: "gsinfer", "drain: the broker did not take every result within {DRAIN_BUDGET:?}; the rest are dropped");
+        publisher.abort();
+    }
     let _ = client
         .publish(
             status_topic,
@@ -393,8 +424,23 @@ pub async fn run(config: Config) -> Result<()> {
     stop_loop.trigger();
     let _ = event_loop.await;
     http.stop();
+    log_totals(&board);
     log::info!(target: "gsinfer", "stopped");
     Ok(())
+}
+
+/// One line per model at shutdown: what this run took in and what became
+/// of it (every window is either scored or counted as dropped).
+fn log_totals(board: &StatusBoard) {
+    let status = board.snapshot();
+    for m in status["models"].as_array().into_iter().flatten() {
+        log::info!(
+            target: "gsinfer",
+            "model {}: {} samples, {} windows, {} scored, {} dropped",
+            m["name"].as_str().unwrap_or("?"),
+            m["samples"], m["windows"], m["scores"], m["windows_dropped"],
+        );
+    }
 }
 
 /// Messages queued in a channel, through a sender upgraded from a weak one

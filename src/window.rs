@@ -169,4 +169,36 @@ mod tests {
         );
         w.push(&[1.0]);
     }
+
+    proptest::proptest! {
+        /// No sample lost or repeated: for any length, stride, feature count
+        /// and stream length, the windows are exactly the slices of the
+        /// stream that end every `stride` samples after the first `length`.
+        #[test]
+        fn windows_are_exactly_the_strided_slices_of_the_stream(
+            length in 1usize..24,
+            stride in 1usize..12,
+            features in 1usize..4,
+            n in 0u64..160,
+        ) {
+            let mut w = ChannelWindows::new(&WindowConfig { length, stride }, features);
+            let mut got = Vec::new();
+            for i in 0..n {
+                if let Some(win) = w.push(&sample(i, features)) {
+                    got.push(win);
+                }
+            }
+            let l = length as u64;
+            let want = if n < l { 0 } else { (n - l) / stride as u64 + 1 };
+            proptest::prop_assert_eq!(got.len() as u64, want);
+            for (k, win) in got.iter().enumerate() {
+                let end = l - 1 + k as u64 * stride as u64;
+                proptest::prop_assert_eq!(win.seq, k as u64);
+                proptest::prop_assert_eq!(win.end_index, end);
+                let rows: Vec<f32> = (end + 1 - l..=end).flat_map(|i| sample(i, features)).collect();
+                proptest::prop_assert_eq!(&win.values, &rows);
+            }
+            proptest::prop_assert_eq!(w.count(), n);
+        }
+    }
 }

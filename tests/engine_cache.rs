@@ -49,8 +49,14 @@ fn setup(dir: &Path, status_port: u16, broker_port: u16) -> PathBuf {
             &format!("listen = \"127.0.0.1:{status_port}\""),
         )
         .replace("port = 1883", &format!("port = {broker_port}"))
-        .replace("client_id = \"gsinfer\"", "client_id = \"gsinfer-engine-test\"");
-    assert!(text.contains("engine_dir = \"engines\""), "the example's [tensorrt] block changed");
+        .replace(
+            "client_id = \"gsinfer\"",
+            "client_id = \"gsinfer-engine-test\"",
+        );
+    assert!(
+        text.contains("engine_dir = \"engines\""),
+        "the example's [tensorrt] block changed"
+    );
     let path = dir.join("gsinfer.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -58,7 +64,8 @@ fn setup(dir: &Path, status_port: u16, broker_port: u16) -> PathBuf {
 
 fn gsinfer(args: &[&str]) -> (bool, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -94,7 +101,10 @@ fn without_a_gpu_build_fails_in_one_line_and_inspect_reports_the_cache() {
 
     let (ok, text) = gsinfer(&["engine", "inspect", "--config", config]);
     assert!(ok, "{text}");
-    assert!(text.contains("engine:    TensorRT, built here from ONNX (FP32)"), "{text}");
+    assert!(
+        text.contains("engine:    TensorRT, built here from ONNX (FP32)"),
+        "{text}"
+    );
     assert!(text.contains("not built yet"), "{text}");
     assert!(text.contains("TensorRT unusable"), "{text}");
 
@@ -104,12 +114,21 @@ fn without_a_gpu_build_fails_in_one_line_and_inspect_reports_the_cache() {
     cache.store("smap_lstm", 1, &key(), &plan, 12.5).unwrap();
     let (_, text) = gsinfer(&["engine", "inspect", "--config", config]);
     assert!(text.contains("fresh (built"), "{text}");
-    assert!(text.contains("built for: TensorRT 10.3.0, NVIDIA L4 (sm 8.9), FP32"), "{text}");
-    assert!(text.contains("profile:   window min [1, 250, 25] opt [64, 250, 25] max [64, 250, 25]"), "{text}");
+    assert!(
+        text.contains("built for: TensorRT 10.3.0, NVIDIA L4 (sm 8.9), FP32"),
+        "{text}"
+    );
+    assert!(
+        text.contains("profile:   window min [1, 250, 25] opt [64, 250, 25] max [64, 250, 25]"),
+        "{text}"
+    );
 
     std::fs::write(cache.plan_path("smap_lstm", 1), &plan[..20_000]).unwrap();
     let (_, text) = gsinfer(&["engine", "inspect", "--config", config]);
-    assert!(text.contains("corrupt:") && text.contains("truncated"), "{text}");
+    assert!(
+        text.contains("corrupt:") && text.contains("truncated"),
+        "{text}"
+    );
 
     // What a SIGKILL in the middle of a plan write leaves behind is a
     // temporary file beside the plan; the next start sweeps it.
@@ -167,11 +186,19 @@ fn run_serves_a_tensorrt_model_on_tract_and_says_why() {
     assert_eq!(model["engine"], "tract");
     assert_eq!(model["device"], "CPU");
     let note = model["note"].as_str().unwrap_or_default();
-    assert!(note.contains("TensorRT is unusable") && note.contains("running on tract from"), "{model}");
+    assert!(
+        note.contains("TensorRT is unusable") && note.contains("running on tract from"),
+        "{model}"
+    );
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     let mut log = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
     assert!(status.success(), "{log}");
     assert!(log.contains("running on tract from"), "{log}");
 }

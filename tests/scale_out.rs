@@ -81,9 +81,9 @@ fn two_instances_partition_channels_and_score_every_sample_exactly_once() {
         .collect();
     let mut messages = Vec::new();
     for i in 0..SAMPLES {
-        for (c, name) in channels.iter().enumerate() {
-            let t = gsinfer::eval::DEFAULT_START_NS + i as i64 * gsinfer::eval::DEFAULT_STEP_NS;
-            let body = serde_json::json!({ "t": t, "seq": i, "v": rows[c][i] }).to_string();
+        let t = gsinfer::eval::DEFAULT_START_NS + i as i64 * gsinfer::eval::DEFAULT_STEP_NS;
+        for (name, row) in channels.iter().zip(rows.iter().map(|r| &r[i])) {
+            let body = serde_json::json!({ "t": t, "seq": i, "v": row }).to_string();
             messages.push((format!("telemetry/SMAP/{name}"), body.into_bytes()));
         }
     }

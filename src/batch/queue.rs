@@ -403,4 +403,118 @@ mod tests {
             );
         }
     }
+
+    /// One step of a random workload: a push of `channel` after `gap_us`
+    /// (microseconds), or a poll of the policy after `gap_us`.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push { channel: u32, gap_us: u64 },
+        Poll { gap_us: u64 },
+    }
+
+    fn ops() -> impl proptest::strategy::Strategy<Value = Vec<Op>> {
+        use proptest::prelude::*;
+        proptest::collection::vec(
+            prop_oneof![
+                3 => (0u32..6, 0u64..4_000).prop_map(|(channel, gap_us)| Op::Push { channel, gap_us }),
+                1 => (0u64..15_000).prop_map(|gap_us| Op::Poll { gap_us }),
+            ],
+            0..300,
+        )
+    }
+
+    proptest::proptest! {
+        /// With room for everything: every window is dispatched exactly once,
+        /// in arrival order, in batches no larger than the largest bucket and
+        /// padded to the smallest bucket that holds them; and a driver that
+        /// wakes when the policy asks never dispatches a window after its
+        /// deadline, nor a partial batch before the oldest deadline.
+        #[test]
+        fn every_window_once_in_order_and_never_late(ops in ops()) {
+            let t0 = Instant::now();
+            let mut q = BatchQueue::new(1 << 16, vec![1, 2, 4, 8], BUDGET);
+            let mut now = t0;
+            let mut pushed: Vec<Instant> = Vec::new();
+            let mut out: Vec<u32> = Vec::new();
+            for op in &ops {
+                let (Op::Push { gap_us, .. } | Op::Poll { gap_us }) = op;
+                // The driver runs what is due and sleeps until the instant the
+                // policy names, unless the next event comes first.
+                let target = now + Duration::from_micros(*gap_us);
+                loop {
+                    match q.next_batch(now) {
+                        Next::Dispatch(b) => {
+                            proptest::prop_assert!(!b.items.is_empty() && b.items.len() <= 8);
+                            proptest::prop_assert_eq!(b.bucket, q.bucket_for(b.items.len()));
+                            let oldest = pushed[b.items[0] as usize];
+                            proptest::prop_assert!(
+                                b.items.len() == 8 || oldest + BUDGET <= now,
+                                "a partial batch left before its oldest deadline"
+                            );
+                            for id in &b.items {
+                                proptest::prop_assert!(
+                                    now <= pushed[*id as usize] + BUDGET,
+                                    "window {} dispatched after its deadline", id
+                                );
+                            }
+                            out.extend(b.items);
+                        }
+                        Next::WaitUntil(at) if at <= target => now = at,
+                        _ => break,
+                    }
+                }
+                now = target;
+                if let Op::Push { channel, .. } = op {
+                    let id = pushed.len() as u32;
+                    pushed.push(now);
+                    proptest::prop_assert_eq!(q.push(*channel, id, now), PushOutcome::Queued);
+                }
+            }
+            // Whatever is left is due within one budget.
+            let end = now + BUDGET;
+            while let Next::Dispatch(b) = q.next_batch(end) {
+                out.extend(b.items);
+            }
+            proptest::prop_assert_eq!(out, (0..pushed.len() as u32).collect::<Vec<_>>());
+        }
+
+        /// Under the full-queue policy nothing vanishes: each window is
+        /// either dispatched or handed back as replaced/evicted, exactly once.
+        #[test]
+        fn a_full_queue_hands_back_what_it_does_not_dispatch(
+            ops in ops(),
+            capacity in 1usize..12,
+        ) {
+            let t0 = Instant::now();
+            let mut q = BatchQueue::new(capacity, vec![1, 2, 4, 8], BUDGET);
+            let mut now = t0;
+            let mut seen: Vec<u32> = Vec::new();
+            let mut n = 0u32;
+            for op in ops {
+                match op {
+                    Op::Push { channel, gap_us } => {
+                        now += Duration::from_micros(gap_us);
+                        match q.push(channel, n, now) {
+                            PushOutcome::Queued => {}
+                            PushOutcome::Replaced(old) | PushOutcome::Evicted(old) => seen.push(old),
+                        }
+                        proptest::prop_assert!(q.len() <= capacity);
+                        n += 1;
+                    }
+                    Op::Poll { gap_us } => {
+                        now += Duration::from_micros(gap_us);
+                        while let Next::Dispatch(b) = q.next_batch(now) {
+                            seen.extend(b.items);
+                        }
+                    }
+                }
+            }
+            q.drain();
+            while let Next::Dispatch(b) = q.next_batch(now) {
+                seen.extend(b.items);
+            }
+            seen.sort_unstable();
+            proptest::prop_assert_eq!(seen, (0..n).collect::<Vec<_>>());
+        }
+    }
 }

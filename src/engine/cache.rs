@@ -338,7 +338,10 @@ impl EngineCache {
         }
         if sha256_hex(&plan) != manifest.plan_sha256 {
             return Lookup::Corrupt {
-                why: format!("{} does not match its manifest's sha256", plan_path.display()),
+                why: format!(
+                    "{} does not match its manifest's sha256",
+                    plan_path.display()
+                ),
             };
         }
         Lookup::Fresh { plan, manifest }
@@ -430,7 +433,9 @@ impl CacheError {
             Some(libc::EROFS) => {
                 " (read-only file system: engines belong in the state directory, engine.dir)"
             }
-            Some(libc::EACCES) => " (permission denied: the gsinfer user must own the engine directory)",
+            Some(libc::EACCES) => {
+                " (permission denied: the gsinfer user must own the engine directory)"
+            }
             _ => "",
         };
         Self {
@@ -442,7 +447,10 @@ impl CacheError {
 
     /// Whether the disk (or quota) was full.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self.source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        matches!(
+            self.source.raw_os_error(),
+            Some(libc::ENOSPC | libc::EDQUOT)
+        )
     }
 }
 
@@ -492,7 +500,11 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn now_rfc3339() -> String {
@@ -513,7 +525,12 @@ mod tests {
                 compute_capability: (8, 9),
             },
             onnx_sha256: sha256_hex(b"onnx"),
-            profiles: vec![ProfileSpec::for_buckets("window", &[250, 25], &[1, 4, 16, 64], 64)],
+            profiles: vec![ProfileSpec::for_buckets(
+                "window",
+                &[250, 25],
+                &[1, 4, 16, 64],
+                64,
+            )],
             fp16: false,
         }
     }
@@ -546,7 +563,10 @@ mod tests {
         let mut b = a.clone();
         b.onnx_sha256 = sha256_hex(b"other");
         b.fp16 = true;
-        assert_eq!(a.mismatch(&b).unwrap(), "the ONNX file changed, precision FP32 → FP16");
+        assert_eq!(
+            a.mismatch(&b).unwrap(),
+            "the ONNX file changed, precision FP32 → FP16"
+        );
         let mut b = a.clone();
         b.profiles[0].max[0] = 32;
         assert!(a.mismatch(&b).unwrap().contains("optimisation profiles"));
@@ -593,13 +613,19 @@ mod tests {
 
         fs::write(&path, &plan[..5000]).unwrap();
         let l = cache.lookup("m", 1, &k);
-        assert!(matches!(l, Lookup::Corrupt { ref why } if why.contains("truncated")), "{l}");
+        assert!(
+            matches!(l, Lookup::Corrupt { ref why } if why.contains("truncated")),
+            "{l}"
+        );
 
         let mut flipped = plan.clone();
         flipped[1234] ^= 0x40;
         fs::write(&path, &flipped).unwrap();
         let l = cache.lookup("m", 1, &k);
-        assert!(matches!(l, Lookup::Corrupt { ref why } if why.contains("sha256")), "{l}");
+        assert!(
+            matches!(l, Lookup::Corrupt { ref why } if why.contains("sha256")),
+            "{l}"
+        );
 
         fs::write(cache.manifest_path("m", 1), b"{ not json").unwrap();
         assert_eq!(cache.lookup("m", 1, &k).name(), "corrupt");
@@ -619,7 +645,9 @@ mod tests {
         assert_eq!(cache.sweep(), vec![left.clone()]);
         assert!(!left.exists());
         assert!(cache.plan_path("m", 1).exists());
-        assert!(EngineCache::new(dir.path().join("nowhere")).sweep().is_empty());
+        assert!(EngineCache::new(dir.path().join("nowhere"))
+            .sweep()
+            .is_empty());
     }
 
     #[test]

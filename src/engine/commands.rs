@@ -24,7 +24,11 @@ fn models<'a>(config: &'a Config, model: Option<&str>) -> Result<Vec<&'a Pipelin
         bail!(
             "no [[pipeline]] serves model {}; the configured models are {:?}",
             model.unwrap_or("?"),
-            config.pipelines.iter().map(|p| &p.model).collect::<Vec<_>>()
+            config
+                .pipelines
+                .iter()
+                .map(|p| &p.model)
+                .collect::<Vec<_>>()
         );
     }
     // One entry per model name: several pipelines may share a model.
@@ -103,7 +107,10 @@ pub fn build(config: &Config, model: Option<&str>, force: bool) -> Result<usize>
     for p in models(config, model)? {
         let m = prepared(config, p)?;
         if !matches!(wanted(&m), Wanted::TensorRtFromOnnx { .. }) {
-            println!("{}: nothing to build (runs on tract; config.pbtxt names no TensorRT accelerator)", p.model);
+            println!(
+                "{}: nothing to build (runs on tract; config.pbtxt names no TensorRT accelerator)",
+                p.model
+            );
             continue;
         }
         let reporter = Reporter::new(&p.model);
@@ -113,7 +120,9 @@ pub fn build(config: &Config, model: Option<&str>, force: bool) -> Result<usize>
             Ok(done) => println!(
                 "{}: {done} ({})",
                 p.model,
-                set.cache().plan_path(&m.entry.name, m.entry.version).display()
+                set.cache()
+                    .plan_path(&m.entry.name, m.entry.version)
+                    .display()
             ),
             Err(e) => {
                 failed += 1;
@@ -168,7 +177,9 @@ pub fn inspect(config: &Config, model: Option<&str>) -> Result<String> {
         let _ = writeln!(
             out,
             "  plan:      {} — {}",
-            set.cache().plan_path(&m.entry.name, m.entry.version).display(),
+            set.cache()
+                .plan_path(&m.entry.name, m.entry.version)
+                .display(),
             state.lookup
         );
         if let Some(why) = &state.unavailable {
@@ -196,7 +207,10 @@ pub fn inspect(config: &Config, model: Option<&str>) -> Result<String> {
             let _ = writeln!(
                 out,
                 "  built at:  {} in {:.1} s by gsinfer {}; {} bytes",
-                manifest.built_at, manifest.build_seconds, manifest.gsinfer_version, manifest.plan_bytes
+                manifest.built_at,
+                manifest.build_seconds,
+                manifest.gsinfer_version,
+                manifest.plan_bytes
             );
         }
         if let Some(want) = &state.want {

@@ -436,7 +436,10 @@ mod trt_impl {
     }
 
     impl State {
-        pub(super) fn platform(&mut self, config: &TensorRtConfig) -> Result<&trt::Platform, String> {
+        pub(super) fn platform(
+            &mut self,
+            config: &TensorRtConfig,
+        ) -> Result<&trt::Platform, String> {
             self.platform
                 .get_or_insert_with(|| {
                     let libs = trt::Libraries {
@@ -463,17 +466,66 @@ mod trt_impl {
         }
     }
 
+    /// Builds and stores `model`'s plan (`gsinfer engine build`); a plan
+    /// that cannot be written is an error.
     pub(super) fn build(
         set: &mut EngineSet,
         model: &PreparedModel,
         before: &Lookup,
         progress: Progress<'_>,
     ) -> Result<String, String> {
+        let (key, plan, seconds) = build_plan(set, model, progress)?;
+        set.cache
+            .store(&model.entry.name, model.entry.version, &key, &plan, seconds)
+            .map_err(|e| e.to_string())?;
+        set.trt
+            .plans
+            .remove(&(model.entry.name.clone(), model.entry.version));
+        Ok(format!("built in {seconds:.1} s ({before})"))
+    }
+
+    /// Builds `model`'s plan for this run and stores it. When it cannot be
+    /// stored (the state directory's disk is full, say) the run still uses
+    /// the plan built in memory: the error and the second value say so,
+    /// and the next start rebuilds it.
+    fn build_for_run(
+        set: &mut EngineSet,
+        model: &PreparedModel,
+        before: &Lookup,
+        progress: Progress<'_>,
+    ) -> Result<(Vec<u8>, Option<String>), String> {
+        let (key, plan, seconds) = build_plan(set, model, progress)?;
+        let name = &model.entry.name;
+        log::info!(target: "gsinfer::engine", "model {name}: engine built in {seconds:.1} s ({before})");
+        match set
+            .cache
+            .store(name, model.entry.version, &key, &plan, seconds)
+        {
+            Ok(_) => Ok((plan, None)),
+            Err(e) => {
+                log::error!(target: "gsinfer::engine", "model {name}: cannot save the engine: {e}; this run uses it from memory, the next start rebuilds it");
+                Ok((
+                    plan,
+                    Some(format!("engine not saved ({e}); rebuilt at the next start")),
+                ))
+            }
+        }
+    }
+
+    /// Runs the TensorRT builder on `model`'s ONNX file: the key the plan
+    /// is built for, the plan, and the seconds it took.
+    fn build_plan(
+        set: &mut EngineSet,
+        model: &PreparedModel,
+        progress: Progress<'_>,
+    ) -> Result<(EngineKey, Vec<u8>, f64), String> {
         let key = set.key(model)?;
         let platform = set.trt.platform(&set.config)?.clone();
         let gpu = Gpu::open(platform.device.ordinal).map_err(|e| e.to_string())?;
         let workspace_bytes = match wanted(model) {
-            Wanted::TensorRtFromOnnx { workspace_bytes, .. } => workspace_bytes,
+            Wanted::TensorRtFromOnnx {
+                workspace_bytes, ..
+            } => workspace_bytes,
             _ => None,
         };
         let request = trt::BuildRequest {
@@ -500,16 +552,13 @@ mod trt_impl {
                 progress(done);
             }
             builder.join().unwrap_or_else(|_| {
-                Err(trt::TrtError::Model("the engine builder thread panicked".into()))
+                Err(trt::TrtError::Model(
+                    "the engine builder thread panicked".into(),
+                ))
             })
         })
         .map_err(|e| e.to_string())?;
-        let seconds = started.elapsed().as_secs_f64();
-        set.cache
-            .store(&model.entry.name, model.entry.version, &key, &plan, seconds)
-            .map_err(|e| e.to_string())?;
-        set.trt.plans.remove(&(model.entry.name.clone(), model.entry.version));
-        Ok(format!("built in {seconds:.1} s ({before})"))
+        Ok((key, plan, started.elapsed().as_secs_f64()))
     }
 
     pub(super) fn open(
@@ -523,7 +572,14 @@ mod trt_impl {
     ) -> Result<Opened, ModelError> {
         let platform = match set.trt.platform(&set.config) {
             Ok(p) => p.clone(),
-            Err(why) => return fall_back(model, instances, format!("TensorRT is unusable: {why}"), cpu),
+            Err(why) => {
+                return fall_back(
+                    model,
+                    instances,
+                    format!("TensorRT is unusable: {why}"),
+                    cpu,
+                )
+            }
         };
         let gpu = match Gpu::open(platform.device.ordinal) {
             Ok(g) => g,
@@ -531,6 +587,7 @@ mod trt_impl {
         };
         let name = model.entry.name.clone();
         let version = model.entry.version;
+        let mut note = None;
         let plan = match want {
             Wanted::TensorRtPlan => {
                 match std::fs::read(&model.entry.model_path) {
@@ -560,13 +617,12 @@ mod trt_impl {
                         Lookup::Fresh { plan, .. } => Some(plan),
                         other if rebuild => {
                             log::warn!(target: "gsinfer::engine", "model {name}: engine {other}; rebuilding it from {}", model.entry.model_path.display());
-                            match build(set, model, &other, progress) {
-                                Ok(done) => log::info!(target: "gsinfer::engine", "model {name}: engine {done}"),
+                            match build_for_run(set, model, &other, progress) {
+                                Ok((plan, unsaved)) => {
+                                    note = unsaved;
+                                    Some(plan)
+                                }
                                 Err(e) => return fall_back(model, instances, format!("the engine rebuild failed: {e}"), cpu),
-                            }
-                            match set.cache.lookup(&name, version, state.want.as_ref().expect("a key, the platform is usable")) {
-                                Lookup::Fresh { plan, .. } => Some(plan),
-                                other => return fall_back(model, instances, format!("the rebuilt engine is {other}"), cpu),
                             }
                         }
                         other => {
@@ -586,22 +642,31 @@ mod trt_impl {
                             // refuses (a driver change the key cannot see):
                             // rebuild once.
                             let why = Lookup::Stale { why: format!("TensorRT refused it: {e}") };
-                            if let Err(e) = build(set, model, &why, progress) {
-                                return fall_back(model, instances, format!("the engine rebuild failed: {e}"), cpu);
-                            }
-                            match set.state(model).lookup {
-                                Lookup::Fresh { plan, .. } => SharedPlan::deserialize(&gpu, &plan)
-                                    .map_err(|e| ModelError::Mismatch { model: name.clone(), message: e.to_string() })?,
-                                other => return fall_back(model, instances, format!("the rebuilt engine is {other}"), cpu),
-                            }
+                            let plan = match build_for_run(set, model, &why, progress) {
+                                Ok((plan, unsaved)) => {
+                                    note = unsaved;
+                                    plan
+                                }
+                                Err(e) => return fall_back(model, instances, format!("the engine rebuild failed: {e}"), cpu),
+                            };
+                            SharedPlan::deserialize(&gpu, &plan)
+                                .map_err(|e| ModelError::Mismatch { model: name.clone(), message: e.to_string() })?
                         }
                         Err(e) => return fall_back(model, instances, e.to_string(), cpu),
                     }
                 }
             }
         };
-        set.trt.plans.insert((name.clone(), version), Arc::clone(&plan));
-        let outputs: Vec<String> = model.entry.config.outputs.iter().map(|o| o.name.clone()).collect();
+        set.trt
+            .plans
+            .insert((name.clone(), version), Arc::clone(&plan));
+        let outputs: Vec<String> = model
+            .entry
+            .config
+            .outputs
+            .iter()
+            .map(|o| o.name.clone())
+            .collect();
         let mut engines: Vec<Box<dyn Engine>> = Vec::new();
         for _ in 0..instances {
             let e = TrtEngine::new(
@@ -612,7 +677,10 @@ mod trt_impl {
                 model.entry.config.cuda_graphs,
                 platform.device.name.clone(),
             )
-            .map_err(|e| ModelError::Mismatch { model: name.clone(), message: e.to_string() })?;
+            .map_err(|e| ModelError::Mismatch {
+                model: name.clone(),
+                message: e.to_string(),
+            })?;
             engines.push(Box::new(e));
         }
         Ok(Opened {
@@ -620,7 +688,7 @@ mod trt_impl {
             kind: "tensorrt",
             detail: format!("tensorrt on {}", platform.device.name),
             device: platform.device.name.clone(),
-            note: None,
+            note,
         })
     }
 }
@@ -675,7 +743,10 @@ mod tests {
         );
         let p = profile(&trt);
         assert_eq!(p.input, trt.input.name);
-        assert_eq!(p.batch_range(), (trt.buckets[0], *trt.buckets.last().unwrap()));
+        assert_eq!(
+            p.batch_range(),
+            (trt.buckets[0], *trt.buckets.last().unwrap())
+        );
     }
 
     #[test]
@@ -711,7 +782,11 @@ mod tests {
             engine_dir: Some(dir.path().join("engines")),
             ..TensorRtConfig::default()
         });
-        let err = set.open(&model, 1, true, &|_| {}, cpu()).err().unwrap().to_string();
+        let err = set
+            .open(&model, 1, true, &|_| {}, cpu())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("no model.onnx beside"), "{err}");
         assert!(!err.contains('\n'));
     }

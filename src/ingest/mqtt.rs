@@ -7,6 +7,15 @@
 //! queue is full; subscriptions and the retained status are requested with
 //! `try_*` calls. After a lost connection it sleeps a capped, jittered,
 //! exponential backoff and polls again, which reconnects.
+//!
+//! Acknowledgements are manual (MQTT 3.1.1 §4.3.2): a QoS 1 message is
+//! acknowledged only once the pipeline has taken its samples (see
+//! [`Inbound::ack`]), so a message still queued inside gsinfer when the
+//! process stops is redelivered by the broker to the next run of the same
+//! persistent session instead of being lost. A message dropped because the
+//! ingest queue is full is acknowledged at once (and counted): holding it
+//! unacknowledged would use up the broker's in-flight window for this client
+//! and stall delivery until the next reconnect.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -139,6 +148,7 @@ pub fn options(
     o.set_clean_session(config.clean_session);
     o.set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes);
     o.set_inflight(100);
+    o.set_manual_acks(true);
     if let Some(user) = &config.username {
         let password = match &config.password_file {
             Some(p) => std::fs::read_to_string(p)
@@ -179,6 +189,39 @@ pub struct Inbound {
     pub payload: bytes::Bytes,
     /// When the event loop received it.
     pub received: Instant,
+    /// The packet header to acknowledge once the samples are taken
+    /// (`AsyncClient::ack`); `None` for QoS 0. Payload and topic are empty.
+    pub ack: Option<rumqttc::Publish>,
+}
+
+impl Inbound {
+    /// A message as handed over by the event loop: topic and payload moved
+    /// out of `p`, and for QoS 1 and 2 the header needed to acknowledge it.
+    pub fn from_publish(p: rumqttc::Publish, received: Instant) -> Self {
+        let ack = (p.qos != QoS::AtMostOnce).then(|| {
+            let mut header = rumqttc::Publish::new(String::new(), p.qos, Vec::<u8>::new());
+            header.pkid = p.pkid;
+            header
+        });
+        Self {
+            topic: p.topic,
+            payload: p.payload,
+            received,
+            ack,
+        }
+    }
+}
+
+/// Acknowledges `msg` to the broker (nothing for QoS 0), waiting for room in
+/// the client's request queue when it is full. Call once the message's
+/// samples are in the pipeline.
+pub async fn acknowledge(client: &AsyncClient, msg: &Inbound) {
+    let Some(header) = &msg.ack else { return };
+    if client.try_ack(header).is_err() {
+        // Full (the event loop is reconnecting) or closed (shutting down):
+        // an acknowledgement lost here only means the broker redelivers.
+        let _ = client.ack(header).await;
+    }
 }
 
 /// What the event loop task needs besides the event loop.
@@ -229,13 +272,20 @@ impl EventLoopTask {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let msg = Inbound {
-                        topic: p.topic,
-                        payload: p.payload,
-                        received: Instant::now(),
-                    };
-                    if self.inbound.try_send(msg).is_err() {
-                        self.board.metrics.ingest_overflow.inc();
+                    let msg = Inbound::from_publish(p, Instant::now());
+                    match self.inbound.try_send(msg) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(msg)) => {
+                            self.board.metrics.ingest_overflow.inc();
+                            // Dropped by the overload policy: acknowledge now so the
+                            // broker's in-flight window for this client stays open.
+                            if let Some(header) = &msg.ack {
+                                let _ = self.client.try_ack(header);
+                            }
+                        }
+                        // Shutting down: left unacknowledged, the broker keeps it
+                        // for the next run of this persistent session.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
                     }
                 }
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {

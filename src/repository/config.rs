@@ -427,12 +427,19 @@ default_model_filename: "forecaster.onnx"
                 workspace_bytes: Some(1 << 30)
             })
         );
-        assert_eq!(parse(&format!("platform: \"onnxruntime_onnx\"\n{IO}")).tensorrt, None);
+        assert_eq!(
+            parse(&format!("platform: \"onnxruntime_onnx\"\n{IO}")).tensorrt,
+            None
+        );
         let bad = format!(
             "platform: \"onnxruntime_onnx\"\n{IO}optimization {{ execution_accelerators {{ gpu_execution_accelerator : [ {{ name : \"tensorrt\" \
              parameters {{ key: \"precision_mode\" value: \"INT8\" }} }} ] }} }}"
         );
-        assert!(error(&bad).contains("precision_mode `INT8` is not supported"), "{}", error(&bad));
+        assert!(
+            error(&bad).contains("precision_mode `INT8` is not supported"),
+            "{}",
+            error(&bad)
+        );
         let other = format!(
             "platform: \"onnxruntime_onnx\"\n{IO}optimization {{ execution_accelerators {{ gpu_execution_accelerator : [ {{ name : \"openvino\" }} ] }} }}"
         );

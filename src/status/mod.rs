@@ -10,8 +10,8 @@ pub mod limits;
 pub mod metrics;
 pub mod page;
 pub mod rate;
-pub mod stats;
 pub mod sources;
+pub mod stats;
 
 pub use board::{ModelState, StatusBoard};
 pub use metrics::Metrics;

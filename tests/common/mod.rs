@@ -79,6 +79,8 @@ pub struct Broker {
     pub port: u16,
     child: Child,
     dir: tempfile::TempDir,
+    /// Sessions and queued messages kept in `dir` across restarts.
+    persistent: bool,
 }
 
 /// Why a start attempt failed.
@@ -93,6 +95,17 @@ impl Broker {
     /// Starts a broker on a free loopback port; panics, with the broker's
     /// log, if none comes up.
     pub fn start() -> Broker {
+        Self::start_with(false)
+    }
+
+    /// Starts a broker with persistence on (sessions, subscriptions and
+    /// queued QoS 1 messages saved in its directory every second and at a
+    /// graceful exit), as a production broker runs.
+    pub fn start_persistent() -> Broker {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> Broker {
         let dir = tempfile::Builder::new()
             .prefix("gsinfer-mosquitto-")
             .tempdir()
@@ -100,8 +113,15 @@ impl Broker {
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            match spawn(dir.path(), port) {
-                Ok(child) => return Broker { port, child, dir },
+            match spawn(dir.path(), port, persistent) {
+                Ok(child) => {
+                    return Broker {
+                        port,
+                        child,
+                        dir,
+                        persistent,
+                    }
+                }
                 Err(StartError::Exited(log)) => last = log,
                 Err(StartError::NotListening(log)) => {
                     panic!("mosquitto never listened on port {port}:\n{log}")
@@ -111,13 +131,29 @@ impl Broker {
         panic!("mosquitto exited at start {PORT_ATTEMPTS} times; last log:\n{last}");
     }
 
-    /// Kills the broker and starts it again on the same port (all sessions
-    /// and queued messages are lost: persistence is off).
+    /// Kills the broker (SIGKILL) and starts it again on the same port.
+    /// Without persistence all sessions and queued messages are lost; with
+    /// it, what changed since the last autosave is.
     pub fn restart(&mut self) {
         stop(&mut self.child);
+        self.start_again();
+    }
+
+    /// Stops the broker gracefully (SIGTERM: a persistent broker saves its
+    /// state) and starts it again on the same port.
+    pub fn terminate_and_restart(&mut self) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+        self.start_again();
+    }
+
+    fn start_again(&mut self) {
         let mut last = String::new();
         for _ in 0..RESTART_ATTEMPTS {
-            match spawn(self.dir.path(), self.port) {
+            match spawn(self.dir.path(), self.port, self.persistent) {
                 Ok(child) => {
                     self.child = child;
                     return;
@@ -178,13 +214,21 @@ fn read_logs(dir: &Path) -> String {
 }
 
 /// Writes the config, starts mosquitto and waits until it accepts TCP.
-fn spawn(dir: &Path, port: u16) -> Result<Child, StartError> {
+fn spawn(dir: &Path, port: u16, persistent: bool) -> Result<Child, StartError> {
     let log = dir.join("mosquitto.log");
+    let persistence = if persistent {
+        format!(
+            "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+            dir.display()
+        )
+    } else {
+        "persistence false\n".to_string()
+    };
     let mut conf = format!(
         "listener {port} 127.0.0.1\n\
          allow_anonymous true\n\
          max_queued_messages 0\n\
-         persistence false\n\
+         {persistence}\
          log_dest file {}\n\
          log_type all\n",
         log.display()
@@ -251,8 +295,20 @@ impl Subscriber {
     /// Connects to `127.0.0.1:port`, subscribes to `filters` at QoS 1 and
     /// returns once the broker has acknowledged the subscription.
     pub fn start(port: u16, filters: &[&str]) -> Subscriber {
-        let mut options = MqttOptions::new(client_id("sub"), "127.0.0.1", port);
+        Self::start_with(port, filters, &client_id("sub"), true)
+    }
+
+    /// Like [`Subscriber::start`] with a persistent session under
+    /// `client_id`: QoS 1 messages published while it is disconnected (a
+    /// broker restart) are queued for it by a persistent broker.
+    pub fn start_persistent(port: u16, filters: &[&str], client_id: &str) -> Subscriber {
+        Self::start_with(port, filters, client_id, false)
+    }
+
+    fn start_with(port: u16, filters: &[&str], client_id: &str, clean: bool) -> Subscriber {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
         options.set_keep_alive(KEEP_ALIVE);
+        options.set_clean_session(clean);
         let (client, mut connection) = Client::new(options, 64);
         let filters: Vec<SubscribeFilter> = filters
             .iter()

@@ -67,7 +67,8 @@ impl trtx::interfaces::MonitorProgress for Monitor {
     fn step_complete(&self, phase_name: &str, step: i32) -> ControlFlow<()> {
         if let Some((top, steps)) = &*self.top.lock().unwrap_or_else(|p| p.into_inner()) {
             if top == phase_name {
-                self.sink.fraction(((step + 1) as f32 / *steps as f32).min(1.0));
+                self.sink
+                    .fraction(((step + 1) as f32 / *steps as f32).min(1.0));
             }
         }
         ControlFlow::Continue(())
@@ -95,9 +96,8 @@ pub fn build_plan(
         .map_err(|e| TrtError::trt("creating the network", e))?;
     let mut parser = OnnxParser::new(network, logger)
         .map_err(|e| TrtError::trt("creating the ONNX parser", e))?;
-    let onnx = std::fs::read(&request.onnx).map_err(|e| {
-        TrtError::Model(format!("cannot read {}: {e}", request.onnx.display()))
-    })?;
+    let onnx = std::fs::read(&request.onnx)
+        .map_err(|e| TrtError::Model(format!("cannot read {}: {e}", request.onnx.display())))?;
     parser
         .parse(&onnx)
         .map_err(|e| TrtError::trt(format!("parsing {}", request.onnx.display()), e))?;
@@ -130,7 +130,10 @@ pub fn build_plan(
             profile
                 .set_dimensions(&p.input, select, &trtx::trtx_sys::Dims64::from_slice(shape))
                 .map_err(|e| {
-                    TrtError::trt(format!("setting profile shape {shape:?} of input {}", p.input), e)
+                    TrtError::trt(
+                        format!("setting profile shape {shape:?} of input {}", p.input),
+                        e,
+                    )
                 })?;
         }
     }

@@ -136,7 +136,9 @@ impl Gpu {
     /// # Errors
     /// [`CudaError`] from the driver.
     pub fn stream(&self) -> Result<Arc<CudaStream>, CudaError> {
-        self.ctx.new_stream().doing(|| "creating a CUDA stream".into())
+        self.ctx
+            .new_stream()
+            .doing(|| "creating a CUDA stream".into())
     }
 }
 
@@ -276,7 +278,12 @@ impl Staging {
     ///
     /// # Errors
     /// [`CudaError`] from an allocation.
-    pub fn new(gpu: &Gpu, batch: usize, in_len: usize, out_lens: &[usize]) -> Result<Self, CudaError> {
+    pub fn new(
+        gpu: &Gpu,
+        batch: usize,
+        in_len: usize,
+        out_lens: &[usize],
+    ) -> Result<Self, CudaError> {
         let mut dev_out = Vec::new();
         let mut host_out = Vec::new();
         for len in out_lens {
@@ -298,8 +305,10 @@ impl Staging {
     /// [`CudaError`] from the driver.
     pub fn upload(&self, stream: &CudaStream) -> Result<(), CudaError> {
         // SAFETY: both buffers are `host_in.len` f32s and live as long as self.
-        unsafe { result::memcpy_htod_async(self.dev_in.ptr, self.host_in.as_slice(), stream.cu_stream()) }
-            .doing(|| "copying the input to the device".into())
+        unsafe {
+            result::memcpy_htod_async(self.dev_in.ptr, self.host_in.as_slice(), stream.cu_stream())
+        }
+        .doing(|| "copying the input to the device".into())
     }
 
     /// Enqueues the device → host copies of every output on `stream`.
@@ -352,7 +361,9 @@ pub fn capture<E>(
 /// # Errors
 /// [`CudaError`] from the driver (a kernel fault surfaces here).
 pub fn sync(stream: &CudaStream) -> Result<(), CudaError> {
-    stream.synchronize().doing(|| "waiting for the stream".into())
+    stream
+        .synchronize()
+        .doing(|| "waiting for the stream".into())
 }
 
 /// One bucket's result of [`staging_selftest`].
@@ -386,7 +397,10 @@ pub fn staging_selftest(
     out_len: usize,
     iterations: usize,
 ) -> Result<Vec<StagingCheck>, CudaError> {
-    assert!(out_len <= in_len, "the stand-in copies a prefix of each row");
+    assert!(
+        out_len <= in_len,
+        "the stand-in copies a prefix of each row"
+    );
     gpu.bind()?;
     let stream = gpu.stream()?;
     let mut checks = Vec::new();
@@ -410,7 +424,9 @@ pub fn staging_selftest(
         };
         let expected = |salt: f32| -> Vec<f32> {
             (0..b)
-                .flat_map(|row| (0..out_len).map(move |j| ((row * in_len + j) as f32).mul_add(0.5, salt)))
+                .flat_map(|row| {
+                    (0..out_len).map(move |j| ((row * in_len + j) as f32).mul_add(0.5, salt))
+                })
                 .collect()
         };
         let mut exact = true;

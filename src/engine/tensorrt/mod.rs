@@ -210,9 +210,10 @@ fn library_version(libs: &Libraries) -> Result<u32, TrtError> {
         .map_err(|e| TrtError::Library(format!("cannot open {}: {e}", path.display())))?;
     // SAFETY: `int32_t getInferLibVersion() noexcept`, TensorRT's C entry point.
     let version = unsafe {
-        let f: libloading::Symbol<unsafe extern "C" fn() -> i32> = lib
-            .get(b"getInferLibVersion")
-            .map_err(|e| TrtError::Library(format!("{} has no getInferLibVersion: {e}", path.display())))?;
+        let f: libloading::Symbol<unsafe extern "C" fn() -> i32> =
+            lib.get(b"getInferLibVersion").map_err(|e| {
+                TrtError::Library(format!("{} has no getInferLibVersion: {e}", path.display()))
+            })?;
         f()
     };
     Ok(version.max(0) as u32)

@@ -52,9 +52,12 @@ impl SharedPlan {
         let logger = super::logger()?;
         let mut runtime =
             Runtime::new(logger).map_err(|e| TrtError::trt("creating the runtime", e))?;
-        let engine = runtime
-            .deserialize_cuda_engine(plan)
-            .map_err(|e| TrtError::trt("deserializing the plan (see the TensorRT log lines above)", e))?;
+        let engine = runtime.deserialize_cuda_engine(plan).map_err(|e| {
+            TrtError::trt(
+                "deserializing the plan (see the TensorRT log lines above)",
+                e,
+            )
+        })?;
         Ok(Arc::new(Self {
             engine: Mutex::new(engine),
             _runtime: Mutex::new(runtime),
@@ -149,7 +152,10 @@ impl std::fmt::Debug for TrtEngine {
             .field("inputs", &self.inputs)
             .field("outputs", &self.outputs)
             .field("buckets", &b)
-            .field("cuda_graphs", &self.buckets.values().any(|b| b.graph.is_some()))
+            .field(
+                "cuda_graphs",
+                &self.buckets.values().any(|b| b.graph.is_some()),
+            )
             .finish()
     }
 }

@@ -239,11 +239,7 @@ impl SourceStatus for SerialStats {
                 "Bytes read from the serial device.",
                 &self.bytes,
             ),
-            (
-                "serial_frames",
-                "Frames decoded.",
-                &self.frames,
-            ),
+            ("serial_frames", "Frames decoded.", &self.frames),
             (
                 "serial_resyncs",
                 "Times the deframer discarded input to regain frame sync.",

@@ -1,0 +1,421 @@
+//! Fault injection with real processes: a real Mosquitto killed and
+//! restarted under a QoS 1 telemetry stream, and `gsinfer` stopped with
+//! SIGTERM in the middle of its work. No timings are asserted; every wait
+//! is a guard against hangs.
+//!
+//! The telemetry is synthetic (the example model's 25 features, a sine on
+//! the first), one channel, each sample carrying its sequence number, so
+//! "scored exactly once" is checked by index.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::gsinfer::{bin, free_port, http_get, wait_until, write_config, GUARD};
+use common::{mosquitto_available, publish_all, Broker, Subscriber};
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+
+/// The example model's window: the first score is for sample `WINDOW`.
+const WINDOW: usize = 250;
+const FEATURES: usize = 25;
+const CHANNEL: &str = "F-9";
+
+/// The example configuration for one test: its own client id, results at
+/// QoS 1, a short reconnect backoff, and `edit` applied last.
+fn config(
+    dir: &Path,
+    broker: u16,
+    status: u16,
+    name: &str,
+    edit: impl Fn(String) -> String,
+) -> PathBuf {
+    let path = write_config(dir, broker, status, "");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text
+        .replace(
+            &format!("client_id = \"gsinfer-test-{}\"", std::process::id()),
+            &format!(
+                "client_id = \"gsinfer-faults-{name}-{}\"",
+                std::process::id()
+            ),
+        )
+        .replace(
+            "keep_alive_s = 15",
+            "keep_alive_s = 15\nreconnect_max_ms = 400",
+        )
+        .replace("score_qos = 0", "score_qos = 1");
+    let text = edit(text);
+    assert!(text.contains("gsinfer-faults-") && text.contains("reconnect_max_ms"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Sample `i` of the test channel as the JSON payload format.
+fn sample(i: usize) -> Vec<u8> {
+    let mut v = vec![0.0f32; FEATURES];
+    v[0] = (i as f32 / 15.0).sin() * 0.5;
+    let t = gsinfer::eval::DEFAULT_START_NS + i as i64 * gsinfer::eval::DEFAULT_STEP_NS;
+    serde_json::json!({ "t": t, "seq": i, "v": v })
+        .to_string()
+        .into_bytes()
+}
+
+fn topic() -> String {
+    format!("telemetry/SMAP/{CHANNEL}")
+}
+
+/// `gsinfer run` with its log in `dir/gsinfer.log` (printed on failure).
+struct Service {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    fn run(config: &Path, dir: &Path) -> Service {
+        let log = dir.join("gsinfer.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap();
+        Service { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("--- gsinfer log\n{}", self.log());
+        }
+    }
+}
+
+fn status(port: u16) -> Value {
+    let (_, body) = http_get(port, "/api/status").expect("status answers");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A publisher with a persistent session that keeps going through broker
+/// restarts: QoS 1, one sample every `pace`, rumqttc republishing whatever
+/// was unacknowledged when the connection dropped.
+struct Feed {
+    done: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Feed {
+    fn start(port: u16, samples: usize, pace: Duration) -> Feed {
+        let mut options = MqttOptions::new(
+            format!("faults-feed-{}", std::process::id()),
+            "127.0.0.1",
+            port,
+        );
+        options.set_clean_session(false);
+        options.set_keep_alive(Duration::from_secs(5));
+        let (client, mut connection) = Client::new(options, samples + 16);
+        let done = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicUsize::new(0));
+        let publisher = thread::spawn(move || {
+            for i in 0..samples {
+                client
+                    .publish(topic(), QoS::AtLeastOnce, false, sample(i))
+                    .expect("queue a publish");
+                thread::sleep(pace);
+            }
+        });
+        let poller = {
+            let (done, acked) = (done.clone(), acked.clone());
+            thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    match connection.recv_timeout(Duration::from_millis(50)) {
+                        Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Err(_)) => thread::sleep(Duration::from_millis(50)),
+                        _ => {}
+                    }
+                }
+            })
+        };
+        Feed {
+            done,
+            acked,
+            threads: vec![publisher, poller],
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Score messages received, by sample index; a repeated index must be a
+/// byte-identical redelivery (QoS 1 is at least once), never a second scoring.
+fn scores_by_index(sub: &Subscriber) -> BTreeMap<u64, (Vec<u8>, usize)> {
+    let mut by: BTreeMap<u64, (Vec<u8>, usize)> = BTreeMap::new();
+    for (_, payload) in sub.snapshot() {
+        let v: Value = serde_json::from_slice(&payload).unwrap();
+        let index = v["index"].as_u64().unwrap();
+        let e = by.entry(index).or_insert_with(|| (payload.clone(), 0));
+        assert_eq!(
+            e.0, payload,
+            "index {index} was scored twice with different results"
+        );
+        e.1 += 1;
+    }
+    by
+}
+
+/// Publishes `samples` samples at `pace` while the broker is restarted
+/// `restarts` times (`restart` does it), and returns the broker, the
+/// score subscriber and the service once the feed is acknowledged (or,
+/// unless `every_sample_acked`, once it has published everything).
+fn stream_through_restarts(
+    name: &str,
+    samples: usize,
+    restarts: usize,
+    restart: impl Fn(&mut Broker),
+    every_sample_acked: bool,
+) -> (Broker, Subscriber, Service, u16, tempfile::TempDir) {
+    let mut broker = Broker::start_persistent();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = config(dir.path(), broker.port, port, name, |t| t);
+    let service = Service::run(&cfg, dir.path());
+    assert!(
+        wait_until(|| http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)),
+        "gsinfer never became ready:\n{}",
+        service.log()
+    );
+    let sub = Subscriber::start_persistent(
+        broker.port,
+        &["gsinfer/smap_lstm/+/score"],
+        &format!("faults-scores-{name}-{}", std::process::id()),
+    );
+    let feed = Feed::start(broker.port, samples, Duration::from_millis(3));
+    // Restart while the feed runs, each time once results have flowed since
+    // the last one (or, before the first window, once samples have).
+    for r in 0..restarts {
+        let before = (
+            sub.snapshot().len(),
+            status(port)["models"][0]["samples"].as_u64().unwrap_or(0),
+        );
+        assert!(
+            wait_until(|| {
+                sub.snapshot().len() > before.0
+                    || http_get(port, "/api/status").is_some_and(|(_, b)| {
+                        serde_json::from_str::<Value>(&b).unwrap()["models"][0]["samples"]
+                            .as_u64()
+                            .unwrap_or(0)
+                            > before.1 + 100
+                    })
+            }),
+            "nothing flowed before restart {r}:\n{}",
+            broker.log()
+        );
+        restart(&mut broker);
+    }
+    if every_sample_acked {
+        assert!(
+            wait_until(|| feed.acked.load(Ordering::Relaxed) >= samples),
+            "the broker acknowledged {} of {samples} samples",
+            feed.acked.load(Ordering::Relaxed)
+        );
+    } else {
+        // A broker that lost the feed's session makes rumqttc discard what
+        // was unacknowledged: wait for the feed to have published it all.
+        assert!(wait_until(|| feed.threads[0].is_finished()));
+    }
+    drop(feed);
+    (broker, sub, service, port, dir)
+}
+
+#[test]
+fn graceful_broker_restarts_lose_no_qos1_sample_and_score_each_once() {
+    if !mosquitto_available() {
+        return;
+    }
+    const SAMPLES: usize = WINDOW + 900;
+    const RESTARTS: usize = 3;
+    let (broker, sub, _service, port, _dir) = stream_through_restarts(
+        "graceful",
+        SAMPLES,
+        RESTARTS,
+        Broker::terminate_and_restart,
+        true,
+    );
+    let expected = SAMPLES - WINDOW;
+    let complete = sub.wait_for(|m| m.len() >= expected, GUARD)
+        && wait_until(|| scores_by_index(&sub).len() >= expected);
+    let by = scores_by_index(&sub);
+    assert!(
+        complete,
+        "received {} of {expected} scores; broker log:\n{}",
+        by.len(),
+        broker.log()
+    );
+    let want: Vec<u64> = (WINDOW as u64..SAMPLES as u64).collect();
+    assert_eq!(
+        by.keys().copied().collect::<Vec<_>>(),
+        want,
+        "scored indices"
+    );
+
+    // gsinfer's own counts: every sample taken once, every window scored
+    // once, nothing dropped, and each restart seen as a lost connection.
+    let s = status(port);
+    let model = &s["models"][0];
+    assert_eq!(model["samples"], SAMPLES as u64, "samples taken: {s}");
+    assert_eq!(model["scores"], expected as u64, "windows scored: {s}");
+    assert_eq!(model["windows_dropped"], 0);
+    assert!(
+        s["broker"]["disconnects"].as_u64().unwrap() >= RESTARTS as u64,
+        "{s}"
+    );
+    let redelivered = by.values().filter(|(_, n)| *n > 1).count();
+    eprintln!(
+        "{RESTARTS} graceful restarts: {SAMPLES} samples, {expected} scored once each; \
+         {redelivered} score messages redelivered to the subscriber; rejected {}",
+        s["rejected"]
+    );
+}
+
+#[test]
+fn killed_broker_costs_at_most_the_unsaved_messages_and_results_resume() {
+    if !mosquitto_available() {
+        return;
+    }
+    const SAMPLES: usize = WINDOW + 1500;
+    const RESTARTS: usize = 3;
+    let (broker, sub, _service, port, _dir) =
+        stream_through_restarts("killed", SAMPLES, RESTARTS, Broker::restart, false);
+    // After the last restart the feed runs undisturbed: its final sample
+    // must be scored (results resumed).
+    let last = SAMPLES as u64 - 1;
+    assert!(
+        wait_until(|| scores_by_index(&sub).contains_key(&last)),
+        "the last sample was never scored; broker log:\n{}",
+        broker.log()
+    );
+    let by = scores_by_index(&sub);
+    let s = status(port);
+    let model = &s["models"][0];
+    let taken = model["samples"].as_u64().unwrap();
+    assert!(taken <= SAMPLES as u64, "a sample was taken twice: {s}");
+    assert!(by
+        .keys()
+        .all(|i| (WINDOW as u64..SAMPLES as u64).contains(i)));
+    assert_eq!(model["windows_dropped"], 0);
+    eprintln!(
+        "{RESTARTS} SIGKILL restarts: {SAMPLES} published, {taken} taken, {} scores received; \
+         lost with the broker's unsaved state: {}",
+        by.len(),
+        SAMPLES as u64 - taken
+    );
+}
+
+#[test]
+fn sigterm_drains_queued_windows_and_leaves_the_status_offline() {
+    if !mosquitto_available() {
+        return;
+    }
+    const SAMPLES: usize = WINDOW + 700;
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // A long latency budget keeps windows queued until SIGTERM drains them.
+    let cfg = config(dir.path(), broker.port, port, "drain", |t| {
+        t.replace("latency_budget_us = 20000", "latency_budget_us = 5000000")
+    });
+    let mut service = Service::run(&cfg, dir.path());
+    assert!(
+        wait_until(|| http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)),
+        "gsinfer never became ready:\n{}",
+        service.log()
+    );
+    let sub = Subscriber::start(broker.port, &["gsinfer/smap_lstm/+/score"]);
+    let messages: Vec<(String, Vec<u8>)> = (0..SAMPLES).map(|i| (topic(), sample(i))).collect();
+    let refs: Vec<(&str, &[u8])> = messages
+        .iter()
+        .map(|(t, p)| (t.as_str(), p.as_slice()))
+        .collect();
+    publish_all(broker.port, &refs);
+    assert!(wait_until(
+        || status(port)["models"][0]["samples"] == SAMPLES as u64
+    ));
+    let queued = status(port)["models"][0]["queue_depth"].clone();
+
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(service.child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + GUARD;
+    let code = loop {
+        if let Some(code) = service.child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gsinfer did not exit after SIGTERM"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(code.success(), "exit status {code}:\n{}", service.log());
+
+    // The last log lines account for every window: scored or dropped.
+    let log = service.log();
+    let totals = log
+        .lines()
+        .rev()
+        .find_map(|l| {
+            l.split_once("model smap_lstm: ")
+                .map(|(_, t)| t.to_string())
+        })
+        .unwrap_or_else(|| panic!("no totals line in the log:\n{log}"));
+    let n: Vec<u64> = totals
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let [samples, windows, scored, dropped] = n[..] else {
+        panic!("totals line: {totals}")
+    };
+    assert_eq!(samples, SAMPLES as u64);
+    // A forecaster's last window forecasts a sample that has not come yet:
+    // it is run but cannot be scored. Every other window is scored or dropped.
+    assert_eq!(scored + dropped + 1, windows, "{totals}");
+    assert!(
+        sub.wait_for(|m| m.len() as u64 >= scored, GUARD),
+        "the broker got {} of {scored} scores",
+        sub.snapshot().len()
+    );
+    assert_eq!(scores_by_index(&sub).len() as u64, scored);
+
+    // The retained status says offline.
+    let status_sub = Subscriber::start(broker.port, &["gsinfer/status"]);
+    assert!(status_sub.wait_for(|m| !m.is_empty(), GUARD));
+    let (_, payload) = &status_sub.snapshot()[0];
+    let v: Value = serde_json::from_slice(payload).unwrap();
+    assert_eq!(v["state"], "offline");
+    eprintln!("SIGTERM with {queued} windows queued: {totals}; exit 0, status offline");
+}

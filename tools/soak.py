@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Soak test: gsinfer at a steady load for an hour, its memory, descriptors and latency over time.
+
+Not part of CI. Starts its own Mosquitto and `gsinfer run` (release build),
+then drives it with the load generator (examples/loadgen.rs: real SMAP
+telemetry, Poisson arrivals) in back-to-back segments of --segment seconds.
+After every segment it records the service's VmRSS, open file descriptors
+and threads (/proc), its drop and reject counters (/metrics), and the
+segment's end-to-end latency percentiles (sample published -> score
+received). At the end it fits a line to RSS after the warm-up and reports
+the growth per hour relative to the post-warm-up RSS.
+
+    cargo build --release --bin gsinfer --example loadgen
+    python3 tools/soak.py --data-dir ../shared/data/telemanom --seconds 3600 \
+        --out bench-results/soak.json
+
+Default load: vae_A-1 on tract serving 40 channels at 5 000 samples/s
+(the rate this appliance is rated for on a 2-core box); --model smap_lstm
+soaks the forecaster instead.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2e_bench as e2e  # noqa: E402  (the same broker/service/loadgen helpers)
+
+
+def descriptors(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def threads(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 0
+
+
+def slope_per_hour(points):
+    """Least-squares slope of (t_s, y) in y units per hour."""
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mt = sum(t for t, _ in points) / n
+    my = sum(y for _, y in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    if var == 0:
+        return 0.0
+    return 3600.0 * sum((t - mt) * (y - my) for t, y in points) / var
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default=os.environ.get("GSINFER_DATA_DIR", os.path.join(e2e.ROOT, "../shared/data/telemanom")))
+    ap.add_argument("--seconds", type=float, default=3600.0, help="total soak time")
+    ap.add_argument("--segment", type=float, default=60.0, help="seconds per load-generator run")
+    ap.add_argument("--warmup", type=float, default=600.0, help="seconds excluded from the RSS fit")
+    ap.add_argument("--rate", type=float, default=5000.0, help="samples/s, all channels together")
+    ap.add_argument("--channels", type=int, default=40)
+    ap.add_argument("--model", choices=["vae_A-1", "smap_lstm"], default="vae_A-1")
+    ap.add_argument("--engine", default="tract")
+    ap.add_argument("--out", default=os.path.join(e2e.ROOT, "bench-results/soak.json"))
+    args = ap.parse_args()
+    args.raw = os.path.join(os.path.dirname(os.path.abspath(args.out)), "soak")
+    os.makedirs(args.raw, exist_ok=True)
+
+    if args.model == "vae_A-1":
+        pipeline = e2e.vae_pipeline(args.engine, 20000)
+        gen = ["--model", "vae_A-1"]
+        prefill = 50
+    else:
+        pipeline = e2e.lstm_pipeline("deadline", engine=args.engine, capacity=4096)
+        gen = ["--model", "smap_lstm", "--forecast"]
+        prefill = 250
+
+    rows = []
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="gsinfer-soak-") as tmp:
+        broker = e2e.Mosquitto(tmp)
+        svc = e2e.Service(tmp, broker.port, pipeline)
+        try:
+            seg = 0
+            while time.time() - started < args.seconds:
+                extra = gen + ["--channels", str(args.channels), "--rate", str(args.rate),
+                               "--arrivals", "poisson", "--seconds", str(args.segment),
+                               "--seed", str(seg), "--drain", "5",
+                               "--prefill", str(prefill if seg == 0 else 0)]
+                r = e2e.loadgen(args, broker.port, f"soak-{seg:04d}", extra)
+                c = svc.counters()
+                row = {
+                    "t_s": round(time.time() - started, 1),
+                    "rss_mib": c.get("VmRSS"), "hwm_mib": c.get("VmHWM"),
+                    "fds": descriptors(svc.proc.pid), "threads": threads(svc.proc.pid),
+                    "sent": r["sent"], "results": r["results"], "ms": r["ms"],
+                    "dropped": c["dropped"], "ingest_overflow": c["ingest_overflow"],
+                    "rejected": c["rejected"],
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                seg += 1
+        finally:
+            svc.stop()
+            broker.stop()
+
+    after = [(r["t_s"], r["rss_mib"]) for r in rows if r["t_s"] >= args.warmup and r["rss_mib"]]
+    base = after[0][1] if after else None
+    growth = slope_per_hour(after)
+    summary = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
+        "model": args.model, "engine": args.engine, "rate": args.rate, "channels": args.channels,
+        "seconds": round(time.time() - started), "segments": len(rows),
+        "rss_mib_after_warmup": base, "rss_mib_end": rows[-1]["rss_mib"] if rows else None,
+        "rss_growth_mib_per_hour": round(growth, 3),
+        "rss_growth_pct_per_hour": round(100.0 * growth / base, 3) if base else None,
+        "fds_min_max": [min(r["fds"] for r in rows), max(r["fds"] for r in rows)] if rows else None,
+        "threads_min_max": [min(r["threads"] for r in rows), max(r["threads"] for r in rows)] if rows else None,
+        "p99_ms_min_max": [min(r["ms"]["p99"] for r in rows), max(r["ms"]["p99"] for r in rows)] if rows else None,
+        "dropped_total": rows[-1]["dropped"] if rows else None,
+        "rows": rows,
+    }
+    with open(args.out, "w") as f:
+        json.dump(summary, f, indent=1)
+    print(json.dumps({k: v for k, v in summary.items() if k != "rows"}))
+
+
+if __name__ == "__main__":
+    main()
