@@ -101,6 +101,9 @@ struct Served {
     model: Arc<str>,
     channel_names: Vec<Arc<str>>,
     limits: DecodeLimits,
+    /// The model failed to load: its samples are rejected
+    /// (`model_unavailable`) and nothing is queued for it.
+    failed: bool,
 }
 
 /// Runs the service until SIGTERM or SIGINT.
@@ -171,9 +174,18 @@ pub async fn run(config: Config) -> Result<()> {
             choice: p.engine,
             settings: &config.engine,
         };
+        let limits = DecodeLimits {
+            max_payload_bytes: config.ingest.max_payload_bytes,
+            max_samples: config.ingest.max_samples_per_payload,
+            features: p.features,
+        };
         let opened = match engines.open(&prepared, prepared.instances, rebuild, &progress, cpu) {
             Ok(o) => o,
             Err(e) => {
+                // One model that cannot load (a corrupt file, say) must not
+                // stop the others: it is marked failed and its telemetry
+                // rejected until it is fixed and the service restarted.
+                log::error!(target: "gsinfer", "model {} is unavailable: {e}; serving the other models. Fix or replace the model file, then restart gsinfer", p.model);
                 board.set_model(
                     &p.model,
                     "none",
@@ -182,7 +194,16 @@ pub async fn run(config: Config) -> Result<()> {
                     p.batch.latency_budget_us,
                     &prepared.buckets,
                 );
-                return Err(e.into());
+                handle.close();
+                served.push(Served {
+                    pipeline: Pipeline::new(p),
+                    handle,
+                    model: Arc::from(p.model.as_str()),
+                    channel_names: Vec::new(),
+                    limits,
+                    failed: true,
+                });
+                continue;
             }
         };
         if let Some(note) = &opened.note {
@@ -240,12 +261,14 @@ pub async fn run(config: Config) -> Result<()> {
             handle,
             model: Arc::from(p.model.as_str()),
             channel_names: Vec::new(),
-            limits: DecodeLimits {
-                max_payload_bytes: config.ingest.max_payload_bytes,
-                max_samples: config.ingest.max_samples_per_payload,
-                features: p.features,
-            },
+            limits,
+            failed: false,
         });
+    }
+    if served.iter().all(|s| s.failed) {
+        anyhow::bail!(
+            "no model could be loaded (the errors above say why); gsinfer has nothing to serve"
+        );
     }
     let results_weak = results_tx.downgrade();
     drop(results_tx);
@@ -570,6 +593,10 @@ fn ingest(
         for r in &decoded.rejects {
             rejects.reject(board, &msg.topic, r);
         }
+        if s.failed {
+            reject_unavailable(s, decoded.samples.len(), &msg.topic, board, rejects);
+            continue;
+        }
         let received_ns = now_ns();
         let mut scored = Vec::new();
         for sample in &decoded.samples {
@@ -593,6 +620,23 @@ fn ingest(
     board.record_input(MQTT_SOURCE, msg.payload.len(), accepted);
 }
 
+/// Rejects `samples` samples bound for a model that failed to load.
+fn reject_unavailable(
+    s: &Served,
+    samples: usize,
+    origin: &str,
+    board: &StatusBoard,
+    rejects: &mut RejectLog,
+) {
+    let r = Reject {
+        reason: RejectReason::ModelUnavailable,
+        detail: format!("model {} failed to load (see the status page)", s.model),
+    };
+    for _ in 0..samples {
+        rejects.reject(board, origin, &r);
+    }
+}
+
 /// Feeds one serial link's decoded samples to its pipeline, as [`ingest`]
 /// does for an MQTT message.
 fn ingest_serial(
@@ -607,6 +651,10 @@ fn ingest_serial(
         rejects.reject(board, &origin, r);
     }
     let s = &mut served[batch.pipeline];
+    if s.failed {
+        reject_unavailable(s, batch.samples.len(), &origin, board, rejects);
+        return;
+    }
     let received_ns = now_ns();
     let mut scored = Vec::new();
     let mut accepted = 0;

@@ -419,3 +419,114 @@ fn sigterm_drains_queued_windows_and_leaves_the_status_offline() {
     assert_eq!(v["state"], "offline");
     eprintln!("SIGTERM with {queued} windows queued: {totals}; exit 0, status offline");
 }
+
+/// A repository with `smap_lstm` and `vae_A-1`, the latter's ONNX file
+/// truncated, and a configuration serving both (or only the broken one).
+fn broken_repository(dir: &Path, broker: u16, status: u16, only_broken: bool) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("model_repository");
+    let repo = dir.join("repo");
+    for model in ["smap_lstm", "vae_A-1"] {
+        let to = repo.join(model).join("1");
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(
+            root.join(model).join("config.pbtxt"),
+            repo.join(model).join("config.pbtxt"),
+        )
+        .unwrap();
+        std::fs::copy(root.join(model).join("1/model.onnx"), to.join("model.onnx")).unwrap();
+    }
+    let onnx = repo.join("vae_A-1/1/model.onnx");
+    let bytes = std::fs::read(&onnx).unwrap();
+    std::fs::write(&onnx, &bytes[..bytes.len() / 3]).unwrap();
+    let vae = r#"
+[[pipeline]]
+model = "vae_A-1"
+topics = ["telemetry/VAE/+"]
+format = "json"
+features = 25
+window = { length = 50, stride = 1 }
+batch = { latency_budget_us = 20000, queue_capacity = 4096 }
+scoring = { kind = "reconstruction", target_feature = 0, smoothing_span = 105.0, reconstruction_features = [0], event_hold = 1, threshold = { method = "static", value = 0.5 } }
+"#;
+    config(dir, broker, status, "broken", |t| {
+        let t = t.replace(
+            &format!("path = {:?}", root.display().to_string()),
+            &format!("path = {:?}", repo.display().to_string()),
+        );
+        if only_broken {
+            let (head, _) = t.split_once("[[pipeline]]").unwrap();
+            format!("{head}{vae}")
+        } else {
+            format!("{t}{vae}")
+        }
+    })
+}
+
+#[test]
+fn a_corrupt_model_file_is_never_loaded_and_the_other_models_keep_serving() {
+    if !mosquitto_available() {
+        return;
+    }
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = broken_repository(dir.path(), broker.port, port, false);
+    let service = Service::run(&cfg, dir.path());
+    assert!(
+        wait_until(|| http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)),
+        "gsinfer with one broken model never became ready:\n{}",
+        service.log()
+    );
+    let s = status(port);
+    assert_eq!(s["degraded"], true, "{s}");
+    let models = s["models"].as_array().unwrap();
+    let vae = models.iter().find(|m| m["name"] == "vae_A-1").unwrap();
+    assert_eq!(vae["state"], "failed", "{vae}");
+    assert!(
+        vae["reason"].as_str().unwrap().contains("model.onnx"),
+        "{vae}"
+    );
+    let lstm = models.iter().find(|m| m["name"] == "smap_lstm").unwrap();
+    assert_eq!(lstm["state"], "ready");
+    assert!(service.log().contains("model vae_A-1 is unavailable"));
+
+    // Telemetry for the broken model is rejected by reason; the other scores.
+    let sub = Subscriber::start(broker.port, &["gsinfer/+/+/score"]);
+    let mut messages: Vec<(String, Vec<u8>)> =
+        (0..WINDOW + 10).map(|i| (topic(), sample(i))).collect();
+    messages.extend((0..60).map(|i| ("telemetry/VAE/V-1".to_string(), sample(i))));
+    let refs: Vec<(&str, &[u8])> = messages
+        .iter()
+        .map(|(t, p)| (t.as_str(), p.as_slice()))
+        .collect();
+    publish_all(broker.port, &refs);
+    assert!(
+        sub.wait_for(|m| m.len() >= 10, GUARD),
+        "smap_lstm stopped scoring"
+    );
+    assert!(wait_until(
+        || status(port)["rejected"]["model_unavailable"] == 60
+    ));
+    assert!(sub
+        .snapshot()
+        .iter()
+        .all(|(t, _)| t.starts_with("gsinfer/smap_lstm/")));
+}
+
+#[test]
+fn with_every_model_broken_the_service_exits_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = broken_repository(dir.path(), free_port(), free_port(), true);
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("no model could be loaded"),
+        "last line: {last}\n{stderr}"
+    );
+}

@@ -89,11 +89,13 @@ pub enum RejectReason {
     UnknownChannel,
     /// A sample repeats one already accepted (same time or sequence number).
     Duplicate,
+    /// The pipeline's model failed to load (the status page says why).
+    ModelUnavailable,
 }
 
 impl RejectReason {
     /// Every reason, in declaration order (for registering counters up front).
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::Malformed,
         RejectReason::Oversized,
         RejectReason::NonFinite,
@@ -101,6 +103,7 @@ impl RejectReason {
         RejectReason::OutOfOrder,
         RejectReason::UnknownChannel,
         RejectReason::Duplicate,
+        RejectReason::ModelUnavailable,
     ];
 
     /// The stable snake_case name used in metrics labels and logs.
@@ -113,6 +116,7 @@ impl RejectReason {
             RejectReason::OutOfOrder => "out_of_order",
             RejectReason::UnknownChannel => "unknown_channel",
             RejectReason::Duplicate => "duplicate",
+            RejectReason::ModelUnavailable => "model_unavailable",
         }
     }
 }
@@ -441,7 +445,8 @@ mod tests {
                 "wrong_length",
                 "out_of_order",
                 "unknown_channel",
-                "duplicate"
+                "duplicate",
+                "model_unavailable"
             ]
         );
         for r in RejectReason::ALL {

@@ -250,8 +250,15 @@ impl StatusBoard {
         Self::models_ready(&self.lock())
     }
 
+    /// Every model has settled (ready, or failed to load) and at least one
+    /// serves: a service with one broken model still serves the others
+    /// (degraded, see [`StatusBoard::snapshot`]'s `degraded`).
     fn models_ready(inner: &Inner) -> bool {
-        !inner.models.is_empty() && inner.models.values().all(|m| m.state == ModelState::Ready)
+        let settled = inner
+            .models
+            .values()
+            .all(|m| matches!(m.state, ModelState::Ready | ModelState::Failed(_)));
+        settled && inner.models.values().any(|m| m.state == ModelState::Ready)
     }
 
     /// Whether model `name` is registered and ready.
@@ -480,6 +487,7 @@ impl StatusBoard {
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "ready": inner.connected && Self::models_ready(&inner),
+            "degraded": inner.models.values().any(|m| matches!(m.state, ModelState::Failed(_))),
             "broker": { "connected": inner.connected, "disconnects": m.mqtt_disconnects.get() },
             "ingest": { "overflow": m.ingest_overflow.get() },
             "sources": sources,
