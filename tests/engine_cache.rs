@@ -202,3 +202,71 @@ fn run_serves_a_tensorrt_model_on_tract_and_says_why() {
     assert!(status.success(), "{log}");
     assert!(log.contains("running on tract from"), "{log}");
 }
+
+/// Set in the child run of [`a_full_state_disk_keeps_the_old_plan_and_says_why`]
+/// that executes inside its own user and mount namespace.
+const FULL_DISK_CHILD: &str = "GSINFER_TEST_FULL_DISK_CHILD";
+
+/// The state directory on a real, full file system: a 256 KiB tmpfs
+/// mounted in a private user+mount namespace (`unshare -Urm`, no root
+/// needed), in which this test binary runs itself again. A plan that does
+/// not fit fails with the disk-full hint, the plan already there stays
+/// fresh, and no temporary file is left behind.
+#[test]
+fn a_full_state_disk_keeps_the_old_plan_and_says_why() {
+    if let Some(dir) = std::env::var_os(FULL_DISK_CHILD) {
+        full_disk_child(Path::new(&dir));
+        return;
+    }
+    let Some(unshare) = common::gsinfer::find_program(&["unshare"]) else {
+        eprintln!("skipped: unshare(1) not found");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(unshare)
+        .args(["--user", "--map-root-user", "--mount", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_full_state_disk_keeps_the_old_plan_and_says_why",
+            "--nocapture",
+        ])
+        .env(FULL_DISK_CHILD, dir.path())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && text.contains("unshare:") {
+        eprintln!("skipped: no user namespaces here ({})", text.trim());
+        return;
+    }
+    assert!(out.status.success(), "the child run failed:\n{text}");
+    assert!(
+        text.contains("full-disk: ok"),
+        "the child run did not get to the end:\n{text}"
+    );
+}
+
+fn full_disk_child(dir: &Path) {
+    let mount = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(mount.success(), "mount tmpfs inside the namespace");
+    let cache = EngineCache::new(dir.join("engines"));
+    let small = vec![7u8; 64 << 10];
+    cache.store("smap_lstm", 1, &key(), &small, 1.0).unwrap();
+    let huge = vec![9u8; 512 << 10];
+    let err = cache
+        .store("smap_lstm", 1, &key(), &huge, 1.0)
+        .expect_err("a plan larger than the disk cannot be stored");
+    assert!(err.is_disk_full(), "{err}");
+    assert!(err.to_string().contains("disk is full"), "{err}");
+    match cache.lookup("smap_lstm", 1, &key()) {
+        gsinfer::engine::cache::Lookup::Fresh { plan, .. } => assert_eq!(plan, small),
+        other => panic!("the old plan must stay usable, got {other}"),
+    }
+    assert!(cache.sweep().is_empty(), "a temporary file was left behind");
+    println!("full-disk: ok ({err})");
+}

@@ -467,9 +467,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
         .prefix(TMP_PREFIX)
         .tempfile_in(dir)
         .map_err(|e| CacheError::io(dir, e))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| CacheError::io(tmp.path(), e))?;
+    // Through the plain File: NamedTempFile's own Write wraps errors with
+    // the path, hiding the OS error (ENOSPC) that names the fix.
+    let file = tmp.as_file_mut();
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    written.map_err(|e| CacheError::io(tmp.path(), e))?;
     tmp.persist(path)
         .map_err(|e| CacheError::io(path, e.error))?;
     fs::File::open(dir)
