@@ -270,3 +270,75 @@ fn full_disk_child(dir: &Path) {
     assert!(cache.sweep().is_empty(), "a temporary file was left behind");
     println!("full-disk: ok ({err})");
 }
+
+/// Set in the child run of [`a_writer_killed_mid_plan_leaves_no_partial_plan_in_use`].
+const WRITER_CHILD: &str = "GSINFER_TEST_PLAN_WRITER_CHILD";
+
+/// A process storing 64 MiB plans over and over (each all one byte value,
+/// alternating) is SIGKILLed while a temporary file is being written. The
+/// cache then holds either a complete plan that matches its manifest, or a
+/// plan/manifest pair that does not match and is reported corrupt: never a
+/// partial plan reported fresh. The leftover temporary file is swept.
+#[test]
+fn a_writer_killed_mid_plan_leaves_no_partial_plan_in_use() {
+    if let Some(dir) = std::env::var_os(WRITER_CHILD) {
+        let cache = EngineCache::new(PathBuf::from(dir));
+        for round in 0u64.. {
+            let plan = vec![(round % 2) as u8 + 1; 64 << 20];
+            cache.store("smap_lstm", 1, &key(), &plan, 1.0).unwrap();
+        }
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let engines = dir.path().join("engines");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_writer_killed_mid_plan_leaves_no_partial_plan_in_use",
+        ])
+        .env(WRITER_CHILD, &engines)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let model_dir = engines.join("smap_lstm/1");
+    let cache = EngineCache::new(&engines);
+    // Once a plan is stored, kill while a temporary file exists.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut polls_with_a_plan = 0;
+    loop {
+        assert!(Instant::now() < deadline, "the writer never got going");
+        if cache.manifest("smap_lstm", 1).is_some() {
+            polls_with_a_plan += 1;
+        }
+        let writing = std::fs::read_dir(&model_dir).ok().is_some_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".gsinfer-tmp-"))
+        });
+        if writing && polls_with_a_plan > 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    match cache.lookup("smap_lstm", 1, &key()) {
+        gsinfer::engine::cache::Lookup::Fresh { plan, .. } => {
+            assert_eq!(plan.len(), 64 << 20);
+            assert!(
+                plan.iter().all(|b| *b == plan[0]),
+                "a fresh plan mixes two writes"
+            );
+        }
+        gsinfer::engine::cache::Lookup::Corrupt { why } => {
+            assert!(why.contains("sha256"), "{why}")
+        }
+        other => panic!("after the kill the cache says {other}"),
+    }
+    let swept = cache.sweep();
+    assert!(
+        !swept.is_empty(),
+        "the partial temporary file was not swept"
+    );
+}
