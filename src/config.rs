@@ -22,6 +22,15 @@ pub use crate::score::{ScoringConfig, ThresholdConfig};
 pub use crate::status::StatusConfig;
 pub use crate::window::WindowConfig;
 
+/// Largest configuration file read, in bytes (the shipped ones are under
+/// 16 KB; 120 pipelines take about 45 KB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Smallest and largest `broker.max_packet_bytes`: room for a CONNECT with
+/// credentials and a status message, and MQTT's own limit (the remaining
+/// length field holds at most 268 435 455 bytes).
+const MAX_PACKET_RANGE: std::ops::RangeInclusive<usize> = 1024..=268_435_455;
+
 /// The model repository (`[repository]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -154,6 +163,19 @@ impl Config {
                 "no such file; pass an existing TOML file with --config".into(),
             ));
         }
+        match std::fs::metadata(path) {
+            Ok(m) if m.len() > MAX_CONFIG_BYTES => {
+                return Err(one(
+                    "",
+                    format!(
+                        "is {} bytes, more than a configuration may be ({MAX_CONFIG_BYTES}); pass the right file with --config",
+                        m.len()
+                    ),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(one("", format!("cannot read it: {e}"))),
+        }
         let merged = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .add_source(
@@ -183,6 +205,17 @@ impl Config {
             .filter(|l| l.is_relative())
         {
             *lib = base.join(&*lib);
+        }
+        if let Some(password) = config
+            .broker
+            .password_file
+            .as_mut()
+            .filter(|p| p.is_relative())
+        {
+            *password = base.join(&*password);
+        }
+        if let Some(tls) = config.broker.tls.as_mut() {
+            tls.resolve_paths(base);
         }
         if let Some(token) = config
             .status
@@ -241,6 +274,33 @@ impl Config {
                 "must be at least 1 and at most broker.reconnect_max_ms",
             );
         }
+        if !MAX_PACKET_RANGE.contains(&self.broker.max_packet_bytes) {
+            bad(
+                "broker.max_packet_bytes".into(),
+                &format!(
+                    "must be between {} and {} bytes (MQTT's limit), e.g. 1048576",
+                    MAX_PACKET_RANGE.start(),
+                    MAX_PACKET_RANGE.end()
+                ),
+            );
+        }
+        if let Some(password) = &self.broker.password_file {
+            if self.broker.username.is_none() {
+                bad(
+                    "broker.password_file".into(),
+                    "is set but broker.username is not; MQTT sends a password only with a user name: set broker.username",
+                );
+            } else if let Err(e) =
+                crate::secrets::read_secret_line("broker.password_file", password)
+            {
+                bad(e.key().into(), &e.detail());
+            }
+        }
+        if let Some(tls) = &self.broker.tls {
+            if let Err(e) = crate::ingest::tls::client_config(tls) {
+                bad(e.key().into(), &e.detail());
+            }
+        }
         if self.broker.qos > 2 || self.publish.score_qos > 2 || self.publish.events_qos > 2 {
             bad(
                 "broker.qos".into(),
@@ -265,7 +325,7 @@ impl Config {
         }
         if let Some(token) = &self.status.token_file {
             if let Err(e) = crate::status::limits::read_token(token) {
-                bad("status.token_file".into(), &e.to_string());
+                bad(e.key().into(), &e.detail());
             }
         }
         if self.ingest.max_payload_bytes == 0
@@ -539,6 +599,32 @@ scoring = { kind = "forecast", threshold = { method = "static", value = 0.3 } }
     }
 
     #[test]
+    fn shipped_tls_example_names_only_known_keys_once_uncommented() {
+        let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        let text = std::fs::read_to_string(example_path()).unwrap();
+        let (head, rest) = text.split_once("# [broker.tls]\n").unwrap();
+        let (tls, tail) = rest.split_once("\n\n").unwrap();
+        let tls: String = tls
+            .lines()
+            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap()))
+            .collect();
+        let repo = example_path().parent().unwrap().join("../model_repository");
+        let text = format!("{head}[broker.tls]\n{tls}\n{tail}").replace(
+            "path = \"../model_repository\"",
+            &format!("path = {:?}", repo.display().to_string()),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        // Parsed: the only problem is the first file that is not on this machine.
+        let err = Config::load(&write(dir.path(), &text)).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert_eq!(err.0[0].key, "broker.tls.ca_file", "{err}");
+        assert!(
+            err.0[0].message.contains("/etc/gsinfer/mqtt-ca.pem"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn serial_problems_name_the_key_and_the_fix() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
@@ -580,5 +666,94 @@ scoring = { kind = "forecast", threshold = { method = "static", value = 0.3 } }
             err.contains("/nonexistent/gsinfer.toml") && err.contains("--config"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn secret_files_are_checked_at_load_and_never_shown() {
+        use std::os::unix::fs::PermissionsExt;
+        let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("mqtt.password");
+        std::fs::write(&password, "pa55-w0rd-xyzzy\n").unwrap();
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
+        // Relative to the configuration's folder.
+        let text = format!(
+            "[broker]\nusername = \"gsinfer\"\npassword_file = \"mqtt.password\"\n\
+             [broker.tls]\nca_file = \"ca.pem\"\nserver_name = \"broker.example\"\n{MINIMAL}"
+        );
+        let path = write(dir.path(), &text);
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.broker.password_file.as_deref(), Some(password.as_path()));
+        for shown in [format!("{c:?}"), format!("{:?}", c.broker), c.to_toml()] {
+            assert!(!shown.contains("xyzzy"), "{shown}");
+        }
+        assert!(c.to_toml().contains("[broker.tls]"), "{}", c.to_toml());
+        // The password goes into the MQTT options, and only there.
+        let o = crate::ingest::mqtt::options(&c.broker, "id", None).unwrap();
+        let login = o.credentials().unwrap();
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("gsinfer", "pa55-w0rd-xyzzy")
+        );
+        assert!(matches!(o.transport(), rumqttc::Transport::Tls(_)));
+
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: broker.password_file: {p} is readable by group/others (mode 0644); run: chmod 600 {p}",
+                path.display(),
+                p = password.display()
+            )
+        );
+        std::fs::remove_file(&password).unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("broker.password_file: cannot read") && err.lines().count() == 1,
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn broker_limits_and_credentials_are_validated() {
+        let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let text =
+            format!("[broker]\npassword_file = \"/nonexistent\"\nmax_packet_bytes = 10\n{MINIMAL}");
+        let err = Config::load(&write(dir.path(), &text)).unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"broker.max_packet_bytes"), "{keys:?}");
+        assert!(keys.contains(&"broker.password_file"), "{keys:?}");
+        assert!(err.to_string().contains("set broker.username"), "{err}");
+        let text = format!("[broker.tls]\nca_file = \"ca.pem\"\n{MINIMAL}");
+        let err = Config::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("broker.tls.ca_file: cannot read")
+                && err.contains(&dir.path().join("ca.pem").display().to_string()),
+            "{err}"
+        );
+        let text = format!("[broker.tls]\nca_fil = \"ca.pem\"\n{MINIMAL}");
+        let err = Config::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("broker.tls") && err.contains("ca_fil"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_oversized_configuration_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let padding = "# padding\n".repeat((MAX_CONFIG_BYTES / 10) as usize + 1);
+        let err = Config::load(&write(dir.path(), &format!("{MINIMAL}{padding}")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than a configuration may be"), "{err}");
     }
 }

@@ -24,6 +24,7 @@ pub mod publish;
 pub mod replay;
 pub mod repository;
 pub mod score;
+pub mod secrets;
 pub mod selftest;
 pub mod service;
 pub mod shutdown;

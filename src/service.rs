@@ -280,6 +280,8 @@ pub async fn run(config: Config) -> Result<()> {
         &config.broker.client_id,
         Some(&status_topic),
     )?;
+    log::info!(target: "gsinfer::mqtt", "broker {broker} over {}",
+        config.broker.tls.as_ref().map_or_else(|| "plain TCP".to_string(), |t| t.describe()));
     let (client, eventloop) = AsyncClient::new(options, 1024);
     let online = serde_json::json!({
         "state": "online", "version": env!("CARGO_PKG_VERSION"),

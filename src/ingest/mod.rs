@@ -8,6 +8,7 @@ pub mod framing;
 pub mod mission;
 pub mod mqtt;
 pub mod serial;
+pub mod tls;
 
 pub use decode::{decode, DecodeLimits, Decoded, PayloadFormat, RawSample, Reject, RejectReason};
 

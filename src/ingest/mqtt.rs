@@ -21,10 +21,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::tls::{self, TlsConfig, TlsError};
+use crate::secrets::{read_secret_line, Secret, SecretFileError};
 use crate::shutdown::Stop;
 use crate::status::StatusBoard;
 
@@ -66,6 +70,9 @@ pub struct BrokerConfig {
     /// Longest reconnect delay in ms.
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_ms: u64,
+    /// MQTT over TLS (`[broker.tls]`); absent: plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 fn default_host() -> String {
@@ -107,21 +114,20 @@ impl Default for BrokerConfig {
             max_packet_bytes: default_max_packet(),
             reconnect_min_ms: default_reconnect_min(),
             reconnect_max_ms: default_reconnect_max(),
+            tls: None,
         }
     }
 }
 
-/// Errors preparing the MQTT connection.
+/// Errors preparing the MQTT connection, each one line naming the key.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
-    /// The password file could not be read.
-    #[error("broker.password_file {path}: {reason}; point it at a readable file holding only the password")]
-    PasswordFile {
-        /// The file.
-        path: String,
-        /// The OS error.
-        reason: String,
-    },
+    /// The password file is refused (missing, empty, or readable by others).
+    #[error(transparent)]
+    Password(#[from] SecretFileError),
+    /// The `[broker.tls]` settings cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// MQTT QoS from its number (0, 1, anything else 2; validated in config).
@@ -134,10 +140,15 @@ pub fn qos(level: u8) -> QoS {
 }
 
 /// Connection options: client id, keep-alive, session, credentials, packet
-/// limits, and the last will `offline` (retained) on `status_topic`.
+/// limits, TLS, and the last will `offline` (retained) on `status_topic`.
+///
+/// The password is read here, from `broker.password_file`, and goes only
+/// into the returned options (whose `Debug`, rumqttc's, shows it: never
+/// format them).
 ///
 /// # Errors
-/// [`MqttError::PasswordFile`] when the password file cannot be read.
+/// [`MqttError::Password`] when the password file is refused (see
+/// [`crate::secrets`]), [`MqttError::Tls`] when a `[broker.tls]` file is.
 pub fn options(
     config: &BrokerConfig,
     client_id: &str,
@@ -151,16 +162,14 @@ pub fn options(
     o.set_manual_acks(true);
     if let Some(user) = &config.username {
         let password = match &config.password_file {
-            Some(p) => std::fs::read_to_string(p)
-                .map_err(|e| MqttError::PasswordFile {
-                    path: p.display().to_string(),
-                    reason: e.to_string(),
-                })?
-                .trim_end_matches(['\r', '\n'])
-                .to_string(),
-            None => String::new(),
+            Some(p) => read_secret_line("broker.password_file", p)?,
+            None => Secret::new(""),
         };
-        o.set_credentials(user, password);
+        o.set_credentials(user, password.expose());
+    }
+    if let Some(tls) = &config.tls {
+        let client = tls::client_config(tls)?;
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(client)));
     }
     if let Some(topic) = status_topic {
         o.set_last_will(LastWill::new(

@@ -49,6 +49,20 @@ pub enum RepositoryError {
         path: PathBuf,
     },
 
+    /// config.pbtxt is larger than [`crate::repository::MAX_CONFIG_PBTXT_BYTES`].
+    #[error(
+        "`{}` is {size} bytes, more than a config.pbtxt may be ({limit}); hint: a model configuration takes a few KB, check that this is the right file",
+        .path.display()
+    )]
+    ConfigTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size in bytes.
+        size: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
+
     /// The model folder has no config.pbtxt.
     #[error(
         "model `{model}` has no `{}`; hint: each model is a folder `<repo>/<model>/` holding config.pbtxt and numeric version folders",

@@ -26,5 +26,5 @@ mod tensor;
 pub use config::{ModelConfig, Platform};
 pub use error::RepositoryError;
 pub use schedule::{DynamicBatching, InstanceKind, VersionPolicy};
-pub use store::{ModelEntry, ModelRepository};
+pub use store::{ModelEntry, ModelRepository, MAX_CONFIG_PBTXT_BYTES};
 pub use tensor::{DataType, TensorConfig};

@@ -17,6 +17,10 @@ use super::schedule::VersionPolicy;
 /// Name of the configuration file in each model folder.
 const CONFIG_FILE: &str = "config.pbtxt";
 
+/// Largest config.pbtxt read, in bytes (Triton's configurations take a few
+/// KB; the repository's largest is under 1 KB).
+pub const MAX_CONFIG_PBTXT_BYTES: u64 = 1 << 20;
+
 /// A Triton-layout model repository rooted at a directory.
 #[derive(Debug, Clone)]
 pub struct ModelRepository {
@@ -101,10 +105,7 @@ impl ModelRepository {
                 path: config_path,
             });
         }
-        let text = fs::read_to_string(&config_path).map_err(|source| RepositoryError::Io {
-            path: config_path.clone(),
-            source,
-        })?;
+        let text = read_config_text(&config_path)?;
         let file = config_path.display().to_string();
         let (mut config, mut warnings) = ModelConfig::parse_file(&text, &file)?;
         if config.name.is_empty() {
@@ -264,6 +265,28 @@ fn missing_file_hint(version_dir: &Path, file_name: &str, config: &ModelConfig) 
     hint
 }
 
+/// Reads a config.pbtxt of at most [`MAX_CONFIG_PBTXT_BYTES`].
+fn read_config_text(path: &Path) -> Result<String, RepositoryError> {
+    use std::io::Read;
+    let io_err = |source| RepositoryError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(io_err)?;
+    let mut text = String::new();
+    file.take(MAX_CONFIG_PBTXT_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io_err)?;
+    if text.len() as u64 > MAX_CONFIG_PBTXT_BYTES {
+        return Err(RepositoryError::ConfigTooLarge {
+            path: path.to_path_buf(),
+            size: fs::metadata(path).map_or(text.len() as u64, |m| m.len()),
+            limit: MAX_CONFIG_PBTXT_BYTES,
+        });
+    }
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +308,26 @@ mod tests {
 
     fn onnx(extra: &str) -> String {
         format!("platform: \"onnxruntime_onnx\"\n{extra}\n{IO}")
+    }
+
+    #[test]
+    fn an_oversized_config_pbtxt_is_refused_before_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let padding = "# padding\n".repeat((MAX_CONFIG_PBTXT_BYTES / 10) as usize + 1);
+        model(
+            dir.path(),
+            "big",
+            &format!("{padding}{}", onnx("")),
+            &["1/model.onnx"],
+        );
+        let repo = ModelRepository::open(dir.path()).unwrap();
+        let err = repo.load("big").unwrap_err();
+        assert!(
+            matches!(err, RepositoryError::ConfigTooLarge { limit, .. } if limit == MAX_CONFIG_PBTXT_BYTES),
+            "{err}"
+        );
+        model(dir.path(), "small", &onnx(""), &["1/model.onnx"]);
+        repo.load("small").unwrap();
     }
 
     #[test]

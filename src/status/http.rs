@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use tiny_http::{Header, Request, Response, Server};
 
 use super::kserve::{self, ServedModels};
-use super::limits::{bearer_matches, read_body, read_token, BodyError, SocketTimeouts, TokenError};
+use super::limits::{bearer_matches, read_body, read_token, BodyError, SocketTimeouts};
 use super::metrics::CodeLabel;
 use super::{page, StatusBoard, StatusConfig};
+use crate::secrets::{Secret, SecretFileError};
 
 /// One request, read in full.
 #[derive(Debug, Clone)]
@@ -118,7 +119,7 @@ pub enum StartError {
     },
     /// The token file is unusable.
     #[error(transparent)]
-    Token(#[from] TokenError),
+    Token(#[from] SecretFileError),
 }
 
 impl std::fmt::Debug for StatusServer {
@@ -133,7 +134,8 @@ impl std::fmt::Debug for StatusServer {
 #[derive(Debug)]
 struct Shared {
     config: StatusConfig,
-    token: Option<String>,
+    /// The bearer token; its `Debug` is redacted.
+    token: Option<Secret>,
     board: Arc<StatusBoard>,
     models: Arc<ServedModels>,
     timeouts: SocketTimeouts,
@@ -281,7 +283,9 @@ fn serve(mut request: Request, shared: &Shared) {
 /// Answers a request that was read within the limits.
 fn route(req: &HttpRequest, shared: &Shared) -> HttpReply {
     if let Some(token) = &shared.token {
-        if kserve::needs_token(&req.path) && !bearer_matches(req.header("Authorization"), token) {
+        if kserve::needs_token(&req.path)
+            && !bearer_matches(req.header("Authorization"), token.expose())
+        {
             return HttpReply::error(
                 401,
                 "this endpoint needs `Authorization: Bearer <token>` with the token of status.token_file",
@@ -417,5 +421,22 @@ mod tests {
         s.read_to_string(&mut buf).unwrap();
         assert!(buf.starts_with("HTTP/1.1 413"), "{buf}");
         server.stop();
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let shared = Shared {
+            config: config(),
+            token: Some(Secret::new("t0ken")),
+            board: StatusBoard::new(StatusConfig::default()),
+            models: Arc::default(),
+            timeouts: SocketTimeouts::default(),
+            port: 0,
+        };
+        let text = format!("{shared:?}");
+        assert!(
+            !text.contains("t0ken") && text.contains("redacted"),
+            "{text}"
+        );
     }
 }

@@ -13,67 +13,20 @@
 use std::collections::HashSet;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Errors reading the token file.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    /// The file cannot be read.
-    #[error("cannot read status.token_file {path}: {reason}; create it with the token on one line, mode 600")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        reason: String,
-    },
-    /// Others may read the file.
-    #[error("status.token_file {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`")]
-    WorldReadable {
-        /// The file.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
-    /// The file holds no token.
-    #[error("status.token_file {path} is empty; write the token on its first line")]
-    Empty {
-        /// The file.
-        path: PathBuf,
-    },
-}
+use crate::secrets::{read_secret_line, Secret, SecretFileError};
 
-/// Reads the bearer token from `path`: its first line, trimmed. Refuses a
-/// file that other users can read or write (any of the mode bits `0o007`).
+/// Reads the bearer token from `path` (`status.token_file`): its first
+/// line, trimmed. Refuses a file its group or others can read or write, as
+/// every secret file (see [`crate::secrets`]).
 ///
 /// # Errors
-/// [`TokenError`] naming the file and the fix.
-pub fn read_token(path: &Path) -> Result<String, TokenError> {
-    let read_err = |e: std::io::Error| TokenError::Read {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let mode = std::fs::metadata(path)
-        .map_err(read_err)?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o007 != 0 {
-        return Err(TokenError::WorldReadable {
-            path: path.to_path_buf(),
-            mode,
-        });
-    }
-    let text = std::fs::read_to_string(path).map_err(read_err)?;
-    let token = text.lines().next().unwrap_or("").trim().to_string();
-    if token.is_empty() {
-        return Err(TokenError::Empty {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(token)
+/// [`SecretFileError`], one line naming the key, the file and the fix.
+pub fn read_token(path: &Path) -> Result<Secret, SecretFileError> {
+    read_secret_line("status.token_file", path)
 }
 
 /// Whether `authorization` (the header's value, if any) carries `token` as
@@ -244,22 +197,35 @@ mod tests {
 
     #[test]
     fn token_file_must_be_private_and_non_empty() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "s3cret\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = read_token(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("readable by other users") && err.contains("chmod 600"),
-            "{err}"
-        );
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = read_token(&path).unwrap_err().to_string();
+            assert!(
+                err.starts_with("status.token_file ")
+                    && err.contains("by group/others")
+                    && err.contains(&format!("run: chmod 600 {}", path.display())),
+                "{err}"
+            );
+            assert!(!err.contains("s3cret"), "{err}");
+        }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(read_token(&path).unwrap(), "s3cret");
+        assert_eq!(read_token(&path).unwrap().expose(), "s3cret");
+        assert_eq!(
+            format!("{:?}", read_token(&path).unwrap()),
+            "Secret(<redacted>)"
+        );
         std::fs::write(&path, "\n").unwrap();
-        assert!(matches!(read_token(&path), Err(TokenError::Empty { .. })));
+        assert!(matches!(
+            read_token(&path),
+            Err(SecretFileError::Empty { .. })
+        ));
         assert!(matches!(
             read_token(&dir.path().join("missing")),
-            Err(TokenError::Read { .. })
+            Err(SecretFileError::Unreadable { .. })
         ));
     }
 
