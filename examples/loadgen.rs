@@ -100,6 +100,11 @@ struct Args {
     prefill: usize,
     #[arg(long, default_value_t = 2000.0)]
     prefill_rate: f64,
+    /// Sample number (time stamp and `seq`) of each channel's first sample:
+    /// a run that continues an earlier one against the same gsinfer
+    /// (tools/soak.py) starts past it, so time keeps moving forward.
+    #[arg(long, default_value_t = 0)]
+    start_sample: u64,
     /// QoS of the telemetry messages.
     #[arg(long, default_value_t = 0)]
     qos: u8,
@@ -268,6 +273,7 @@ fn main() {
         Mode::Echo => ("loadgen/echo/+".to_string(), "loadgen/echo"),
         Mode::Relay => ("loadgen/relay/+".to_string(), "telemetry/SMAP"),
     };
+    let offset = args.start_sample;
     let subscriber = {
         let (received, index) = (Arc::clone(&received), Arc::clone(&index));
         connect(
@@ -289,7 +295,9 @@ fn main() {
                 ) else {
                     return;
                 };
-                let k = ((s.t - START_NS) / STEP_NS) as u64;
+                let Some(k) = (((s.t - START_NS) / STEP_NS) as u64).checked_sub(offset) else {
+                    return;
+                };
                 received.lock().unwrap().push((ch, k, now));
             },
             Arc::clone(&stop),
@@ -316,9 +324,10 @@ fn main() {
     let q = qos(args.qos);
     let payload = |ch: usize, k: usize| -> Vec<u8> {
         let rows = &data[ch];
-        let v = &rows[k % rows.len()];
+        let n = k as u64 + offset;
+        let v = &rows[n as usize % rows.len()];
         serde_json::to_vec(
-            &serde_json::json!({ "t": START_NS + k as i64 * STEP_NS, "seq": k, "v": v }),
+            &serde_json::json!({ "t": START_NS + n as i64 * STEP_NS, "seq": n, "v": v }),
         )
         .unwrap()
     };

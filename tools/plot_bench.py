@@ -36,7 +36,7 @@ def load(name, folder=RESULTS):
 
 
 def machine(meta):
-    return f"{meta.get('cores', 2)}-core {meta.get('cpu', 'x86-64')} (shared build machine), {meta.get('date', '?')}"
+    return f"{meta.get('cores', 2)}-core {meta.get('cpu', 'x86-64')} ({meta.get('host', '?')}), {meta.get('date', '?')}"
 
 
 def engines_plot(eng, lines):
@@ -71,6 +71,8 @@ def engines_plot(eng, lines):
 
 
 def read_csv(path):
+    if not os.path.exists(os.path.join(ROOT, path)):
+        return np.zeros((0, 2))  # a run whose raw file did not come back
     with open(os.path.join(ROOT, path)) as f:
         rows = list(csv.reader(f))[1:]
     return np.array([[float(a), float(b)] for a, b in rows]) if rows else np.zeros((0, 2))
@@ -86,7 +88,7 @@ def cdf(ax, data, label, style="-"):
 
 def e2e_plots(e2e, lines):
     meta, runs = e2e["meta"], {r["name"]: r for r in e2e["runs"]}
-    title = f"{meta['cores']}-core build machine, {meta['date']}"
+    title = f"{meta['cores']}-core {meta.get('host', 'machine')}, {meta['date']}"
     if "lstm" in meta:
         m = meta["lstm"]
         loads = sorted({int(n.rsplit("-", 1)[1]) for n in runs if n.startswith("lstm-deadline-")})

@@ -30,6 +30,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_bench as e2e  # noqa: E402  (the same broker/service/loadgen helpers)
 
 
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def descriptors(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -90,12 +98,14 @@ def main():
                 extra = gen + ["--channels", str(args.channels), "--rate", str(args.rate),
                                "--arrivals", "poisson", "--seconds", str(args.segment),
                                "--seed", str(seg), "--drain", "5",
+                               # Each segment continues the channels' time lines.
+                               "--start-sample", str(seg * 1_000_000),
                                "--prefill", str(prefill if seg == 0 else 0)]
                 r = e2e.loadgen(args, broker.port, f"soak-{seg:04d}", extra)
                 c = svc.counters()
                 row = {
                     "t_s": round(time.time() - started, 1),
-                    "rss_mib": c.get("VmRSS"), "hwm_mib": c.get("VmHWM"),
+                    "rss_mib": round(rss_kib(svc.proc.pid) / 1024, 2), "hwm_mib": c.get("VmHWM"),
                     "fds": descriptors(svc.proc.pid), "threads": threads(svc.proc.pid),
                     "sent": r["sent"], "results": r["results"], "ms": r["ms"],
                     "dropped": c["dropped"], "ingest_overflow": c["ingest_overflow"],
