@@ -191,7 +191,7 @@ def dicts():
            "method", "kind", "nan", "inf", "true", "false", "="],
         "payload_json": ['"t"', '"v"', '"seq"', "null", "1e39", "-0", "2023-11-14T22:13:20Z", "[", "{", "}", "]", ":"],
         # \xNN and \r\n written as libFuzzer dictionary escapes (see below).
-        "payload_csv": ["#", ",", "NaN", "inf", "1e39", "2023-11-14T22:13:20+02:00", r"\r\n", r"\xc2\xa0"],
+        "payload_csv": ["#", ",", "NaN", "inf", "1e39", "2023-11-14T22:13:20+02:00", r"\x0d\x0a", r"\xc2\xa0"],
         "kserve_infer": ['"inputs"', '"outputs"', '"name"', '"shape"', '"datatype"', '"data"', '"parameters"',
                          '"binary_data_size"', '"binary_data"', '"binary_data_output"', '"classification"',
                          '"window"', '"forecast"', '"score"', '"FP32"', '"id"', "true"],
@@ -201,7 +201,7 @@ def dicts():
     for target, ws in words.items():
         with open(os.path.join(d, f"{target}.dict"), "w") as f:
             for w in sorted(set(ws)):
-                if w in (r"\r\n", r"\xc2\xa0"):
+                if w in (r"\x0d\x0a", r"\xc2\xa0"):
                     f.write(f'"{w}"\n')
                 else:
                     f.write('"' + w.replace("\\", "\\\\").replace('"', '\\"') + '"\n')

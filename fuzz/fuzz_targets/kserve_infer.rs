@@ -46,7 +46,7 @@ fn model(batched: bool) -> ServedModel {
         input: spec(&config.inputs[0]),
         outputs: config.outputs.iter().map(spec).collect(),
         config,
-        handle: BatchHandle::new(BatchQueue::new(8, vec![1, max_batch], Duration::from_millis(1))),
+        handle: BatchHandle::new(BatchQueue::new(8, vec![max_batch], Duration::from_millis(1))),
         max_batch,
         stats: Arc::default(),
     }
