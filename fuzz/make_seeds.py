@@ -168,6 +168,13 @@ def main():
                                      "parameters": {"binary_data_size": 24}}]}).encode()
     put("kserve_infer", "binary", bytes([2]) + struct.pack("<H", len(header)) + header + struct.pack("<6f", *values))
 
+    # ---- KServe v2 routes (first byte: method; path after /v2, newline, body)
+    for i, (method, path) in enumerate([(0, ""), (0, "/health/ready"), (0, "/models/m/versions/1/config"),
+                                        (1, "/models/%6d/ready"), (0, "/models/stats"), (2, "/repository/index"),
+                                        (3, "/models/m/versions/2/stats"), (0, "/models/x/nope")]):
+        put("kserve_route", f"route-{i}", bytes([method]) + path.encode())
+    put("kserve_route", "infer", bytes([2]) + b"/models/m/infer\n" + json.dumps({"inputs": []}).encode())
+
     # ---- mission (arbitrary-structured): a few random byte strings -------
     for i in range(4):
         put("mission", f"random-{i}", bytes(random.randrange(256) for _ in range(64 + 64 * i)))

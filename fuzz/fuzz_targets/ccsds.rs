@@ -13,7 +13,9 @@ use gsinfer::ingest::ccsds::{self, PacketError, SeqEvent, SequenceTracker, SEQ_C
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pick, frame)) = data.split_first() else { return };
+    let Some((&pick, frame)) = data.split_first() else {
+        return;
+    };
     let crc = pick & 1 == 1;
     match ccsds::parse(frame) {
         Ok(p) => {
@@ -27,7 +29,11 @@ fuzz_target!(|data: &[u8]| {
                     let head = ccsds::PRIMARY_HEADER_LEN;
                     let tail = if crc { ccsds::CRC_LEN } else { 0 };
                     assert_eq!(user, &frame[head..frame.len() - tail]);
-                    if !p.telecommand && !p.secondary_header && !user.is_empty() && user.len() <= 65534 {
+                    if !p.telecommand
+                        && !p.secondary_header
+                        && !user.is_empty()
+                        && user.len() <= 65534
+                    {
                         let mut again = Vec::new();
                         ccsds::encode(p.apid, p.seq_count, user, crc, &mut again);
                         assert_eq!(again, frame);

@@ -46,7 +46,11 @@ fn model(batched: bool) -> ServedModel {
         input: spec(&config.inputs[0]),
         outputs: config.outputs.iter().map(spec).collect(),
         config,
-        handle: BatchHandle::new(BatchQueue::new(8, vec![max_batch], Duration::from_millis(1))),
+        handle: BatchHandle::new(BatchQueue::new(
+            8,
+            vec![max_batch],
+            Duration::from_millis(1),
+        )),
         max_batch,
         stats: Arc::default(),
     }
@@ -94,8 +98,12 @@ fn again(model: &ServedModel, d: &DecodedRequest, binary: bool) -> DecodedReques
         headers.push((HEADER_LENGTH.to_string(), body.len().to_string()));
         body.extend(d.values.iter().flat_map(|v| v.to_le_bytes()));
     }
-    decode_request(&request(headers, body), model)
-        .unwrap_or_else(|e| panic!("re-encoded request refused: {}", String::from_utf8_lossy(&e.body)))
+    decode_request(&request(headers, body), model).unwrap_or_else(|e| {
+        panic!(
+            "re-encoded request refused: {}",
+            String::from_utf8_lossy(&e.body)
+        )
+    })
 }
 
 fn bits(values: &[f32]) -> Vec<u32> {
@@ -103,13 +111,20 @@ fn bits(values: &[f32]) -> Vec<u32> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&flags, rest)) = data.split_first() else { return };
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
     let model = &models()[usize::from(flags & 1)];
     let mut headers = Vec::new();
     let mut body = rest;
     if flags & 2 != 0 {
-        let Some((n, b)) = rest.split_first_chunk::<2>() else { return };
-        headers.push(("inference-header-content-length".to_string(), u16::from_le_bytes(*n).to_string()));
+        let Some((n, b)) = rest.split_first_chunk::<2>() else {
+            return;
+        };
+        headers.push((
+            "inference-header-content-length".to_string(),
+            u16::from_le_bytes(*n).to_string(),
+        ));
         body = b;
     }
     if flags & 4 != 0 {
@@ -118,7 +133,8 @@ fuzz_target!(|data: &[u8]| {
     match decode_request(&request(headers, body.to_vec()), model) {
         Err(reply) => {
             assert!(matches!(reply.status, 400 | 415), "{reply:?}");
-            let v: serde_json::Value = serde_json::from_slice(&reply.body).expect("errors are json");
+            let v: serde_json::Value =
+                serde_json::from_slice(&reply.body).expect("errors are json");
             assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
             if flags & 4 != 0 {
                 assert_eq!(reply.status, 415);
@@ -131,7 +147,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(d.outputs.iter().all(|&(ix, _)| ix < model.outputs.len()));
             let binary = again(model, &d, true);
             assert_eq!(bits(&binary.values), bits(&d.values));
-            assert_eq!((binary.batch, &binary.outputs, &binary.id), (d.batch, &d.outputs, &d.id));
+            assert_eq!(
+                (binary.batch, &binary.outputs, &binary.id),
+                (d.batch, &d.outputs, &d.id)
+            );
             if d.values.iter().all(|v| v.is_finite()) {
                 let json = again(model, &d, false);
                 assert_eq!(bits(&json.values), bits(&d.values), "{:?}", d.values);

@@ -66,35 +66,42 @@ fn packet(p: &Packet) -> PacketConfig {
         apid: p.apid % 2100,
         crc: p.crc,
         secondary_header_bytes: usize::from(p.secondary_header_bytes % 8),
-        time: p.time.map(|(at, ty, little, unit, epoch_ns)| TimeFieldConfig {
-            byte_offset: usize::from(at % 32),
-            ty: TYPES[usize::from(ty) % TYPES.len()],
-            byte_order: order(little),
-            unit: UNITS[usize::from(unit) % UNITS.len()],
-            epoch_ns,
-        }),
+        time: p
+            .time
+            .map(|(at, ty, little, unit, epoch_ns)| TimeFieldConfig {
+                byte_offset: usize::from(at % 32),
+                ty: TYPES[usize::from(ty) % TYPES.len()],
+                byte_order: order(little),
+                unit: UNITS[usize::from(unit) % UNITS.len()],
+                epoch_ns,
+            }),
         parameters: p
             .parameters
             .iter()
             .take(6)
-            .map(|&(at, ty, little, count, scale, offset, channel, feature)| ParameterConfig {
-                name: None,
-                byte_offset: usize::from(at % 64),
-                ty: TYPES[usize::from(ty) % TYPES.len()],
-                byte_order: order(little),
-                count: usize::from(count % 5),
-                scale: SCALES[usize::from(scale) % SCALES.len()],
-                offset: OFFSETS[usize::from(offset) % OFFSETS.len()],
-                channel: CHANNELS[usize::from(channel) % CHANNELS.len()].to_string(),
-                feature: usize::from(feature % 5),
-            })
+            .map(
+                |&(at, ty, little, count, scale, offset, channel, feature)| ParameterConfig {
+                    name: None,
+                    byte_offset: usize::from(at % 64),
+                    ty: TYPES[usize::from(ty) % TYPES.len()],
+                    byte_order: order(little),
+                    count: usize::from(count % 5),
+                    scale: SCALES[usize::from(scale) % SCALES.len()],
+                    offset: OFFSETS[usize::from(offset) % OFFSETS.len()],
+                    channel: CHANNELS[usize::from(channel) % CHANNELS.len()].to_string(),
+                    feature: usize::from(feature % 5),
+                },
+            )
             .collect(),
     }
 }
 
 /// Whether a value of `q` survives encode then decode unchanged.
 fn exact(q: &ParameterConfig) -> bool {
-    let small = matches!(q.ty, ParamType::U8 | ParamType::I8 | ParamType::U16 | ParamType::I16);
+    let small = matches!(
+        q.ty,
+        ParamType::U8 | ParamType::I8 | ParamType::U16 | ParamType::I16
+    );
     let power_of_two = q.scale.abs().log2().fract() == 0.0;
     (small && power_of_two && q.offset.fract() == 0.0)
         || (q.ty == ParamType::F32 && q.scale == 1.0 && q.offset == 0.0)
@@ -107,7 +114,11 @@ fn overlapping(p: &PacketConfig) -> bool {
         .iter()
         .map(|q| (q.byte_offset, q.byte_offset + q.count * q.ty.size()))
         .collect();
-    spans.extend(p.time.as_ref().map(|t| (t.byte_offset, t.byte_offset + t.ty.size())));
+    spans.extend(
+        p.time
+            .as_ref()
+            .map(|t| (t.byte_offset, t.byte_offset + t.ty.size())),
+    );
     spans.sort();
     spans.windows(2).any(|w| w[1].0 < w[0].1)
 }
@@ -131,7 +142,11 @@ fuzz_target!(|input: Input| {
         if data.len() < layout.data_len() {
             assert_eq!(
                 result,
-                Err(MissionError::Short { apid: config.apid, need: layout.data_len(), have: data.len() })
+                Err(MissionError::Short {
+                    apid: config.apid,
+                    need: layout.data_len(),
+                    have: data.len()
+                })
             );
             continue;
         }
@@ -141,7 +156,11 @@ fuzz_target!(|input: Input| {
                 assert!(config.time.is_some() && apid == config.apid && out.is_empty());
                 continue;
             }
-            Err(e) => panic!("{e:?} for {} bytes, data_len {}", data.len(), layout.data_len()),
+            Err(e) => panic!(
+                "{e:?} for {} bytes, data_len {}",
+                data.len(),
+                layout.data_len()
+            ),
         }
         // feature -> parameter, per channel this APID feeds.
         let mut fed: BTreeMap<&str, BTreeMap<usize, &ParameterConfig>> = BTreeMap::new();
@@ -167,17 +186,25 @@ fuzz_target!(|input: Input| {
             let again = layout.samples(&encoded, input.received_ns, Some(9), &mut back);
             // Overlapping fields are allowed, but then the encoder's last
             // write wins and the round trip says nothing.
-            let time_exact = !overlapping(config) && config.time.as_ref().is_none_or(|tf| {
-                !matches!(tf.ty, ParamType::F32 | ParamType::F64)
-                    && (i128::from(t) - i128::from(tf.epoch_ns)).abs() < 1 << 53
-            });
+            let time_exact = !overlapping(config)
+                && config.time.as_ref().is_none_or(|tf| {
+                    !matches!(tf.ty, ParamType::F32 | ParamType::F64)
+                        && (i128::from(t) - i128::from(tf.epoch_ns)).abs() < 1 << 53
+                });
             if time_exact {
                 again.expect("an encoded sample decodes");
-                let (_, s2) = back.iter().find(|(c, _)| c == channel).expect("the channel again");
+                let (_, s2) = back
+                    .iter()
+                    .find(|(c, _)| c == channel)
+                    .expect("the channel again");
                 assert_eq!(s2.t_ns, s.t_ns, "time of {channel}");
                 for (f, q) in &fed[&**channel] {
                     if exact(q) && !s.values[*f].is_nan() {
-                        assert_eq!(s2.values[*f].to_bits(), s.values[*f].to_bits(), "{channel} feature {f}: {q:?}");
+                        assert_eq!(
+                            s2.values[*f].to_bits(),
+                            s.values[*f].to_bits(),
+                            "{channel} feature {f}: {q:?}"
+                        );
                     }
                 }
             }

@@ -11,7 +11,9 @@ use gsinfer::ingest::decode::{decode, DecodeLimits, PayloadFormat, RawSample, Re
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pick, payload)) = data.split_first() else { return };
+    let Some((&pick, payload)) = data.split_first() else {
+        return;
+    };
     let limits = DecodeLimits {
         max_payload_bytes: 2048,
         max_samples: usize::from(pick >> 4),
@@ -28,11 +30,21 @@ fuzz_target!(|data: &[u8]| {
         .map(|l| l.trim_ascii())
         .filter(|l| !l.is_empty() && l[0] != b'#')
         .count();
-    let oversized = d.rejects.iter().any(|r| r.reason == RejectReason::Oversized);
+    let oversized = d
+        .rejects
+        .iter()
+        .any(|r| r.reason == RejectReason::Oversized);
     if payload.len() > limits.max_payload_bytes || lines > limits.max_samples {
-        assert!(oversized && d.samples.is_empty() && d.rejects.len() == 1, "{d:?}");
+        assert!(
+            oversized && d.samples.is_empty() && d.rejects.len() == 1,
+            "{d:?}"
+        );
     } else {
-        assert_eq!(d.samples.len() + d.rejects.len(), lines, "one sample or reject per line: {d:?}");
+        assert_eq!(
+            d.samples.len() + d.rejects.len(),
+            lines,
+            "one sample or reject per line: {d:?}"
+        );
     }
 
     // Round trip through the documented format.
@@ -46,7 +58,11 @@ fuzz_target!(|data: &[u8]| {
         }
         text.push('\n');
     }
-    let wide = DecodeLimits { max_payload_bytes: usize::MAX, max_samples: usize::MAX, ..limits };
+    let wide = DecodeLimits {
+        max_payload_bytes: usize::MAX,
+        max_samples: usize::MAX,
+        ..limits
+    };
     let again = decode(PayloadFormat::Csv, text.as_bytes(), &wide);
     assert!(again.rejects.is_empty(), "{text:?}: {:?}", again.rejects);
     assert_eq!(bits(&again.samples), bits(&d.samples), "{text:?}");

@@ -11,7 +11,9 @@ use gsinfer::ingest::decode::{decode, DecodeLimits, PayloadFormat, RejectReason}
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pick, payload)) = data.split_first() else { return };
+    let Some((&pick, payload)) = data.split_first() else {
+        return;
+    };
     let limits = DecodeLimits {
         max_payload_bytes: 2048,
         max_samples: usize::from(pick >> 4),
@@ -32,13 +34,24 @@ fuzz_target!(|data: &[u8]| {
     let finite: Vec<&[u8]> = records
         .iter()
         .copied()
-        .filter(|r| r[8..].chunks_exact(4).all(|b| f32::from_le_bytes(b.try_into().unwrap()).is_finite()))
+        .filter(|r| {
+            r[8..]
+                .chunks_exact(4)
+                .all(|b| f32::from_le_bytes(b.try_into().unwrap()).is_finite())
+        })
         .collect();
     assert_eq!(d.samples.len(), finite.len(), "{d:?}");
     assert_eq!(d.rejects.len(), records.len() - finite.len(), "{d:?}");
-    assert!(d.rejects.iter().all(|r| r.reason == RejectReason::NonFinite));
+    assert!(d
+        .rejects
+        .iter()
+        .all(|r| r.reason == RejectReason::NonFinite));
     for (s, r) in d.samples.iter().zip(finite) {
-        let mut again = s.t_ns.expect("f32le records carry t").to_le_bytes().to_vec();
+        let mut again = s
+            .t_ns
+            .expect("f32le records carry t")
+            .to_le_bytes()
+            .to_vec();
         for v in &s.values {
             again.extend_from_slice(&v.to_le_bytes());
         }

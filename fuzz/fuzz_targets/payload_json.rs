@@ -12,7 +12,9 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pick, payload)) = data.split_first() else { return };
+    let Some((&pick, payload)) = data.split_first() else {
+        return;
+    };
     let limits = DecodeLimits {
         max_payload_bytes: 2048,
         max_samples: usize::from(pick >> 4),
@@ -24,11 +26,18 @@ fuzz_target!(|data: &[u8]| {
         assert!(s.values.iter().all(|v| v.is_finite()), "{s:?}");
     }
     let total = d.samples.len() + d.rejects.len();
-    let oversized = d.rejects.iter().any(|r| r.reason == RejectReason::Oversized);
+    let oversized = d
+        .rejects
+        .iter()
+        .any(|r| r.reason == RejectReason::Oversized);
     if oversized || payload.len() > limits.max_payload_bytes {
         assert!(d.samples.is_empty() && d.rejects.len() == 1, "{d:?}");
     } else if let Ok(items) = serde_json::from_slice::<Vec<&RawValue>>(payload) {
-        assert_eq!(total, items.len(), "one sample or reject per batch item: {d:?}");
+        assert_eq!(
+            total,
+            items.len(),
+            "one sample or reject per batch item: {d:?}"
+        );
         assert!(items.len() <= limits.max_samples);
     } else {
         assert_eq!(total, 1, "one sample or one reject: {d:?}");
@@ -38,7 +47,11 @@ fuzz_target!(|data: &[u8]| {
 
     // Round trip through the documented format.
     let text = serde_json::to_string(&d.samples.iter().map(to_json).collect::<Vec<_>>()).unwrap();
-    let wide = DecodeLimits { max_payload_bytes: usize::MAX, max_samples: usize::MAX, ..limits };
+    let wide = DecodeLimits {
+        max_payload_bytes: usize::MAX,
+        max_samples: usize::MAX,
+        ..limits
+    };
     let again = decode(PayloadFormat::Json, text.as_bytes(), &wide);
     assert!(again.rejects.is_empty(), "{text}: {:?}", again.rejects);
     assert_eq!(bits(&again.samples), bits(&d.samples), "{text}");
@@ -58,6 +71,12 @@ fn to_json(s: &RawSample) -> serde_json::Value {
 fn bits(samples: &[RawSample]) -> Vec<(Option<i64>, Option<u64>, Vec<u32>)> {
     samples
         .iter()
-        .map(|s| (s.t_ns, s.seq, s.values.iter().map(|v| v.to_bits()).collect()))
+        .map(|s| {
+            (
+                s.t_ns,
+                s.seq,
+                s.values.iter().map(|v| v.to_bits()).collect(),
+            )
+        })
         .collect()
 }

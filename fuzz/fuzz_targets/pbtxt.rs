@@ -17,14 +17,19 @@ use gsinfer::repository::{
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let (config, warnings) = match ModelConfig::parse(text) {
         Ok(parsed) => parsed,
         Err(RepositoryError::Syntax { line, column, .. }) => {
             assert!(line >= 1 && column >= 1);
             assert!(line <= text.split('\n').count(), "line {line} of {text:?}");
             let text_line = text.split('\n').nth(line - 1).unwrap_or("");
-            assert!(column <= text_line.chars().count() + 1, "column {column} of line {line} {text_line:?}");
+            assert!(
+                column <= text_line.chars().count() + 1,
+                "column {column} of line {line} {text_line:?}"
+            );
             return;
         }
         Err(_) => return,
@@ -158,16 +163,27 @@ fn print(c: &ModelConfig) -> String {
     }
     writeln!(out, "}}").unwrap();
     match &c.version_policy {
-        VersionPolicy::Latest { num_versions } => {
-            writeln!(out, "version_policy: {{ latest: {{ num_versions: {num_versions} }} }}").unwrap()
-        }
+        VersionPolicy::Latest { num_versions } => writeln!(
+            out,
+            "version_policy: {{ latest: {{ num_versions: {num_versions} }} }}"
+        )
+        .unwrap(),
         VersionPolicy::All => writeln!(out, "version_policy: {{ all: {{ }} }}").unwrap(),
-        VersionPolicy::Specific { versions } => {
-            writeln!(out, "version_policy: {{ specific: {{ versions: {} }} }}", list(versions)).unwrap()
-        }
+        VersionPolicy::Specific { versions } => writeln!(
+            out,
+            "version_policy: {{ specific: {{ versions: {} }} }}",
+            list(versions)
+        )
+        .unwrap(),
     }
     for (k, v) in &c.parameters {
-        writeln!(out, "parameters {{ key: {} value: {{ string_value: {} }} }}", quote(k), quote(v)).unwrap();
+        writeln!(
+            out,
+            "parameters {{ key: {} value: {{ string_value: {} }} }}",
+            quote(k),
+            quote(v)
+        )
+        .unwrap();
     }
     if let Some(f) = &c.default_model_filename {
         writeln!(out, "default_model_filename: {}", quote(f)).unwrap();
