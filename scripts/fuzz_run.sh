@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs built fuzz targets for a fixed time each, with no Rust toolchain:
 # plain bash and the libFuzzer binaries that `scripts/fuzz.sh build <dir>`
-# put in <dir>. Copy that folder to any x86_64 Linux machine and run
+# put in <dir>. Copy that folder to an x86_64 Linux machine (glibc 2.34
+# or newer and libstdc++6, as on Debian 12 or Ubuntu 22.04; the binaries
+# are about 50 MB each, `tar czf` shrinks the folder about fourfold) and run
 #
 #   bash fuzz_run.sh <dir> <seconds> <jobs> [<out>] [target...]
 #
