@@ -369,6 +369,7 @@ mod tests {
                 results: tx,
                 board: Arc::clone(&board),
                 stats: board.stats("m").unwrap(),
+                stage: Stage::new("engine"),
             }
             .spawn(Box::new(engine));
             thread.join().unwrap();
