@@ -1,21 +1,35 @@
 #!/usr/bin/env bash
-# Runs every fuzz target under fuzz/ (cargo-fuzz, libFuzzer) for a fixed
-# time each: SECONDS_EACH (default 60). Needs a nightly toolchain and
-# cargo-fuzz (installed here if missing). Crashes land in
-# fuzz/artifacts/<target>/; turn each into a regression test next to the
-# code it broke. The corpus grows in fuzz/corpus/<target>/ (not committed).
+# Builds the fuzz targets under fuzz/ (cargo-fuzz, libFuzzer; release
+# with debug assertions) and runs every one for a fixed time. Needs a
+# nightly toolchain and cargo-fuzz (installed here if missing).
 #
-#   bash scripts/fuzz.sh                 # every target, 60 s each
-#   SECONDS_EACH=10 bash scripts/fuzz.sh kiss cobs
+#   bash scripts/fuzz.sh                    # build, then every target FUZZ_SECONDS (600) each
+#   FUZZ_SECONDS=60 FUZZ_JOBS=2 bash scripts/fuzz.sh kiss cobs
+#   bash scripts/fuzz.sh build <dir>        # build, and put binaries + seeds + fuzz_run.sh in <dir>
+#   bash scripts/fuzz.sh list               # the targets
 #
-# The decoders hold no unsafe code, so the default sanitizer is none (much
-# faster to build and run); SANITIZER=address turns AddressSanitizer on.
+# A run goes through scripts/fuzz_run.sh (see there for FUZZ_JOBS and fork
+# mode): crashes land in fuzz/artifacts/<target>/, new corpus entries in
+# fuzz/grown/<target>/, libFuzzer's output in fuzz/logs/, and the summary
+# table in fuzz/summary.txt. Only the seeds in fuzz/corpus/<target>/ are
+# committed. Turn each crash into a regression test next to the decoder
+# it broke.
+#
+# `build <dir>` is for fuzzing on another x86_64 Linux machine without
+# Rust: copy <dir> there and run `bash <dir>/fuzz_run.sh <dir> 3600 16`.
+# Binaries are copied with their debug info stripped (symbols kept, so
+# crash stacks still name functions); FUZZ_STRIP=0 keeps it.
+#
+# The decoders hold no unsafe code, so the default sanitizer is none
+# (faster to build and run); SANITIZER=address turns AddressSanitizer on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SECONDS_EACH=${SECONDS_EACH:-60}
+FUZZ_SECONDS=${FUZZ_SECONDS:-600}
+FUZZ_JOBS=${FUZZ_JOBS:-1}
 SANITIZER=${SANITIZER:-none}
 TOOLCHAIN=${TOOLCHAIN:-nightly}
+TRIPLE=x86_64-unknown-linux-gnu
 
 if ! rustup run "$TOOLCHAIN" rustc --version >/dev/null 2>&1; then
   echo "no $TOOLCHAIN toolchain: rustup toolchain install $TOOLCHAIN --profile minimal" >&2
@@ -23,12 +37,44 @@ if ! rustup run "$TOOLCHAIN" rustc --version >/dev/null 2>&1; then
 fi
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 
-targets=("$@")
-if [ ${#targets[@]} -eq 0 ]; then
-  mapfile -t targets < <(cargo +"$TOOLCHAIN" fuzz list)
-fi
-for t in "${targets[@]}"; do
-  echo "== fuzz target $t for ${SECONDS_EACH}s"
-  cargo +"$TOOLCHAIN" fuzz run --sanitizer "$SANITIZER" "$t" -- \
-    -max_total_time="$SECONDS_EACH" -max_len=4096 -print_final_stats=1
-done
+build() {
+  echo "== building fuzz targets (release, debug assertions, sanitizer $SANITIZER)"
+  cargo +"$TOOLCHAIN" fuzz build -O --debug-assertions --sanitizer "$SANITIZER" "$@"
+}
+
+mode=${1:-run}
+case "$mode" in
+list)
+  cargo +"$TOOLCHAIN" fuzz list
+  ;;
+build)
+  out=${2:?usage: scripts/fuzz.sh build <dir>}
+  build
+  mkdir -p "$out/bin" "$out/corpus"
+  for t in $(cargo +"$TOOLCHAIN" fuzz list); do
+    bin=fuzz/target/$TRIPLE/release/$t
+    if [ "${FUZZ_STRIP:-1}" = 1 ]; then
+      objcopy --strip-debug "$bin" "$out/bin/$t"
+    else
+      cp "$bin" "$out/bin/$t"
+    fi
+    rm -rf "$out/corpus/$t"
+    cp -r "fuzz/corpus/$t" "$out/corpus/$t"
+  done
+  [ -d fuzz/dict ] && cp -r fuzz/dict "$out/"
+  cp scripts/fuzz_run.sh "$out/"
+  du -sh "$out/bin"/* | sort -k2
+  echo "== $out: run it with bash $out/fuzz_run.sh $out <seconds per target> <jobs>"
+  ;;
+*)
+  [ "$mode" = run ] && shift || true
+  build
+  rm -rf fuzz/run && mkdir -p fuzz/run
+  ln -s "../target/$TRIPLE/release" fuzz/run/bin
+  ln -s ../corpus fuzz/run/corpus
+  [ -d fuzz/dict ] && ln -s ../dict fuzz/run/dict
+  targets=("$@")
+  [ ${#targets[@]} -eq 0 ] && mapfile -t targets < <(cargo +"$TOOLCHAIN" fuzz list)
+  bash scripts/fuzz_run.sh fuzz/run "$FUZZ_SECONDS" "$FUZZ_JOBS" fuzz "${targets[@]}"
+  ;;
+esac

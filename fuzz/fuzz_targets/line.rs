@@ -9,13 +9,19 @@ use libfuzzer_sys::fuzz_target;
 const MAX: usize = 64;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&cut, input)) = data.split_first() else { return };
+    let Some((&cut, input)) = data.split_first() else {
+        return;
+    };
     let cut = usize::from(cut).max(1);
     let mut d = Deframer::new(Framing::Line, MAX, None);
     let mut frames = Vec::new();
     for chunk in input.chunks(cut) {
         d.push(chunk, &mut |f| {
-            assert!(f.len() <= MAX, "frame of {} bytes over the maximum", f.len());
+            assert!(
+                f.len() <= MAX,
+                "frame of {} bytes over the maximum",
+                f.len()
+            );
             frames.push(f.to_vec());
         });
     }

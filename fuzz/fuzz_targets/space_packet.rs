@@ -29,7 +29,9 @@ parameter = [ { byte_offset = 0, type = "f32", channel = "c" } ]
 "#;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pick, input)) = data.split_first() else { return };
+    let Some((&pick, input)) = data.split_first() else {
+        return;
+    };
     let framing = ["kiss", "slip", "cobs", "line"][usize::from(pick % 4)];
     let text = CONFIG.replace("\"kiss\"", &format!("{framing:?}"));
     let config: SerialConfig = toml::from_str(&text).unwrap();

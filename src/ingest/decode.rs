@@ -306,7 +306,9 @@ fn decode_csv(payload: &[u8], limits: &DecodeLimits) -> Decoded {
 
 fn parse_csv_line(line: &str, features: usize) -> Result<RawSample, String> {
     let mut fields = line.split(',');
-    let t = fields.next().unwrap_or_default().trim();
+    // ASCII whitespace only, as the line itself is trimmed: a line of
+    // Unicode spaces (U+00A0) is not a sample without time or values.
+    let t = fields.next().unwrap_or_default().trim_ascii();
     let t_ns = if t.is_empty() {
         None
     } else if let Ok(ns) = t.parse::<i64>() {
@@ -316,7 +318,7 @@ fn parse_csv_line(line: &str, features: usize) -> Result<RawSample, String> {
     };
     let mut values = Vec::with_capacity(features);
     for (j, field) in fields.enumerate() {
-        let field = field.trim();
+        let field = field.trim_ascii();
         // f32's parser also reads "NaN" and "inf": those are rejected later as non-finite.
         let x = field
             .parse::<f32>()
@@ -553,6 +555,28 @@ mod tests {
         );
         assert_eq!(got[8].0, Malformed);
         assert!(got[8].1.starts_with("line 10: t \"1.5\""), "{}", got[8].1);
+    }
+
+    /// Found by the `payload_csv` fuzz target: a line holding only U+00A0
+    /// (no-break space) passed the blank-line check (ASCII whitespace) but
+    /// its time field was trimmed to nothing (Unicode whitespace), so it
+    /// became a sample with no time and no values.
+    #[test]
+    fn csv_fields_are_trimmed_of_ascii_whitespace_only() {
+        let payload = b"\xd5\xdd\xd3\xdb,,,,,,,,,,,,0,,,,,,,,0\n\x0e23\n\xc2\xa0";
+        let d = decode(PayloadFormat::Csv, payload, &limits(0));
+        assert!(d.samples.is_empty(), "{:?}", d.samples);
+        assert_eq!(reasons(&d), [Malformed, Malformed, Malformed]);
+        let d = csv("\u{a0}\n1,\u{a0}2\n", 1);
+        assert!(d.samples.is_empty(), "{:?}", d.samples);
+        assert_eq!(reasons(&d), [Malformed, Malformed]);
+        assert!(
+            d.rejects[0]
+                .detail
+                .starts_with(r#"line 1: t "\u{a0}" is not rfc 3339"#),
+            "{}",
+            d.rejects[0].detail
+        );
     }
 
     #[test]

@@ -242,34 +242,64 @@ fn split_body(req: &HttpRequest) -> Result<(&[u8], &[u8]), HttpReply> {
     }
 }
 
+/// An inference request's body, decoded and checked against the model:
+/// what [`infer`] queues and how it answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedRequest {
+    /// The request's `id`, echoed in the response.
+    pub id: Option<String>,
+    /// Batch items, 1 to the model's `max_batch` (1 for a model without a
+    /// batch dimension).
+    pub batch: usize,
+    /// The input's values, row-major: `batch` × the input's item length.
+    pub values: Vec<f32>,
+    /// The outputs to return, in response order: (index into the model's
+    /// outputs, returned as binary tensor data?).
+    pub outputs: Vec<(usize, bool)>,
+}
+
+/// Decodes the body of `req` (JSON, or JSON header plus binary tensor
+/// data) as a KServe v2 inference request for `model`, without running it.
+///
+/// # Errors
+/// The reply to send instead: 415 for a compressed body, 400 naming what
+/// is wrong (not JSON, wrong input name, datatype, shape or byte count,
+/// unknown output).
+pub fn decode_request(req: &HttpRequest, model: &ServedModel) -> Result<DecodedRequest, HttpReply> {
+    let (header, binary) = split_body(req)?;
+    let request: InferRequest = serde_json::from_slice(header).map_err(|e| {
+        bad(format!(
+            "the request is not a KServe v2 inference request: {e}"
+        ))
+    })?;
+    let (batch, values) = input_values(&request, binary, model)?;
+    let outputs = requested_outputs(&request, model)?;
+    Ok(DecodedRequest {
+        id: request.id,
+        batch,
+        values,
+        outputs,
+    })
+}
+
 /// Serves one inference request on `model`.
 pub fn infer(req: &HttpRequest, model: &ServedModel, ctx: &Context<'_>) -> HttpReply {
     ctx.board.metrics.input("http", req.body.len());
-    let (header, binary) = match split_body(req) {
-        Ok(parts) => parts,
-        Err(reply) => return reply,
-    };
-    let request: InferRequest = match serde_json::from_slice(header) {
+    let request = match decode_request(req, model) {
         Ok(r) => r,
-        Err(e) => {
-            return bad(format!(
-                "the request is not a KServe v2 inference request: {e}"
-            ))
-        }
-    };
-    let (batch, values) = match input_values(&request, binary, model) {
-        Ok(v) => v,
         Err(reply) => return reply,
     };
-    let outputs = match requested_outputs(&request, model) {
-        Ok(o) => o,
-        Err(reply) => return reply,
-    };
-    let rows = match run(model, ctx, batch, values, req.received) {
+    let rows = match run(model, ctx, request.batch, request.values, req.received) {
         Ok(rows) => rows,
         Err(reply) => return reply,
     };
-    let reply = encode(&request, model, batch, &rows, &outputs);
+    let reply = encode(
+        request.id.as_deref(),
+        model,
+        request.batch,
+        &rows,
+        &request.outputs,
+    );
     ctx.board.record_end_to_end(
         &model.name,
         "http",
@@ -360,7 +390,7 @@ fn run(
 
 /// The response: JSON, or JSON header plus binary outputs.
 fn encode(
-    request: &InferRequest,
+    id: Option<&str>,
     model: &ServedModel,
     batch: usize,
     rows: &[Vec<Vec<f32>>],
@@ -392,7 +422,7 @@ fn encode(
         "model_version": model.version.to_string(),
         "outputs": tensors,
     });
-    if let Some(id) = &request.id {
+    if let Some(id) = id {
         body["id"] = json!(id);
     }
     let header = body.to_string().into_bytes();
