@@ -437,6 +437,7 @@ pub async fn run(config: Config) -> Result<()> {
         .await;
     let _ = client.disconnect().await;
     if tokio::time::timeout(DRAIN_TIMEOUT, async {
+        // Until the broker has closed the connection (or was not there).
         while board.is_ready() && !event_loop.is_finished() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -255,6 +255,7 @@ impl EventLoopTask {
     pub async fn run(self, mut eventloop: EventLoop, stop: Stop) {
         let mut delay = self.backoff.0;
         let mut connected = false;
+        let mut disconnecting = false;
         loop {
             let event = tokio::select! {
                 e = eventloop.poll() => e,
@@ -298,11 +299,18 @@ impl EventLoopTask {
                     }
                 }
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                    // Keep polling until the broker closes the connection:
+                    // what was queued before DISCONNECT (the last results,
+                    // the offline status) may still sit in the write buffer.
+                    log::info!(target: "gsinfer::mqtt", "disconnecting from the broker");
+                    disconnecting = true;
+                }
+                Ok(_) => {}
+                Err(_) if disconnecting => {
                     log::info!(target: "gsinfer::mqtt", "disconnected from the broker");
                     self.board.set_connected(false);
                     break;
                 }
-                Ok(_) => {}
                 Err(e) => {
                     if connected {
                         log::warn!(target: "gsinfer::mqtt", "lost the broker connection: {e}; reconnecting");
