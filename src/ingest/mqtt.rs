@@ -233,6 +233,9 @@ pub async fn acknowledge(client: &AsyncClient, msg: &Inbound) {
     }
 }
 
+/// How often a broker that stays unreachable is reported at `warn`.
+const CONNECT_WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// What the event loop task needs besides the event loop.
 #[derive(Debug)]
 pub struct EventLoopTask {
@@ -256,6 +259,10 @@ impl EventLoopTask {
         let mut delay = self.backoff.0;
         let mut connected = false;
         let mut disconnecting = false;
+        // Failed connection attempts since the last success, and when the
+        // last warning about them was logged.
+        let mut failures = 0u32;
+        let mut last_warning: Option<Instant> = None;
         loop {
             let event = tokio::select! {
                 e = eventloop.poll() => e,
@@ -265,6 +272,8 @@ impl EventLoopTask {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     log::info!(target: "gsinfer::mqtt", "connected to the broker (session present: {})", ack.session_present);
                     connected = true;
+                    failures = 0;
+                    last_warning = None;
                     delay = self.backoff.0;
                     self.board.set_connected(true);
                     for (filter, q) in &self.subscriptions {
@@ -317,8 +326,16 @@ impl EventLoopTask {
                         self.board.metrics.mqtt_disconnects.inc();
                         self.board.set_connected(false);
                         connected = false;
+                        failures = 0;
                     } else {
-                        log::debug!(target: "gsinfer::mqtt", "cannot connect to the broker: {e}");
+                        failures += 1;
+                        // The first failure, then one line a minute while it lasts.
+                        if last_warning.is_none_or(|t: Instant| t.elapsed() >= CONNECT_WARN_EVERY) {
+                            log::warn!(target: "gsinfer::mqtt", "cannot connect to the broker ({failures} attempt(s) so far): {e}; retrying with backoff up to {:?}", self.backoff.1);
+                            last_warning = Some(Instant::now());
+                        } else {
+                            log::debug!(target: "gsinfer::mqtt", "cannot connect to the broker: {e}");
+                        }
                     }
                     let jitter = rand::rng().random_range(0.5..1.0);
                     tokio::select! {
