@@ -46,7 +46,7 @@ pub struct RepositoryConfig {
 pub struct PipelineConfig {
     /// Model name in the repository.
     pub model: String,
-    /// The engine that runs the model: `auto` (tract today), `tract` or
+    /// The engine that runs the model: `auto` (onnxruntime when its library is found, else tract), `tract` or
     /// `onnxruntime` (settings in `[engine]`).
     #[serde(default)]
     pub engine: EngineChoice,

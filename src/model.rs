@@ -134,7 +134,7 @@ pub fn prepare(
 }
 
 /// Opens one engine instance for a prepared model: `choice` picks the
-/// implementation (`auto` is tract today), `settings` are the `[engine]`
+/// implementation (`auto`: onnxruntime when its library is found, else tract), `settings` are the `[engine]`
 /// section. This is the one place that matches on [`EngineChoice`].
 ///
 /// # Errors
@@ -172,7 +172,37 @@ pub fn open_engine(
         .collect();
     let path = &model.entry.model_path;
     match choice {
-        EngineChoice::Auto | EngineChoice::Tract => {
+        EngineChoice::Auto => {
+            // onnxruntime where its library is on the box (faster on every
+            // shipped model: BENCHMARKS.md), else tract, which needs nothing.
+            #[cfg(feature = "onnxruntime")]
+            match crate::engine::onnxruntime::OnnxRuntimeEngine::load(
+                path,
+                &model.input,
+                &outputs,
+                settings,
+            ) {
+                Ok(engine) => return Ok(Box::new(engine)),
+                Err(e @ crate::engine::EngineError::Unavailable { .. }) => {
+                    // Silent unless the operator pointed at a library.
+                    if settings.onnxruntime_library.is_some()
+                        || std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| !p.is_empty())
+                    {
+                        log::warn!("model {name}: engine auto uses tract: {e}");
+                    } else {
+                        log::debug!("model {name}: engine auto uses tract: {e}");
+                    }
+                }
+                Err(e) => {
+                    log::warn!("model {name}: onnxruntime cannot run it ({e}); engine auto uses tract");
+                }
+            }
+            let engine =
+                TractEngine::load_for_batches(path, &model.input, &outputs, &model.buckets)
+                    .map_err(failed)?;
+            Ok(Box::new(engine))
+        }
+        EngineChoice::Tract => {
             let engine =
                 TractEngine::load_for_batches(path, &model.input, &outputs, &model.buckets)
                     .map_err(failed)?;

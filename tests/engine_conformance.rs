@@ -183,9 +183,10 @@ fn every_engine_matches_tract_on_every_family_and_bucket() {
         let mut tract =
             open_engine(&model, EngineChoice::Tract, &EngineSettings::default()).unwrap();
         assert_eq!(tract.kind(), "tract");
-        // auto is tract until a faster engine is present.
+        // auto is onnxruntime once its library is loaded in this process
+        // (or found by the search), else tract.
         let auto = open_engine(&model, EngineChoice::Auto, &EngineSettings::default()).unwrap();
-        assert_eq!(auto.kind(), "tract");
+        assert!(matches!(auto.kind(), "tract" | "onnxruntime"), "{}", auto.kind());
         check_repeatable(&model, tract.as_mut());
         for (choice, settings) in &engines {
             let mut engine = open_engine(&model, *choice, settings)
@@ -197,9 +198,20 @@ fn every_engine_matches_tract_on_every_family_and_bucket() {
     }
 }
 
-/// Runs `gsinfer bench` with `env` on a copy of the example configuration
-/// with `extra` prepended; returns (exit status, stdout, stderr).
+/// Runs `gsinfer bench --engine onnxruntime` with `env` on a copy of the
+/// example configuration with `extra` prepended; returns (exit status,
+/// stdout, stderr).
 fn bench_with(dir: &Path, extra: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    bench_engine(dir, "onnxruntime", extra, env)
+}
+
+/// [`bench_with`] for any `--engine`.
+fn bench_engine(
+    dir: &Path,
+    engine: &str,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, String) {
     let example = std::fs::read_to_string(root().join("config/gsinfer.example.toml")).unwrap();
     let text = format!("{extra}\n{example}").replace(
         "path = \"../model_repository\"",
@@ -216,7 +228,7 @@ fn bench_with(dir: &Path, extra: &str, env: &[(&str, &str)]) -> (Option<i32>, St
         "--model",
         "smap_lstm",
         "--engine",
-        "onnxruntime",
+        engine,
         "--seconds",
         "0",
         "--json",
@@ -282,4 +294,27 @@ fn bench_reports_the_engine_it_ran() {
     assert_eq!(line["batch"], 1, "{out}");
     assert!(line["windows_per_s"].as_f64().unwrap() > 0.0, "{out}");
     assert!(line["ms_per_batch"].as_f64().unwrap() > 0.0, "{out}");
+}
+
+#[test]
+fn auto_runs_onnxruntime_when_its_library_is_found_and_tract_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    // No library anywhere the search looks (CI has none installed): tract.
+    let (code, out, err) = bench_engine(dir.path(), "auto", "", &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    if line["engine"] == "onnxruntime" {
+        eprintln!("this box has a system libonnxruntime: the tract half is skipped");
+    } else {
+        assert_eq!(line["engine"], "tract", "{out}");
+    }
+    let Some(lib) = onnxruntime_library().filter(|_| cfg!(feature = "onnxruntime")) else {
+        eprintln!("skipped: no onnxruntime library (pip install onnxruntime)");
+        return;
+    };
+    let (code, out, err) =
+        bench_engine(dir.path(), "auto", "", &[("ORT_DYLIB_PATH", lib.to_str().unwrap())]);
+    assert_eq!(code, Some(0), "{err}");
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["engine"], "onnxruntime", "{out}");
 }

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineChoice {
-    /// The best engine this box has; today that is tract.
+    /// The best engine this box has: `onnxruntime` when its library is
+    /// found (see [`EngineSettings::onnxruntime_library`]) and it can run the
+    /// model, else `tract`.
     #[default]
     Auto,
     /// tract, the embedded CPU engine: always compiled, needs nothing installed.

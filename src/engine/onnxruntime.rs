@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use ort::environment::Environment;
 use ort::memory::Allocator;
@@ -50,7 +50,9 @@ struct Runtime {
     version: String,
 }
 
-static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+/// Held while a library is being opened, so that only one is.
+static OPENING: Mutex<()> = Mutex::new(());
 
 /// The library candidates for `settings`, with where each came from.
 fn candidates(settings: &EngineSettings) -> Vec<(PathBuf, &'static str)> {
@@ -66,16 +68,20 @@ fn candidates(settings: &EngineSettings) -> Vec<(PathBuf, &'static str)> {
     }
 }
 
-/// Opens the library (once per process; later calls get the same one
-/// whatever their settings) and creates the environment.
+/// Opens the library and creates the environment, once per process: after
+/// a success later calls get the same one whatever their settings; a
+/// failure is not kept, so a later call with other settings may succeed
+/// (`auto` tries the search before a pipeline names a library).
 fn runtime(settings: &EngineSettings) -> Result<&'static Runtime, EngineError> {
-    RUNTIME
-        .get_or_init(|| open_runtime(settings))
-        .as_ref()
-        .map_err(|reason| EngineError::Unavailable {
-            engine: "onnxruntime",
-            reason: reason.clone(),
-        })
+    let _opening = OPENING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = open_runtime(settings).map_err(|reason| EngineError::Unavailable {
+        engine: "onnxruntime",
+        reason,
+    })?;
+    Ok(RUNTIME.get_or_init(|| rt))
 }
 
 fn open_runtime(settings: &EngineSettings) -> Result<Runtime, String> {

@@ -186,8 +186,8 @@ fn open_cpu(
     })
 }
 
-/// Falls back to tract with `why`, or fails naming it when there is no
-/// ONNX file.
+/// Falls back to the pipeline's CPU engine with `why` (the note names the
+/// engine that opened), or fails naming it when there is no ONNX file.
 fn fall_back(
     model: &PreparedModel,
     instances: usize,
@@ -196,17 +196,14 @@ fn fall_back(
 ) -> Result<Opened, ModelError> {
     match onnx_fallback(model) {
         Some(onnx) => {
-            let kind = match cpu.choice {
-                EngineChoice::Auto | EngineChoice::Tract => "tract",
-                other => other.name(),
-            };
-            let note = format!("{why}; running on {kind} from {}", onnx.display());
-            open_cpu(model, &onnx, instances, Some(note), cpu)
+            let mut opened = open_cpu(model, &onnx, instances, None, cpu)?;
+            opened.note = Some(format!("{why}; running on {} from {}", opened.kind, onnx.display()));
+            Ok(opened)
         }
         None => Err(ModelError::Mismatch {
             model: model.entry.name.clone(),
             message: format!(
-                "{why}, and there is no model.onnx beside {} to run on tract instead",
+                "{why}, and there is no model.onnx beside {} to run on the CPU instead",
                 model.entry.model_path.display()
             ),
         }),
