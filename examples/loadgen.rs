@@ -117,6 +117,10 @@ struct Args {
     /// Free text copied into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
+    /// Leave Nagle's algorithm on for this generator's sockets (rumqttc's
+    /// default); by default they set TCP_NODELAY, as gsinfer does.
+    #[arg(long)]
+    nagle: bool,
 }
 
 fn qos(q: u8) -> QoS {
@@ -181,6 +185,9 @@ fn connect(
     options.set_keep_alive(Duration::from_secs(30));
     options.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut connection) = Client::new(options, 65_536);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(!args.nagle);
+    connection.eventloop.set_network_options(network);
     let subscribed = Arc::new(AtomicBool::new(subscribe.is_empty()));
     let filters = subscribe.to_vec();
     let handle = {

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 
 use crate::batch::{BatchHandle, BatchQueue, PushOutcome};
@@ -282,7 +281,7 @@ pub async fn run(config: Config) -> Result<()> {
     )?;
     log::info!(target: "gsinfer::mqtt", "broker {broker} over {}",
         config.broker.tls.as_ref().map_or_else(|| "plain TCP".to_string(), |t| t.describe()));
-    let (client, eventloop) = AsyncClient::new(options, 1024);
+    let (client, eventloop) = mqtt::client(options, 1024);
     let online = serde_json::json!({
         "state": "online", "version": env!("CARGO_PKG_VERSION"),
         "models": config.pipelines.iter().map(|p| p.model.clone()).collect::<Vec<_>>(),

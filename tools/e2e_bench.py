@@ -60,12 +60,12 @@ def ort_library():
 
 
 class Mosquitto:
-    def __init__(self, workdir):
+    def __init__(self, workdir, nodelay=True):
         self.port = free_port()
         conf = os.path.join(workdir, "mosquitto.conf")
         with open(conf, "w") as f:
             f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
-                    f"persistence false\nlog_dest none\n" + ("user root\n" if os.geteuid() == 0 else ""))
+                    f"persistence false\nlog_dest none\n" + ("set_tcp_nodelay true\n" if nodelay else "") + ("user root\n" if os.geteuid() == 0 else ""))
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.proc = subprocess.Popen([binary, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(200):
@@ -244,13 +244,16 @@ def main():
     ap.add_argument("--loads", type=float, nargs="+", default=[0.5, 0.8, 0.95, 1.2])
     ap.add_argument("--vae-rate", type=float, default=10000.0)
     ap.add_argument("--vae-budget-us", type=int, default=500)
+    ap.add_argument("--broker-nagle", action="store_true",
+                    help="leave Nagle's algorithm on in Mosquitto (its default; the Ansible role turns it off)")
     args = ap.parse_args()
     args.raw = os.path.join(os.path.dirname(args.out), "e2e")
     os.makedirs(args.raw, exist_ok=True)
     results, meta = [], {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "host": platform.node(),
                          "cores": os.cpu_count(), "seconds": args.seconds}
     workdir = tempfile.mkdtemp(prefix="gsinfer-broker-")
-    broker = Mosquitto(workdir)
+    broker = Mosquitto(workdir, nodelay=not args.broker_nagle)
+    meta["broker_tcp_nodelay"] = not args.broker_nagle
     secs = ["--seconds", str(args.seconds)]
     try:
         if "lstm" in args.experiments:

@@ -233,6 +233,19 @@ pub async fn acknowledge(client: &AsyncClient, msg: &Inbound) {
     }
 }
 
+/// The client and its event loop for `options`, with `capacity` requests
+/// queued at most, on a socket with TCP_NODELAY: telemetry and results are
+/// small packets, and Nagle's algorithm holding one back until the previous
+/// is acknowledged adds up to a delayed-ACK period (40 ms on Linux) to it
+/// (BENCHMARKS.md, "The broker floor and Nagle").
+pub fn client(options: MqttOptions, capacity: usize) -> (AsyncClient, EventLoop) {
+    let (client, mut eventloop) = AsyncClient::new(options, capacity);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    (client, eventloop)
+}
+
 /// How often a broker that stays unreachable is reported at `warn`.
 const CONNECT_WARN_EVERY: Duration = Duration::from_secs(60);
 
