@@ -70,7 +70,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results/engines.json"))
+    ap.add_argument("--cpu", type=int, default=None,
+                    help="pin this process and every gsinfer bench it starts to this one CPU, so that all three "
+                         "engines run on the same core (a virtual machine's cores differ in speed and neighbours)")
     args = ap.parse_args()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
     lib = ort_library()
     configs = dict(MODELS)
     runs = []
@@ -103,7 +108,7 @@ def main():
                       "windows_per_s": float(np.median(xs)), "min": min(xs), "max": max(xs), "rounds": len(xs)})
     meta = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "host": platform.node(),
             "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
-            "cores": os.cpu_count(), "onnxruntime_python": ort.__version__, "library": lib,
+            "cores": os.cpu_count(), "pinned_cpu": args.cpu, "onnxruntime_python": ort.__version__, "library": lib,
             "loadavg_end": os.getloadavg()}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

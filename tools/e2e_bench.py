@@ -44,6 +44,28 @@ GSINFER = os.path.join(ROOT, "target/release/gsinfer")
 LOADGEN = os.path.join(ROOT, "target/release/examples/loadgen")
 
 
+PIN = {}  # role ("gsinfer", "broker", "loadgen") -> set of CPUs, from --pin
+
+
+def pinned(role):
+    """preexec_fn that pins a child process to the CPUs given for `role`, if any."""
+    cpus = PIN.get(role)
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+
+
+def parse_pin(text):
+    """'gsinfer=0-3,broker=4,loadgen=5-7' -> {role: {cpus}}."""
+    out = {}
+    for part in filter(None, text.split(",")):
+        role, _, spec = part.partition("=")
+        cpus = set()
+        for r in spec.split("+"):
+            lo, _, hi = r.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+        out[role] = cpus
+    return out
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -67,7 +89,8 @@ class Mosquitto:
             f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
                     f"persistence false\nlog_dest none\n" + ("set_tcp_nodelay true\n" if nodelay else "") + ("user root\n" if os.geteuid() == 0 else ""))
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([binary, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([binary, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=pinned("broker"))
         for _ in range(200):
             try:
                 socket.create_connection(("127.0.0.1", self.port), 0.2).close()
@@ -165,7 +188,7 @@ class Service:
             f.write(config_text(broker_port, self.status_port, pipeline))
         self.log = open(os.path.join(workdir, f"gsinfer-{self.status_port}.log"), "w")
         self.proc = subprocess.Popen([GSINFER, "run", "--config", self.config], stdout=self.log, stderr=self.log,
-                                     env=dict(os.environ, RUST_LOG="warn"))
+                                     env=dict(os.environ, RUST_LOG="warn"), preexec_fn=pinned("gsinfer"))
         for _ in range(600):
             try:
                 if http_get(self.status_port, "/readyz")[0] == 200:
@@ -209,7 +232,7 @@ class Service:
 def loadgen(args, broker_port, name, extra):
     csv = os.path.join(args.raw, f"{name}.csv")
     cmd = [LOADGEN, "--port", str(broker_port), "--data-dir", args.data_dir, "--out", csv, "--label", name] + extra
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, preexec_fn=pinned("loadgen"))
     line = json.loads(out.stdout.strip().splitlines()[-1])
     line["csv"] = os.path.relpath(csv, ROOT)
     return line
@@ -228,6 +251,11 @@ def run(args, broker, name, pipeline, gen, results):
                 svc.stop()
     r["name"] = name
     r["loadavg"] = os.getloadavg()
+    g = r.get("gsinfer")
+    if g and r.get("achieved_rate"):
+        # Engine busy time over the timed trace: the utilisation the load really put on the engine.
+        busy_s = sum(ms * n for ms, n in g["engine_ms_by_bucket"].values()) / 1e3
+        r["engine_busy"] = busy_s / (r["sent"] / r["achieved_rate"])
     results.append(r)
     ms = {k: (v if v is not None else float("nan")) for k, v in r["ms"].items()}
     print(f"{name:40} sent {r['sent']:6} results {r['results']:6} p50 {ms['p50']:8.2f} p99 {ms['p99']:8.2f} "
@@ -244,9 +272,12 @@ def main():
     ap.add_argument("--loads", type=float, nargs="+", default=[0.5, 0.8, 0.95, 1.2])
     ap.add_argument("--vae-rate", type=float, default=10000.0)
     ap.add_argument("--vae-budget-us", type=int, default=500)
+    ap.add_argument("--pin", default="",
+                    help="CPUs per process, e.g. gsinfer=0-3,broker=4,loadgen=5-7 ('+' joins ranges: 0+8)")
     ap.add_argument("--broker-nagle", action="store_true",
                     help="leave Nagle's algorithm on in Mosquitto (its default; the Ansible role turns it off)")
     args = ap.parse_args()
+    PIN.update(parse_pin(args.pin))
     args.raw = os.path.join(os.path.dirname(args.out), "e2e")
     os.makedirs(args.raw, exist_ok=True)
     results, meta = [], {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "host": platform.node(),
@@ -254,6 +285,7 @@ def main():
     workdir = tempfile.mkdtemp(prefix="gsinfer-broker-")
     broker = Mosquitto(workdir, nodelay=not args.broker_nagle)
     meta["broker_tcp_nodelay"] = not args.broker_nagle
+    meta["pin"] = {k: sorted(v) for k, v in PIN.items()}
     secs = ["--seconds", str(args.seconds)]
     try:
         if "lstm" in args.experiments:
@@ -264,7 +296,8 @@ def main():
             bench = json.loads(subprocess.run(
                 [GSINFER, "bench", "--config", os.path.join(ROOT, "config/gsinfer.example.toml"), "--model", "smap_lstm",
                  "--engine", "onnxruntime", "--batch", "64", "--seconds", "3", "--json"],
-                check=True, capture_output=True, text=True, env=dict(os.environ, ORT_DYLIB_PATH=ort_library())).stdout)
+                check=True, capture_output=True, text=True, env=dict(os.environ, ORT_DYLIB_PATH=ort_library()),
+                preexec_fn=pinned("gsinfer")).stdout)
             over = run(args, broker, "lstm-capacity", lstm_pipeline("deadline"),
                        lstm + secs + ["--rate", str(1.6 * bench["windows_per_s"]), "--arrivals", "poisson"], results)
             capacity = over["results_per_s_second_half"]

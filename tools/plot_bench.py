@@ -136,8 +136,11 @@ def e2e_plots(e2e, lines):
                   "received)", "",
                   f"Capacity {m['capacity_windows_per_s']:.0f} windows/s measured under overload (the engine alone at "
                   f"batch 64: {m['engine_b64_windows_per_s']:.0f} windows/s, {m['engine_b64_ms']:.1f} ms per batch).", "",
-                  "| arrivals | load | run | results | dropped | p50 | p99 | p99.9 | max | RSS MiB (peak) |",
-                  "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "Engine busy: the engine's batch time over the trace's length, the load the run really put on "
+                  "the engine. Server p99.9: gsinfer's own view, window received to result out.", "",
+                  "| arrivals | load | run | results | dropped | engine busy | p50 | p99 | p99.9 | max | server p99.9 "
+                  "| RSS MiB (peak) |",
+                  "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for arrivals in ("poisson", "bursty"):
             for load in loads:
                 for kind in ("echo", "relay", "deadline", "max_queue_delay"):
@@ -148,9 +151,15 @@ def e2e_plots(e2e, lines):
                     label = {"echo": "broker floor", "relay": "relay floor", "deadline": "gsinfer",
                              "max_queue_delay": "Triton-style"}[kind]
                     ms = r["ms"]
+                    busy = server = ""
+                    if g:
+                        b = sum(t * n for t, n in g["engine_ms_by_bucket"].values()) / 1e3
+                        busy = f"{100 * b * r['achieved_rate'] / r['sent']:.0f} %"
+                        lat = (g.get("server_us") or {}).get("latency_us") or {}
+                        server = f"{lat['p999'] / 1e3:.1f}" if lat.get("p999") else ""
                     lines.append(f"| {arrivals} | {load} % | {label} | {r['results']} | "
-                                 f"{int(g['dropped']) if g else ''} | {ms['p50']:.2f} | {ms['p99']:.2f} | "
-                                 f"{ms['p999']:.2f} | {ms['max']:.2f} | "
+                                 f"{int(g['dropped']) if g else ''} | {busy} | {ms['p50']:.2f} | {ms['p99']:.2f} | "
+                                 f"{ms['p999']:.2f} | {ms['max']:.2f} | {server} | "
                                  f"{'%d (%d)' % (g['VmRSS'], g['VmHWM']) if g else ''} |")
         lines.append("")
     if "vae" in meta:

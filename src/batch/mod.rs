@@ -1,11 +1,13 @@
 //! Fixed-latency micro-batching (DESIGN.md, "Fixed-latency micro-batching").
 //!
 //! Every window gets a deadline `arrival + L` where `L` is the model's
-//! latency budget. A batch is dispatched as soon as it is full (the largest
-//! bucket) or when the oldest window's deadline arrives, whichever is first,
+//! latency budget. A batch is dispatched as soon as the dispatch size is
+//! queued or when the oldest window's deadline arrives, whichever is first,
 //! and is padded up to the next bucket so an engine's time per dispatch
-//! depends only on the bucket. The queue is bounded: when full, the oldest
-//! window of the same channel is replaced by the newest.
+//! depends only on the bucket. The dispatch size is the largest bucket until
+//! the engine's measured time per window says a smaller bucket is as
+//! efficient ([`BatchQueue::dispatch_size`]). The queue is bounded: when
+//! full, the oldest window of the same channel is replaced by the newest.
 //!
 //! [`queue`] holds the policy as a pure state machine over an injected
 //! clock; [`worker`] is the small blocking loop that waits on it.
@@ -45,8 +47,9 @@ pub struct BatchConfig {
 #[serde(rename_all = "snake_case")]
 pub enum BatchPolicy {
     /// gsinfer's fixed-latency policy (module docs): a per-window deadline
-    /// `arrival + latency_budget_us`, dispatch when the largest bucket is
-    /// full or the oldest deadline comes, padded to the bucket; a bounded
+    /// `arrival + latency_budget_us`, dispatch when the dispatch size (the
+    /// largest bucket, or a smaller one measured to be as efficient) is
+    /// queued or the oldest deadline comes, padded to the bucket; a bounded
     /// queue that replaces the oldest window of the same channel when full.
     #[default]
     Deadline,

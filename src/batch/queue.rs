@@ -10,6 +10,13 @@ use std::time::{Duration, Instant};
 
 use super::BatchPolicy;
 
+/// A smaller bucket is dispatched in place of a larger one when its measured
+/// engine time per window is within this fraction of the best bucket's.
+pub const EFFICIENCY_TOLERANCE: f64 = 0.05;
+
+/// Weight of the newest batch in a bucket's running mean time per window.
+const COST_EWMA_WEIGHT: f64 = 0.1;
+
 /// One queued item with its channel and dispatch deadline.
 #[derive(Debug)]
 struct Entry<T> {
@@ -62,6 +69,9 @@ pub struct BatchQueue<T> {
     budget: Duration,
     draining: bool,
     policy: BatchPolicy,
+    /// Per bucket (same index as `buckets`): the engine's running mean time
+    /// per window in µs, from [`BatchQueue::record`]; `None` until measured.
+    cost_us: Vec<Option<f64>>,
 }
 
 impl<T> BatchQueue<T> {
@@ -71,6 +81,7 @@ impl<T> BatchQueue<T> {
     pub fn new(capacity: usize, buckets: Vec<usize>, budget: Duration) -> Self {
         assert!(capacity > 0, "queue capacity must be positive");
         assert!(!buckets.is_empty() && buckets.windows(2).all(|w| w[0] < w[1]) && buckets[0] > 0);
+        let cost_us = vec![None; buckets.len()];
         Self {
             entries: VecDeque::with_capacity(capacity),
             capacity,
@@ -78,6 +89,7 @@ impl<T> BatchQueue<T> {
             budget,
             draining: false,
             policy: BatchPolicy::Deadline,
+            cost_us,
         }
     }
 
@@ -109,6 +121,48 @@ impl<T> BatchQueue<T> {
             .copied()
             .find(|b| *b >= n)
             .unwrap_or_else(|| self.max_batch())
+    }
+
+    /// Records that the engine ran a batch of `size` windows (the size it
+    /// ran: the bucket for an engine that pads, the item count for one that
+    /// does not) in `elapsed`; feeds [`BatchQueue::dispatch_size`].
+    pub fn record(&mut self, size: usize, elapsed: Duration) {
+        if size == 0 {
+            return;
+        }
+        let bucket = self.bucket_for(size);
+        let i = self.buckets.iter().position(|b| *b == bucket).expect("a bucket");
+        let per_window = elapsed.as_secs_f64() * 1e6 / size as f64;
+        let cost = &mut self.cost_us[i];
+        *cost = Some(match *cost {
+            None => per_window,
+            Some(mean) => mean + COST_EWMA_WEIGHT * (per_window - mean),
+        });
+    }
+
+    /// The batch size dispatched as soon as it is queued: the smallest
+    /// bucket whose measured engine time per window is within
+    /// [`EFFICIENCY_TOLERANCE`] of the best measured bucket's, once the
+    /// largest bucket has been measured; until then (and under
+    /// [`BatchPolicy::MaxQueueDelay`]) the largest bucket.
+    ///
+    /// An engine that gets cheaper per window up to the largest bucket (a
+    /// GPU) keeps dispatching full batches; one whose time per window hardly
+    /// falls past some size (an LSTM on one CPU thread) dispatches at that
+    /// size, so a backlog drains at the same rate in shorter batches and no
+    /// window waits behind a long one. Buckets never measured are left out;
+    /// a measured one is re-measured whenever it runs.
+    pub fn dispatch_size(&self) -> usize {
+        let max = self.max_batch();
+        if self.policy != BatchPolicy::Deadline || self.cost_us.last().copied().flatten().is_none() {
+            return max;
+        }
+        let best = self.cost_us.iter().flatten().copied().fold(f64::INFINITY, f64::min);
+        self.buckets
+            .iter()
+            .zip(&self.cost_us)
+            .find(|(_, c)| c.is_some_and(|c| c <= best * (1.0 + EFFICIENCY_TOLERANCE)))
+            .map_or(max, |(b, _)| *b)
     }
 
     /// From now on dispatch everything at once, ignoring deadlines (used on
@@ -167,21 +221,23 @@ impl<T> BatchQueue<T> {
         Ok(())
     }
 
-    /// The dispatch policy. Dispatches the largest bucket's worth of items
-    /// as soon as that many are queued; otherwise everything queued (up to
-    /// the largest bucket) once the oldest deadline is reached; otherwise
-    /// says when to ask again. Under [`BatchPolicy::MaxQueueDelay`] a queued
-    /// count equal to a bucket also dispatches at once, and the batch is
-    /// not padded.
+    /// The dispatch policy. Dispatches [`BatchQueue::dispatch_size`] items
+    /// (the largest bucket until the engine's times say a smaller one is as
+    /// efficient) as soon as that many are queued; otherwise everything
+    /// queued, up to that size, once the oldest deadline is reached;
+    /// otherwise says when to ask again. While draining, up to the largest
+    /// bucket at once. Under [`BatchPolicy::MaxQueueDelay`] a queued count
+    /// equal to a bucket also dispatches at once, and the batch is not
+    /// padded.
     pub fn next_batch(&mut self, now: Instant) -> Next<T> {
         let Some(oldest) = self.entries.front() else {
             return Next::Idle;
         };
-        let max = self.max_batch();
+        let size = if self.draining { self.max_batch() } else { self.dispatch_size() };
         let len = self.entries.len();
         let preferred = self.policy == BatchPolicy::MaxQueueDelay && self.buckets.contains(&len);
-        if len >= max || oldest.deadline <= now || self.draining || preferred {
-            let n = len.min(max);
+        if len >= size || oldest.deadline <= now || self.draining || preferred {
+            let n = len.min(size);
             let items: Vec<T> = self.entries.drain(..n).map(|e| e.item).collect();
             let bucket = match self.policy {
                 BatchPolicy::Deadline => self.bucket_for(items.len()),
@@ -208,6 +264,62 @@ mod tests {
             Next::Dispatch(b) => (b.items, b.bucket),
             other => panic!("expected a dispatch, got {other:?}"),
         }
+    }
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    #[test]
+    fn an_engine_cheaper_per_window_in_larger_batches_keeps_full_batches() {
+        // A GPU-like profile: 100, 50, 20 µs per window at 1, 4, 16.
+        let mut q = BatchQueue::<u32>::new(64, vec![1, 4, 16], BUDGET);
+        assert_eq!(q.dispatch_size(), 16, "nothing measured yet");
+        q.record(1, us(100));
+        q.record(4, us(200));
+        assert_eq!(q.dispatch_size(), 16, "the largest bucket not measured yet");
+        q.record(16, us(320));
+        assert_eq!(q.dispatch_size(), 16);
+    }
+
+    #[test]
+    fn a_bucket_as_efficient_as_the_best_is_dispatched_at_once_and_in_chunks() {
+        // A one-thread CPU profile: 4 windows cost 21 µs each, 16 cost 20.
+        let t0 = Instant::now();
+        let mut q = BatchQueue::new(64, vec![1, 4, 16], BUDGET);
+        q.record(1, us(100));
+        q.record(4, us(84));
+        q.record(16, us(320));
+        assert_eq!(q.dispatch_size(), 4);
+        for i in 0..10 {
+            q.push(0, i, t0);
+        }
+        // Four go before the deadline, then four more; two wait for it.
+        assert_eq!(items(q.next_batch(t0)), (vec![0, 1, 2, 3], 4));
+        assert_eq!(items(q.next_batch(t0)), (vec![4, 5, 6, 7], 4));
+        assert_eq!(q.next_batch(t0), Next::WaitUntil(t0 + BUDGET));
+        assert_eq!(items(q.next_batch(t0 + BUDGET)), (vec![8, 9], 4));
+        // Bucket 4 slows down (a running mean): full batches again.
+        for _ in 0..50 {
+            q.record(4, us(200));
+        }
+        assert_eq!(q.dispatch_size(), 16);
+        // Draining ignores the learned size.
+        for i in 0..10 {
+            q.push(0, i, t0);
+        }
+        q.record(4, us(0));
+        q.drain();
+        assert_eq!(items(q.next_batch(t0)).0.len(), 10);
+    }
+
+    #[test]
+    fn triton_style_policy_ignores_measured_times() {
+        let mut q = BatchQueue::<u32>::new(64, vec![1, 4, 16], BUDGET)
+            .with_policy(BatchPolicy::MaxQueueDelay);
+        q.record(4, us(4));
+        q.record(16, us(1600));
+        assert_eq!(q.dispatch_size(), 16);
     }
 
     #[test]
@@ -424,13 +536,17 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// With room for everything: every window is dispatched exactly once,
-        /// in arrival order, in batches no larger than the largest bucket and
-        /// padded to the smallest bucket that holds them; and a driver that
-        /// wakes when the policy asks never dispatches a window after its
-        /// deadline, nor a partial batch before the oldest deadline.
+        /// With room for everything, whatever the engine's measured times:
+        /// every window is dispatched exactly once, in arrival order, in
+        /// batches no larger than the dispatch size and padded to the
+        /// smallest bucket that holds them; and a driver that wakes when the
+        /// policy asks never dispatches a window after its deadline, nor a
+        /// batch smaller than the dispatch size before the oldest deadline.
         #[test]
-        fn every_window_once_in_order_and_never_late(ops in ops()) {
+        fn every_window_once_in_order_and_never_late(
+            ops in ops(),
+            costs in proptest::option::of(proptest::collection::vec(1u64..2_000, 4)),
+        ) {
             let t0 = Instant::now();
             let mut q = BatchQueue::new(1 << 16, vec![1, 2, 4, 8], BUDGET);
             let mut now = t0;
@@ -442,15 +558,21 @@ mod tests {
                 // policy names, unless the next event comes first.
                 let target = now + Duration::from_micros(*gap_us);
                 loop {
+                    let size = q.dispatch_size();
                     match q.next_batch(now) {
                         Next::Dispatch(b) => {
-                            proptest::prop_assert!(!b.items.is_empty() && b.items.len() <= 8);
+                            proptest::prop_assert!(!b.items.is_empty() && b.items.len() <= size);
                             proptest::prop_assert_eq!(b.bucket, q.bucket_for(b.items.len()));
                             let oldest = pushed[b.items[0] as usize];
                             proptest::prop_assert!(
-                                b.items.len() == 8 || oldest + BUDGET <= now,
+                                b.items.len() == size || oldest + BUDGET <= now,
                                 "a partial batch left before its oldest deadline"
                             );
+                            // The engine's time per window in this bucket, if any.
+                            if let Some(costs) = &costs {
+                                let i = [1, 2, 4, 8].iter().position(|x| *x == b.bucket).unwrap();
+                                q.record(b.bucket, Duration::from_micros(costs[i] * b.bucket as u64));
+                            }
                             for id in &b.items {
                                 proptest::prop_assert!(
                                     now <= pushed[*id as usize] + BUDGET,
