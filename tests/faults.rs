@@ -310,6 +310,12 @@ fn graceful_broker_restarts_lose_no_qos1_sample_and_score_each_once() {
     assert_eq!(model["samples"], SAMPLES as u64, "samples taken: {s}");
     assert_eq!(model["scores"], expected as u64, "windows scored: {s}");
     assert_eq!(model["windows_dropped"], 0);
+    // The batcher has learned a dispatch size, one of the model's buckets.
+    let size = &model["dispatch_size"];
+    assert!(
+        model["buckets"].as_array().unwrap().contains(size),
+        "dispatch size {size} is not a bucket: {s}"
+    );
     assert!(
         s["broker"]["disconnects"].as_u64().unwrap() >= RESTARTS as u64,
         "{s}"

@@ -431,6 +431,7 @@ impl StatusBoard {
                     "state": s.state.name(), "reason": reason, "progress": progress,
                     "version": s.version, "latency_budget_us": s.budget_us, "buckets": s.buckets,
                     "queue_depth": m.queue_depth_of(name),
+                    "dispatch_size": m.dispatch_size_of(name),
                     "samples": Metrics::value(&m.samples, name),
                     "windows": Metrics::value(&m.windows, name),
                     "windows_dropped": m.dropped_count(name),

@@ -124,6 +124,9 @@ pub struct Metrics {
     pub batches: Family<ModelBucketLabels, Counter>,
     /// Items waiting in the batcher, by model.
     pub queue_depth: Family<ModelLabel, Gauge>,
+    /// The batch size the batcher dispatches without waiting for a deadline
+    /// (learned from engine times; `BatchQueue::dispatch_size`), by model.
+    pub dispatch_size: Family<ModelLabel, Gauge>,
     /// 1 for a model's current engine state, 0 for the others.
     pub engine_state: Family<ModelStateLabels, Gauge>,
     /// Time an item waited in the batcher queue, by model and source.
@@ -206,6 +209,12 @@ impl Metrics {
             "queue_depth",
             "Items waiting in the batcher.",
             queue_depth.clone(),
+        );
+        let dispatch_size = Family::default();
+        r.register(
+            "batch_dispatch_size",
+            "Batch size dispatched without waiting for a deadline, learned from the engine's time per window.",
+            dispatch_size.clone(),
         );
         let engine_state = Family::default();
         r.register(
@@ -308,6 +317,7 @@ impl Metrics {
             windows_dropped,
             batches,
             queue_depth,
+            dispatch_size,
             engine_state,
             queue_seconds,
             compute_seconds,
@@ -402,6 +412,24 @@ impl Metrics {
                 model: model.into(),
             })
             .set(depth as i64);
+    }
+
+    /// Sets the batcher's current dispatch size of `model`.
+    pub fn set_dispatch_size(&self, model: &str, size: usize) {
+        self.dispatch_size
+            .get_or_create(&ModelLabel {
+                model: model.into(),
+            })
+            .set(size as i64);
+    }
+
+    /// The batcher's current dispatch size of `model` (0 before its first batch).
+    pub fn dispatch_size_of(&self, model: &str) -> i64 {
+        self.dispatch_size
+            .get(&ModelLabel {
+                model: model.into(),
+            })
+            .map_or(0, |g| g.get())
     }
 
     /// The batcher queue depth of `model`.

@@ -74,7 +74,8 @@ function renderModels(models) {
       '<div><dt>Engine / batch p50</dt><dd>' + ms(m.inference_us ? m.inference_us.p50 : null) + '</dd></div>' +
       '<div><dt>Engine / batch p99</dt><dd>' + ms(m.inference_us ? m.inference_us.p99 : null) + '</dd></div>' +
       '<div><dt>Queue wait p99</dt><dd>' + ms(m.queue_us ? m.queue_us.p99 : null) + '</dd></div>' +
-      '<div><dt>Buckets</dt><dd>' + esc(m.buckets.join(' ')) + '</dd></div></dl>' +
+      '<div><dt>Buckets</dt><dd>' + esc(m.buckets.join(' ')) + '</dd></div>' +
+      '<div><dt>Dispatch size</dt><dd title="batch sent without waiting for the deadline, learned from the engine\'s time per window">' + (m.dispatch_size ? num(m.dispatch_size) : '–') + '</dd></div></dl>' +
       '<div class="lat"><div class="muted" style="font-size:12px;margin-bottom:2px">Window latency (sample received → scored) vs budget ' + ms(budget) + '</div>' + bars + '</div></div>';
   }).join('');
 }
