@@ -18,6 +18,8 @@ Experiments:
           arrivals at 50/80/95/120 % of it, with gsinfer's deadline policy
           and the Triton-style policy (batch.policy = "max_queue_delay") on
           the same traces.
+  tfm     the same for tfm_A-1 (the attention forecaster, window 64), an
+          engine that does get cheaper per window in larger batches.
   vae10k  vae_A-1 serving 40 channels at 10 000 samples/s (Poisson), budget
           --vae-budget-us, on onnxruntime and on tract.
 
@@ -157,12 +159,20 @@ threads = 1
 """
 
 
-def lstm_pipeline(policy, engine="onnxruntime", budget_us=20000, capacity=256):
-    return f"""model = "smap_lstm"
+# Forecaster experiments: key -> (model, the configuration `gsinfer bench` reads it with, window length,
+# queue capacity: about 150 ms of the engine's work, so that the queue, not the run's length, bounds the wait).
+FORECASTERS = {"lstm": ("smap_lstm", "config/gsinfer.example.toml", 250, 256),
+               "tfm": ("tfm_A-1", "config/smap_tfm.toml", 64, 1024)}
+
+
+def lstm_pipeline(policy, engine="onnxruntime", budget_us=20000, capacity=None, key="lstm"):
+    model, _, window, default_capacity = FORECASTERS[key]
+    capacity = capacity or default_capacity
+    return f"""model = "{model}"
 engine = "{engine}"
 topics = ["telemetry/SMAP/+"]
 features = 25
-window = {{ length = 250, stride = 1 }}
+window = {{ length = {window}, stride = 1 }}
 batch = {{ latency_budget_us = {budget_us}, queue_capacity = {capacity}, policy = "{policy}" }}
 scoring = {{ kind = "forecast", target_feature = 0, smoothing_span = 30.0, event_hold = 30, threshold = {{ method = "static", value = 0.5 }} }}
 """
@@ -263,12 +273,41 @@ def run(args, broker, name, pipeline, gen, results):
     return r
 
 
+def forecaster_experiment(args, broker, key, secs, meta, results):
+    """Capacity under overload, then Poisson and bursty arrivals at --loads of it, for gsinfer's deadline
+    policy and the Triton-style policy on the same traces, beside the broker and relay floors."""
+    model, config, window, _ = FORECASTERS[key]
+    gen = ["--model", model, "--forecast", "--channels", "2", "--prefill", str(window)]
+    # Capacity: the rate of results the service sustains under overload (Poisson at 1.6x the
+    # engine's batch-64 rate), with gsinfer's own policy, over the second half of the trace.
+    bench = json.loads(subprocess.run(
+        [GSINFER, "bench", "--config", os.path.join(ROOT, config), "--model", model,
+         "--engine", "onnxruntime", "--batch", "64", "--seconds", "3", "--json"],
+        check=True, capture_output=True, text=True, env=dict(os.environ, ORT_DYLIB_PATH=ort_library()),
+        preexec_fn=pinned("gsinfer")).stdout)
+    over = run(args, broker, f"{key}-capacity", lstm_pipeline("deadline", key=key),
+               gen + secs + ["--rate", str(1.6 * bench["windows_per_s"]), "--arrivals", "poisson"], results)
+    capacity = over["results_per_s_second_half"]
+    meta[key] = {"model": model, "engine_b64_windows_per_s": bench["windows_per_s"],
+                 "engine_b64_ms": bench["ms_per_batch"], "capacity_windows_per_s": capacity}
+    print(f"{key} capacity: {capacity:.0f} windows/s (engine alone at batch 64: {bench['windows_per_s']:.0f})")
+    for arrivals in ("poisson", "bursty"):
+        for load in args.loads:
+            rate = ["--rate", f"{load * capacity:.1f}", "--arrivals", arrivals]
+            tag = f"{arrivals}-{int(round(load * 100))}"
+            run(args, broker, f"{key}-echo-{tag}", None, ["--mode", "echo", "--channels", "2"] + secs + rate, results)
+            run(args, broker, f"{key}-relay-{tag}", None, ["--mode", "relay", "--channels", "2"] + secs + rate,
+                results)
+            for policy in ("deadline", "max_queue_delay"):
+                run(args, broker, f"{key}-{policy}-{tag}", lstm_pipeline(policy, key=key), gen + secs + rate, results)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=os.environ.get("GSINFER_DATA_DIR", os.path.join(ROOT, "../shared/data/telemanom")))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results/e2e.json"))
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--experiments", nargs="+", default=["lstm", "vae10k"])
+    ap.add_argument("--experiments", nargs="+", default=["lstm", "tfm", "vae10k"])
     ap.add_argument("--loads", type=float, nargs="+", default=[0.5, 0.8, 0.95, 1.2])
     ap.add_argument("--vae-rate", type=float, default=10000.0)
     ap.add_argument("--vae-budget-us", type=int, default=500)
@@ -288,32 +327,9 @@ def main():
     meta["pin"] = {k: sorted(v) for k, v in PIN.items()}
     secs = ["--seconds", str(args.seconds)]
     try:
-        if "lstm" in args.experiments:
-            lstm = ["--model", "smap_lstm", "--forecast", "--channels", "2", "--prefill", "250"]
-            # Capacity: the rate of results the service sustains under overload (Poisson at
-            # 1.6x the engine's batch-64 rate), with gsinfer's own policy, over the second
-            # half of the trace.
-            bench = json.loads(subprocess.run(
-                [GSINFER, "bench", "--config", os.path.join(ROOT, "config/gsinfer.example.toml"), "--model", "smap_lstm",
-                 "--engine", "onnxruntime", "--batch", "64", "--seconds", "3", "--json"],
-                check=True, capture_output=True, text=True, env=dict(os.environ, ORT_DYLIB_PATH=ort_library()),
-                preexec_fn=pinned("gsinfer")).stdout)
-            over = run(args, broker, "lstm-capacity", lstm_pipeline("deadline"),
-                       lstm + secs + ["--rate", str(1.6 * bench["windows_per_s"]), "--arrivals", "poisson"], results)
-            capacity = over["results_per_s_second_half"]
-            meta["lstm"] = {"engine_b64_windows_per_s": bench["windows_per_s"], "engine_b64_ms": bench["ms_per_batch"],
-                            "capacity_windows_per_s": capacity}
-            print(f"capacity: {capacity:.0f} windows/s (engine alone at batch 64: {bench['windows_per_s']:.0f})")
-            for arrivals in ("poisson", "bursty"):
-                for load in args.loads:
-                    rate = ["--rate", f"{load * capacity:.1f}", "--arrivals", arrivals]
-                    tag = f"{arrivals}-{int(round(load * 100))}"
-                    run(args, broker, f"lstm-echo-{tag}", None, ["--mode", "echo", "--channels", "2"] + secs + rate,
-                        results)
-                    run(args, broker, f"lstm-relay-{tag}", None, ["--mode", "relay", "--channels", "2"] + secs + rate,
-                        results)
-                    for policy in ("deadline", "max_queue_delay"):
-                        run(args, broker, f"lstm-{policy}-{tag}", lstm_pipeline(policy), lstm + secs + rate, results)
+        for key in ("lstm", "tfm"):
+            if key in args.experiments:
+                forecaster_experiment(args, broker, key, secs, meta, results)
         if "vae10k" in args.experiments:
             vae = ["--model", "vae_A-1", "--channels", "40", "--prefill", "50"]
             rate = ["--rate", str(args.vae_rate), "--arrivals", "poisson"]

@@ -86,82 +86,88 @@ def cdf(ax, data, label, style="-"):
     ax.plot(xs, ys, style, label=label, linewidth=1.2)
 
 
+def forecaster_plots(key, m, runs, lines, title):
+    """CDFs, overload timeline and table of one forecaster experiment (`lstm`, `tfm`)."""
+    model = m.get("model", "smap_lstm")
+    loads = sorted({int(n.rsplit("-", 1)[1]) for n in runs if n.startswith(f"{key}-deadline-")})
+    fig, axes = plt.subplots(2, len(loads), figsize=(4.2 * len(loads), 7), squeeze=False)
+    for row, arrivals in enumerate(("poisson", "bursty")):
+        for col, load in enumerate(loads):
+            ax = axes[row][col]
+            tag = f"{arrivals}-{load}"
+            for name, label, style in ((f"{key}-deadline-{tag}", "gsinfer (deadline policy)", "-"),
+                                       (f"{key}-max_queue_delay-{tag}", "Triton-style (max queue delay)", "--"),
+                                       (f"{key}-relay-{tag}", "relay floor (2 hops)", ":"),
+                                       (f"{key}-echo-{tag}", "broker floor (1 hop)", "-.")):
+                if name in runs:
+                    cdf(ax, read_csv(runs[name]["csv"])[:, 1], label, style)
+            ax.set_xscale("log")
+            ax.set_title(f"{arrivals}, {load} % of capacity", fontsize=9)
+            ax.set_xlabel("latency ms")
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("fraction of windows")
+    axes[1][0].set_ylabel("fraction of windows")
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{model} on onnxruntime, budget 20 ms, 2 channels; capacity {m['capacity_windows_per_s']:.0f} "
+                 f"windows/s: {title}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(os.path.join(DOCS, "latency_cdf.png" if key == "lstm" else f"latency_cdf_{key}.png"), dpi=80)
+    over = [lo for lo in loads if lo > 100]
+    if over:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
+        for ax, arrivals in zip(axes[0], ("poisson", "bursty")):
+            for policy, label in (("deadline", "gsinfer (deadline)"), ("max_queue_delay", "Triton-style")):
+                name = f"{key}-{policy}-{arrivals}-{over[0]}"
+                if name in runs:
+                    d = read_csv(runs[name]["csv"])
+                    ax.plot(d[:, 0], d[:, 1], ".", markersize=1.5, label=label)
+            ax.set_yscale("log")
+            ax.set_xlabel("sample published at (s into the trace)")
+            ax.set_ylabel("latency ms")
+            ax.set_title(f"{arrivals}, {over[0]} % of capacity", fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8, markerscale=6)
+        fig.suptitle(f"Overload: latency over time, {model}: {title}", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(os.path.join(DOCS, "overload_timeline.png" if key == "lstm" else f"overload_timeline_{key}.png"), dpi=80)
+    lines += [f"### End-to-end latency, {model} on onnxruntime (ms; window's last sample published → its result "
+              "received)", "",
+              f"Capacity {m['capacity_windows_per_s']:.0f} windows/s measured under overload (the engine alone at "
+              f"batch 64: {m['engine_b64_windows_per_s']:.0f} windows/s, {m['engine_b64_ms']:.1f} ms per batch).", "",
+              "Engine busy: the engine's batch time over the trace's length, the load the run really put on "
+              "the engine. Server p99.9: gsinfer's own view, window received to result out.", "",
+              "| arrivals | load | run | results | dropped | engine busy | p50 | p99 | p99.9 | max | server p99.9 "
+              "| RSS MiB (peak) |",
+              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for arrivals in ("poisson", "bursty"):
+        for load in loads:
+            for kind in ("echo", "relay", "deadline", "max_queue_delay"):
+                r = runs.get(f"{key}-{kind}-{arrivals}-{load}")
+                if not r:
+                    continue
+                g = r.get("gsinfer", {})
+                label = {"echo": "broker floor", "relay": "relay floor", "deadline": "gsinfer",
+                         "max_queue_delay": "Triton-style"}[kind]
+                ms = r["ms"]
+                busy = server = ""
+                if g:
+                    b = sum(t * n for t, n in g["engine_ms_by_bucket"].values()) / 1e3
+                    busy = f"{100 * b * r['achieved_rate'] / r['sent']:.0f} %"
+                    lat = (g.get("server_us") or {}).get("latency_us") or {}
+                    server = f"{lat['p999'] / 1e3:.1f}" if lat.get("p999") else ""
+                lines.append(f"| {arrivals} | {load} % | {label} | {r['results']} | "
+                             f"{int(g['dropped']) if g else ''} | {busy} | {ms['p50']:.2f} | {ms['p99']:.2f} | "
+                             f"{ms['p999']:.2f} | {ms['max']:.2f} | {server} | "
+                             f"{'%d (%d)' % (g['VmRSS'], g['VmHWM']) if g else ''} |")
+    lines.append("")
+
+
 def e2e_plots(e2e, lines):
     meta, runs = e2e["meta"], {r["name"]: r for r in e2e["runs"]}
     title = f"{meta['cores']}-core {meta.get('host', 'machine')}, {meta['date']}"
-    if "lstm" in meta:
-        m = meta["lstm"]
-        loads = sorted({int(n.rsplit("-", 1)[1]) for n in runs if n.startswith("lstm-deadline-")})
-        fig, axes = plt.subplots(2, len(loads), figsize=(4.2 * len(loads), 7), squeeze=False)
-        for row, arrivals in enumerate(("poisson", "bursty")):
-            for col, load in enumerate(loads):
-                ax = axes[row][col]
-                tag = f"{arrivals}-{load}"
-                for name, label, style in ((f"lstm-deadline-{tag}", "gsinfer (deadline policy)", "-"),
-                                           (f"lstm-max_queue_delay-{tag}", "Triton-style (max queue delay)", "--"),
-                                           (f"lstm-relay-{tag}", "relay floor (2 hops)", ":"),
-                                           (f"lstm-echo-{tag}", "broker floor (1 hop)", "-.")):
-                    if name in runs:
-                        cdf(ax, read_csv(runs[name]["csv"])[:, 1], label, style)
-                ax.set_xscale("log")
-                ax.set_title(f"{arrivals}, {load} % of capacity", fontsize=9)
-                ax.set_xlabel("latency ms")
-                ax.grid(True, which="both", alpha=0.3)
-        axes[0][0].set_ylabel("fraction of windows")
-        axes[1][0].set_ylabel("fraction of windows")
-        axes[0][0].legend(fontsize=7, loc="upper left")
-        fig.suptitle(f"smap_lstm on onnxruntime, budget 20 ms, 2 channels; capacity {m['capacity_windows_per_s']:.0f} "
-                     f"windows/s: {title}", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(os.path.join(DOCS, "latency_cdf.png"), dpi=80)
-        over = [lo for lo in loads if lo > 100]
-        if over:
-            fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
-            for ax, arrivals in zip(axes[0], ("poisson", "bursty")):
-                for policy, label in (("deadline", "gsinfer (deadline)"), ("max_queue_delay", "Triton-style")):
-                    name = f"lstm-{policy}-{arrivals}-{over[0]}"
-                    if name in runs:
-                        d = read_csv(runs[name]["csv"])
-                        ax.plot(d[:, 0], d[:, 1], ".", markersize=1.5, label=label)
-                ax.set_yscale("log")
-                ax.set_xlabel("sample published at (s into the trace)")
-                ax.set_ylabel("latency ms")
-                ax.set_title(f"{arrivals}, {over[0]} % of capacity", fontsize=9)
-                ax.grid(True, which="both", alpha=0.3)
-                ax.legend(fontsize=8, markerscale=6)
-            fig.suptitle(f"Overload: latency over time, smap_lstm: {title}", fontsize=10)
-            fig.tight_layout()
-            fig.savefig(os.path.join(DOCS, "overload_timeline.png"), dpi=80)
-        lines += ["### End-to-end latency, smap_lstm on onnxruntime (ms; window's last sample published → its result "
-                  "received)", "",
-                  f"Capacity {m['capacity_windows_per_s']:.0f} windows/s measured under overload (the engine alone at "
-                  f"batch 64: {m['engine_b64_windows_per_s']:.0f} windows/s, {m['engine_b64_ms']:.1f} ms per batch).", "",
-                  "Engine busy: the engine's batch time over the trace's length, the load the run really put on "
-                  "the engine. Server p99.9: gsinfer's own view, window received to result out.", "",
-                  "| arrivals | load | run | results | dropped | engine busy | p50 | p99 | p99.9 | max | server p99.9 "
-                  "| RSS MiB (peak) |",
-                  "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for arrivals in ("poisson", "bursty"):
-            for load in loads:
-                for kind in ("echo", "relay", "deadline", "max_queue_delay"):
-                    r = runs.get(f"lstm-{kind}-{arrivals}-{load}")
-                    if not r:
-                        continue
-                    g = r.get("gsinfer", {})
-                    label = {"echo": "broker floor", "relay": "relay floor", "deadline": "gsinfer",
-                             "max_queue_delay": "Triton-style"}[kind]
-                    ms = r["ms"]
-                    busy = server = ""
-                    if g:
-                        b = sum(t * n for t, n in g["engine_ms_by_bucket"].values()) / 1e3
-                        busy = f"{100 * b * r['achieved_rate'] / r['sent']:.0f} %"
-                        lat = (g.get("server_us") or {}).get("latency_us") or {}
-                        server = f"{lat['p999'] / 1e3:.1f}" if lat.get("p999") else ""
-                    lines.append(f"| {arrivals} | {load} % | {label} | {r['results']} | "
-                                 f"{int(g['dropped']) if g else ''} | {busy} | {ms['p50']:.2f} | {ms['p99']:.2f} | "
-                                 f"{ms['p999']:.2f} | {ms['max']:.2f} | {server} | "
-                                 f"{'%d (%d)' % (g['VmRSS'], g['VmHWM']) if g else ''} |")
-        lines.append("")
+    for key in ("lstm", "tfm"):
+        if key in meta:
+            forecaster_plots(key, meta[key], runs, lines, title)
     if "vae" in meta:
         v = meta["vae"]
         fig, ax = plt.subplots(figsize=(6, 4))
