@@ -42,7 +42,15 @@ else
   CRITERION=()
 fi
 
-python3 tools/bench_engines.py "${ENGINE_ARGS[@]}" --out bench-results/engines.json
+# On a box with 10 or more cores, pin: the parity run to one core, and gsinfer,
+# the broker and the load generator to cores of their own (BENCHMARKS.md says why).
+PIN_ENGINES=() PIN_E2E=()
+if [ "$(nproc)" -ge 10 ]; then
+  PIN_ENGINES=(--cpu 3)
+  PIN_E2E=(--pin gsinfer=2-5,broker=6,loadgen=7-9)
+fi
+
+python3 tools/bench_engines.py "${ENGINE_ARGS[@]}" "${PIN_ENGINES[@]}" --out bench-results/engines.json
 
 cargo bench --bench batcher -- "${CRITERION[@]}"
 # The engines' criterion bench (in-process, buckets 1 and 64) only on request:
@@ -62,6 +70,6 @@ json.dump(out, open("bench-results/batcher.json", "w"), indent=1)
 print(json.dumps(out))
 EOF
 
-python3 tools/e2e_bench.py --data-dir "$DATA" "${E2E_ARGS[@]}" --out bench-results/e2e.json
+python3 tools/e2e_bench.py --data-dir "$DATA" "${E2E_ARGS[@]}" "${PIN_E2E[@]}" --out bench-results/e2e.json
 
 python3 tools/plot_bench.py
