@@ -11,13 +11,15 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::gsinfer::{bin, free_port, http_get, wait_until, write_config, GUARD};
+use common::gsinfer::{
+    bin, free_port, http_get, wait_until, write_config, LoggedService as Service, GUARD,
+};
 use common::{mosquitto_available, publish_all, Broker, Subscriber};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
@@ -69,40 +71,6 @@ fn sample(i: usize) -> Vec<u8> {
 
 fn topic() -> String {
     format!("telemetry/SMAP/{CHANNEL}")
-}
-
-/// `gsinfer run` with its log in `dir/gsinfer.log` (printed on failure).
-struct Service {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Service {
-    fn run(config: &Path, dir: &Path) -> Service {
-        let log = dir.join("gsinfer.log");
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin())
-            .args(["run", "--config"])
-            .arg(config)
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap();
-        Service { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("--- gsinfer log\n{}", self.log());
-        }
-    }
 }
 
 fn status(port: u16) -> Value {

@@ -108,6 +108,44 @@ impl Drop for Service {
     }
 }
 
+/// `gsinfer run --config <config>` with its log in `dir/gsinfer.log`
+/// (readable while it runs, printed if the test panics); killed on drop.
+pub struct LoggedService {
+    /// The process, for signals and its exit status.
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl LoggedService {
+    /// Starts the service, its stderr going to `dir/gsinfer.log`.
+    pub fn run(config: &Path, dir: &Path) -> LoggedService {
+        let log = dir.join("gsinfer.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap();
+        LoggedService { child, log }
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for LoggedService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- gsinfer log\n{}", self.log());
+        }
+    }
+}
+
 /// The first of `candidates` that is an executable file on `PATH` (or an
 /// absolute path that exists).
 pub fn find_program(candidates: &[&str]) -> Option<PathBuf> {
