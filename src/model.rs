@@ -194,7 +194,9 @@ pub fn open_engine(
                     }
                 }
                 Err(e) => {
-                    log::warn!("model {name}: onnxruntime cannot run it ({e}); engine auto uses tract");
+                    log::warn!(
+                        "model {name}: onnxruntime cannot run it ({e}); engine auto uses tract"
+                    );
                 }
             }
             let engine =

@@ -97,7 +97,8 @@ pub async fn run(config: &Config, opts: &ReplayOptions) -> Result<ReplayStats> {
     let client_id = format!("gsinfer-replay-{}-{}", opts.channel, std::process::id());
     let mut broker = config.broker.clone();
     broker.clean_session = true;
-    let (client, mut eventloop) = crate::ingest::mqtt::client(options(&broker, &client_id, None)?, 256);
+    let (client, mut eventloop) =
+        crate::ingest::mqtt::client(options(&broker, &client_id, None)?, 256);
     let acked = Arc::new(AtomicU64::new(0));
     let connected = Arc::new(tokio::sync::Notify::new());
     let poller = {

@@ -186,7 +186,11 @@ fn every_engine_matches_tract_on_every_family_and_bucket() {
         // auto is onnxruntime once its library is loaded in this process
         // (or found by the search), else tract.
         let auto = open_engine(&model, EngineChoice::Auto, &EngineSettings::default()).unwrap();
-        assert!(matches!(auto.kind(), "tract" | "onnxruntime"), "{}", auto.kind());
+        assert!(
+            matches!(auto.kind(), "tract" | "onnxruntime"),
+            "{}",
+            auto.kind()
+        );
         check_repeatable(&model, tract.as_mut());
         for (choice, settings) in &engines {
             let mut engine = open_engine(&model, *choice, settings)
@@ -312,8 +316,12 @@ fn auto_runs_onnxruntime_when_its_library_is_found_and_tract_otherwise() {
         eprintln!("skipped: no onnxruntime library (pip install onnxruntime)");
         return;
     };
-    let (code, out, err) =
-        bench_engine(dir.path(), "auto", "", &[("ORT_DYLIB_PATH", lib.to_str().unwrap())]);
+    let (code, out, err) = bench_engine(
+        dir.path(),
+        "auto",
+        "",
+        &[("ORT_DYLIB_PATH", lib.to_str().unwrap())],
+    );
     assert_eq!(code, Some(0), "{err}");
     let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(line["engine"], "onnxruntime", "{out}");

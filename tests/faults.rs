@@ -178,7 +178,10 @@ fn scores_by_sample(sub: &Subscriber) -> BTreeMap<u64, (Vec<u8>, usize)> {
         let t = v["t"].as_i64().unwrap();
         let i = (t - gsinfer::eval::DEFAULT_START_NS) / gsinfer::eval::DEFAULT_STEP_NS;
         let e = by.entry(i as u64).or_insert_with(|| (payload.clone(), 0));
-        assert_eq!(e.0, payload, "sample {i} was scored twice with different results");
+        assert_eq!(
+            e.0, payload,
+            "sample {i} was scored twice with different results"
+        );
         e.1 += 1;
     }
     by
@@ -248,12 +251,8 @@ fn graceful_broker_restarts_lose_no_qos1_sample_and_score_each_once() {
     }
     const SAMPLES: usize = WINDOW + 900;
     const RESTARTS: usize = 3;
-    let (_dir, broker, sub, _service, port) = stream_through_restarts(
-        "graceful",
-        SAMPLES,
-        RESTARTS,
-        Broker::terminate_and_restart,
-    );
+    let (_dir, broker, sub, _service, port) =
+        stream_through_restarts("graceful", SAMPLES, RESTARTS, Broker::terminate_and_restart);
     let expected = SAMPLES - WINDOW;
     let complete = sub.wait_for(|m| m.len() >= expected, GUARD)
         && wait_until(|| scores_by_sample(&sub).len() >= expected);

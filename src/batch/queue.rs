@@ -144,7 +144,11 @@ impl<T> BatchQueue<T> {
             return;
         }
         let bucket = self.bucket_for(size);
-        let i = self.buckets.iter().position(|b| *b == bucket).expect("a bucket");
+        let i = self
+            .buckets
+            .iter()
+            .position(|b| *b == bucket)
+            .expect("a bucket");
         self.runs[i] = self.runs[i].saturating_add(1);
         if self.runs[i] == 1 {
             // An engine's first run of a shape pays for its allocations and
@@ -175,10 +179,16 @@ impl<T> BatchQueue<T> {
     /// re-measure it.
     pub fn dispatch_size(&self) -> usize {
         let max = self.max_batch();
-        if self.policy != BatchPolicy::Deadline || self.cost_us.last().copied().flatten().is_none() {
+        if self.policy != BatchPolicy::Deadline || self.cost_us.last().copied().flatten().is_none()
+        {
             return max;
         }
-        let best = self.cost_us.iter().flatten().copied().fold(f64::INFINITY, f64::min);
+        let best = self
+            .cost_us
+            .iter()
+            .flatten()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
         self.buckets
             .iter()
             .zip(&self.cost_us)
@@ -260,7 +270,11 @@ impl<T> BatchQueue<T> {
         } else {
             let size = self.dispatch_size();
             let explore = len > size && self.dispatched % EXPLORE_EVERY == EXPLORE_EVERY - 1;
-            if explore { self.bucket_for(size + 1) } else { size }
+            if explore {
+                self.bucket_for(size + 1)
+            } else {
+                size
+            }
         };
         let preferred = self.policy == BatchPolicy::MaxQueueDelay && self.buckets.contains(&len);
         if len >= size || oldest.deadline <= now || self.draining || preferred {
@@ -309,7 +323,11 @@ mod tests {
         }
         assert_eq!(q.dispatch_size(), 16, "the largest bucket not measured yet");
         q.record(16, us(16_000));
-        assert_eq!(q.dispatch_size(), 16, "a first run is warm-up, not a measurement");
+        assert_eq!(
+            q.dispatch_size(),
+            16,
+            "a first run is warm-up, not a measurement"
+        );
         q.record(16, us(320));
         assert_eq!(q.dispatch_size(), 16);
     }

@@ -78,12 +78,22 @@ impl<T> BatchHandle<T> {
 
     /// Records an engine run; see [`BatchQueue::record`].
     pub fn record(&self, size: usize, elapsed: Duration) {
-        self.inner.0.lock().expect("batch queue lock").queue.record(size, elapsed);
+        self.inner
+            .0
+            .lock()
+            .expect("batch queue lock")
+            .queue
+            .record(size, elapsed);
     }
 
     /// The size dispatched now; see [`BatchQueue::dispatch_size`].
     pub fn dispatch_size(&self) -> usize {
-        self.inner.0.lock().expect("batch queue lock").queue.dispatch_size()
+        self.inner
+            .0
+            .lock()
+            .expect("batch queue lock")
+            .queue
+            .dispatch_size()
     }
 
     /// Items queued now.

@@ -197,7 +197,11 @@ fn fall_back(
     match onnx_fallback(model) {
         Some(onnx) => {
             let mut opened = open_cpu(model, &onnx, instances, None, cpu)?;
-            opened.note = Some(format!("{why}; running on {} from {}", opened.kind, onnx.display()));
+            opened.note = Some(format!(
+                "{why}; running on {} from {}",
+                opened.kind,
+                onnx.display()
+            ));
             Ok(opened)
         }
         None => Err(ModelError::Mismatch {
