@@ -46,6 +46,19 @@ pub struct PreparedModel {
     pub instances: usize,
 }
 
+impl PreparedModel {
+    /// The output names config.pbtxt declares, in its order (the order
+    /// engines return outputs in).
+    pub fn output_names(&self) -> Vec<String> {
+        self.entry
+            .config
+            .outputs
+            .iter()
+            .map(|o| o.name.clone())
+            .collect()
+    }
+}
+
 /// Loads `pipeline.model` from `repo` and checks it against the pipeline:
 /// one FP32 input of `window.length × features` values per item, and an
 /// output fitting the scoring kind.
@@ -163,13 +176,7 @@ pub fn open_engine(
             })
         }
     }
-    let outputs: Vec<String> = model
-        .entry
-        .config
-        .outputs
-        .iter()
-        .map(|o| o.name.clone())
-        .collect();
+    let outputs = model.output_names();
     let path = &model.entry.model_path;
     match choice {
         EngineChoice::Auto => {

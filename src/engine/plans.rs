@@ -661,13 +661,7 @@ mod trt_impl {
         set.trt
             .plans
             .insert((name.clone(), version), Arc::clone(&plan));
-        let outputs: Vec<String> = model
-            .entry
-            .config
-            .outputs
-            .iter()
-            .map(|o| o.name.clone())
-            .collect();
+        let outputs = model.output_names();
         let mut engines: Vec<Box<dyn Engine>> = Vec::new();
         for _ in 0..instances {
             let e = TrtEngine::new(
