@@ -237,10 +237,8 @@ impl EngineThread {
                 self.board
                     .record_batch(name, bucket, timing.compute_infer.as_micros() as u64);
                 // The batcher learns which batch size is worth waiting for.
-                self.handle.record(bucket, timing.compute_infer);
-                self.board
-                    .metrics
-                    .set_dispatch_size(name, self.handle.dispatch_size());
+                let size = self.handle.record(bucket, timing.compute_infer);
+                self.board.metrics.set_dispatch_size(name, size);
                 for (i, job) in items.into_iter().enumerate() {
                     timing.queue = dispatched.saturating_duration_since(job.queued);
                     timing.compute_output = inferred.elapsed();

@@ -175,8 +175,8 @@ impl<T> BatchQueue<T> {
     /// size, so a backlog drains at the same rate in shorter batches and no
     /// window waits behind a long one. Buckets never measured are left out;
     /// a measured one is re-measured whenever it runs, and while a backlog
-    /// is queued one dispatch in 16 takes the next larger bucket to
-    /// re-measure it.
+    /// that fills the next larger bucket is queued, one dispatch in 16
+    /// takes that bucket to re-measure it.
     pub fn dispatch_size(&self) -> usize {
         let max = self.max_batch();
         if self.policy != BatchPolicy::Deadline || self.cost_us.last().copied().flatten().is_none()
@@ -268,10 +268,12 @@ impl<T> BatchQueue<T> {
         let size = if self.draining {
             self.max_batch()
         } else {
+            // Exploring only when the backlog fills the next bucket, so that
+            // it never makes a dispatch wait.
             let size = self.dispatch_size();
-            let explore = len > size && self.dispatched % EXPLORE_EVERY == EXPLORE_EVERY - 1;
-            if explore {
-                self.bucket_for(size + 1)
+            let next = self.bucket_for(size + 1);
+            if len >= next && self.dispatched % EXPLORE_EVERY == EXPLORE_EVERY - 1 {
+                next
             } else {
                 size
             }

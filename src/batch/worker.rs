@@ -76,24 +76,12 @@ impl<T> BatchHandle<T> {
         outcome
     }
 
-    /// Records an engine run; see [`BatchQueue::record`].
-    pub fn record(&self, size: usize, elapsed: Duration) {
-        self.inner
-            .0
-            .lock()
-            .expect("batch queue lock")
-            .queue
-            .record(size, elapsed);
-    }
-
-    /// The size dispatched now; see [`BatchQueue::dispatch_size`].
-    pub fn dispatch_size(&self) -> usize {
-        self.inner
-            .0
-            .lock()
-            .expect("batch queue lock")
-            .queue
-            .dispatch_size()
+    /// Records an engine run (see [`BatchQueue::record`]) and returns the
+    /// dispatch size it leaves ([`BatchQueue::dispatch_size`]), under one lock.
+    pub fn record(&self, size: usize, elapsed: Duration) -> usize {
+        let queue = &mut self.inner.0.lock().expect("batch queue lock").queue;
+        queue.record(size, elapsed);
+        queue.dispatch_size()
     }
 
     /// Items queued now.
