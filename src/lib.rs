@@ -31,3 +31,10 @@ pub mod shutdown;
 pub mod status;
 pub mod watchdog;
 pub mod window;
+
+// jemalloc is the global allocator of every binary built on this library
+// (feature `jemalloc`, on by default): status::process says why, and reads
+// its live-heap figures.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -190,18 +190,37 @@ scoring = {{ kind = "reconstruction", target_feature = 0, smoothing_span = 105.0
 """
 
 
+def service_pid(pid):
+    """The gsinfer process itself: `pid`, or its descendant when a wrapper (heaptrack) started it."""
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/comm") as f:
+                if f.read().strip() == "gsinfer":
+                    return p
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return pid
+
+
 class Service:
-    def __init__(self, workdir, broker_port, pipeline):
+    def __init__(self, workdir, broker_port, pipeline, wrap=()):
         self.status_port = free_port()
         self.config = os.path.join(workdir, f"gsinfer-{self.status_port}.toml")
         with open(self.config, "w") as f:
             f.write(config_text(broker_port, self.status_port, pipeline))
         self.log = open(os.path.join(workdir, f"gsinfer-{self.status_port}.log"), "w")
-        self.proc = subprocess.Popen([GSINFER, "run", "--config", self.config], stdout=self.log, stderr=self.log,
+        # `wrap` runs gsinfer under another program (the soak's heap profiler), e.g. ["heaptrack", "-o", path].
+        self.proc = subprocess.Popen(list(wrap) + [GSINFER, "run", "--config", self.config], stdout=self.log, stderr=self.log,
                                      env=dict(os.environ, RUST_LOG="warn"), preexec_fn=pinned("gsinfer"))
+        self.pid = self.proc.pid
         for _ in range(600):
             try:
                 if http_get(self.status_port, "/readyz")[0] == 200:
+                    self.pid = service_pid(self.proc.pid)
                     return
             except OSError:
                 pass
@@ -214,7 +233,10 @@ class Service:
         _, text = http_get(self.status_port, "/metrics")
         out = {"dropped": metric_sum(text, "gsinfer_windows_dropped_total"),
                "ingest_overflow": metric_sum(text, "gsinfer_ingest_overflow_total"),
-               "rejected": metric_sum(text, "gsinfer_samples_rejected_total")}
+               "rejected": metric_sum(text, "gsinfer_samples_rejected_total"),
+               # The allocator's view (jemalloc): live bytes, and what it keeps resident.
+               "heap_allocated": metric_sum(text, "gsinfer_heap_allocated_bytes"),
+               "heap_resident": metric_sum(text, "gsinfer_heap_resident_bytes")}
         # Engine time per bucket in this run (mean ms, batches), from the compute histogram.
         sums = {m.group(1): float(m.group(2)) for m in re.finditer(
             r'^gsinfer_compute_duration_seconds_sum{[^}]*bucket="(\d+)"[^}]*} ([0-9.e+-]+)$', text, re.M)}
@@ -226,13 +248,13 @@ class Service:
         _, status = http_get(self.status_port, "/api/status")
         model = json.loads(status)["models"][0]
         out["server_us"] = {k: model.get(k) for k in ("latency_us", "queue_us", "inference_us")}
-        out.update(proc_memory(self.proc.pid))
+        out.update(proc_memory(self.pid))
         return out
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
+        os.kill(self.pid, signal.SIGTERM)
         try:
-            self.proc.wait(30)
+            self.proc.wait(120 if self.pid != self.proc.pid else 30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()

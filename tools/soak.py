@@ -73,6 +73,8 @@ def main():
     ap.add_argument("--channels", type=int, default=40)
     ap.add_argument("--model", choices=["vae_A-1", "smap_lstm"], default="vae_A-1")
     ap.add_argument("--engine", default="tract")
+    ap.add_argument("--heaptrack", metavar="FILE", help="run gsinfer under heaptrack, writing its profile to FILE "
+                    "(then: heaptrack_print FILE.zst)")
     ap.add_argument("--out", default=os.path.join(e2e.ROOT, "bench-results/soak.json"))
     args = ap.parse_args()
     args.raw = os.path.join(os.path.dirname(os.path.abspath(args.out)), "soak")
@@ -91,7 +93,8 @@ def main():
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="gsinfer-soak-") as tmp:
         broker = e2e.Mosquitto(tmp)
-        svc = e2e.Service(tmp, broker.port, pipeline)
+        wrap = ["heaptrack", "-o", args.heaptrack] if args.heaptrack else ()
+        svc = e2e.Service(tmp, broker.port, pipeline, wrap)
         try:
             seg = 0
             while time.time() - started < args.seconds:
@@ -105,8 +108,10 @@ def main():
                 c = svc.counters()
                 row = {
                     "t_s": round(time.time() - started, 1),
-                    "rss_mib": round(rss_kib(svc.proc.pid) / 1024, 2), "hwm_mib": c.get("VmHWM"),
-                    "fds": descriptors(svc.proc.pid), "threads": threads(svc.proc.pid),
+                    "rss_mib": round(rss_kib(svc.pid) / 1024, 2), "hwm_mib": c.get("VmHWM"),
+                    "heap_mib": round(c["heap_allocated"] / 2**20, 2),
+                    "heap_resident_mib": round(c["heap_resident"] / 2**20, 2),
+                    "fds": descriptors(svc.pid), "threads": threads(svc.pid),
                     "sent": r["sent"], "results": r["results"], "ms": r["ms"],
                     "dropped": c["dropped"], "ingest_overflow": c["ingest_overflow"],
                     "rejected": c["rejected"],
@@ -121,6 +126,9 @@ def main():
     after = [(r["t_s"], r["rss_mib"]) for r in rows if r["t_s"] >= args.warmup and r["rss_mib"]]
     base = after[0][1] if after else None
     growth = slope_per_hour(after)
+    # The live heap (jemalloc's stats.allocated): a leak shows here, allocator caching does not.
+    heap = [(r["t_s"], r["heap_mib"]) for r in rows if r["t_s"] >= args.warmup and r.get("heap_mib")]
+    heap_growth = slope_per_hour(heap)
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
@@ -129,6 +137,9 @@ def main():
         "rss_mib_after_warmup": base, "rss_mib_end": rows[-1]["rss_mib"] if rows else None,
         "rss_growth_mib_per_hour": round(growth, 3),
         "rss_growth_pct_per_hour": round(100.0 * growth / base, 3) if base else None,
+        "heap_mib_after_warmup": heap[0][1] if heap else None,
+        "heap_mib_end": rows[-1].get("heap_mib") if rows else None,
+        "heap_growth_mib_per_hour": round(heap_growth, 3) if heap else None,
         "fds_min_max": [min(r["fds"] for r in rows), max(r["fds"] for r in rows)] if rows else None,
         "threads_min_max": [min(r["threads"] for r in rows), max(r["threads"] for r in rows)] if rows else None,
         "p99_ms_min_max": [min(r["ms"]["p99"] for r in rows), max(r["ms"]["p99"] for r in rows)] if rows else None,

@@ -404,6 +404,8 @@ impl StatusBoard {
             .map(|s| s.status())
             .filter_map(|v| Some((v.get("name")?.as_str()?.to_string(), v)))
             .collect();
+        // Read before taking the board's lock, which every stage waits on.
+        let process = super::process::ProcessStats::read();
         let mut inner = self.lock();
         let pct = |h: &Histogram<u64>| {
             if h.is_empty() {
@@ -496,6 +498,7 @@ impl StatusBoard {
             "channels": channels,
             "events": inner.events,
             "rejected": rejected,
+            "process": process,
         })
     }
 }
@@ -541,6 +544,7 @@ mod tests {
         assert_eq!(recent.len(), 3);
         assert_eq!(s["channels"][0]["recent_thresholds"][2], 0.5);
         assert_eq!(s["ready"], false);
+        assert!(s["process"]["rss_bytes"].as_u64().unwrap() > 0);
         board.set_model_state("m", ModelState::Ready);
         assert!(board.is_ready() && board.are_models_ready());
         board.set_connected(false);

@@ -307,6 +307,10 @@ impl Metrics {
         r.register("build_info", "Build information.", info);
         let sources = super::sources::SourceRegistry::default();
         r.register_collector(Box::new(sources.clone()));
+        r.register_collector(Box::new(super::process::ProcessCollector {
+            process: false,
+        }));
+        root.register_collector(Box::new(super::process::ProcessCollector { process: true }));
         Self {
             registry: root,
             inputs,
@@ -540,7 +544,7 @@ mod tests {
         assert!(text
             .lines()
             .filter(|l| !l.starts_with('#'))
-            .all(|l| l.starts_with("gsinfer_")));
+            .all(|l| l.starts_with("gsinfer_") || l.starts_with("process_")));
         let (ct, om) = m.render("application/openmetrics-text;version=1.0.0,text/plain;q=0.5");
         assert_eq!(ct, OPENMETRICS_CONTENT_TYPE);
         assert!(om.ends_with("# EOF\n"));
@@ -569,5 +573,25 @@ mod tests {
         );
         assert!(text.contains("gsinfer_engine_state{model=\"m\",state=\"ready\"} 1"));
         assert!(text.contains("gsinfer_engine_state{model=\"m\",state=\"failed\"} 0"));
+    }
+
+    #[test]
+    fn the_process_and_its_heap_are_gauges_read_at_scrape_time() {
+        let (_, text) = Metrics::new().render("");
+        let value = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.split(' ').next() == Some(name))
+                .unwrap_or_else(|| panic!("{name} missing from:\n{text}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert!(text.contains("# TYPE process_resident_memory_bytes gauge"));
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("gsinfer_threads") >= 1.0);
+        if cfg!(feature = "jemalloc") {
+            assert!(value("gsinfer_heap_allocated_bytes") > 0.0);
+            assert!(value("gsinfer_heap_resident_bytes") >= value("gsinfer_heap_allocated_bytes"));
+        }
     }
 }

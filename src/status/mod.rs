@@ -9,6 +9,7 @@ pub mod kserve;
 pub mod limits;
 pub mod metrics;
 pub mod page;
+pub mod process;
 pub mod rate;
 pub mod sources;
 pub mod stats;

@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -95,18 +95,26 @@ impl MetricFamilies {
     }
 
     /// Writes every family through a `prometheus-client` encoder.
-    fn encode(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    pub(crate) fn encode(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
         for (name, f) in &self.families {
             let metric_type = match f.kind {
                 Kind::Counter => MetricType::Counter,
                 Kind::Gauge => MetricType::Gauge,
             };
             let mut family = encoder.encode_descriptor(name, f.help, None, metric_type)?;
-            for (labels, value) in &f.samples {
-                let sample = family.encode_family(labels)?;
-                match f.kind {
-                    Kind::Counter => ConstCounter::new(*value).encode(sample)?,
-                    Kind::Gauge => ConstGauge::new(*value as i64).encode(sample)?,
+            fn encode(kind: &Kind, sample: MetricEncoder<'_>, value: u64) -> fmt::Result {
+                match kind {
+                    Kind::Counter => ConstCounter::new(value).encode(sample),
+                    Kind::Gauge => ConstGauge::new(value as i64).encode(sample),
+                }
+            }
+            match f.samples.as_slice() {
+                // One unlabelled sample is written without `{}`.
+                [(labels, value)] if labels.is_empty() => encode(&f.kind, family, *value)?,
+                samples => {
+                    for (labels, value) in samples {
+                        encode(&f.kind, family.encode_family(labels)?, *value)?;
+                    }
                 }
             }
         }

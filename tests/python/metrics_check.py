@@ -48,11 +48,19 @@ def main():
         ("gsinfer_queue_duration_seconds", "histogram"),
         ("gsinfer_compute_duration_seconds", "histogram"),
         ("gsinfer_end_to_end_duration_seconds", "histogram"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("gsinfer_heap_allocated_bytes", "gauge"),
     ]:
         check(name in plain and plain[name].type == kind, f"{name} is a {kind} in the text format: {plain.get(name)}")
         check(name in om and om[name].type == kind, f"{name} is a {kind} in OpenMetrics: {om.get(name)}")
+    # gsinfer's own families carry its prefix; the process collector's use
+    # the names every Prometheus client library gives them.
     for f in plain.values():
-        check(f.name.startswith("gsinfer_"), f"{f.name} has the gsinfer_ prefix")
+        check(f.name.startswith(("gsinfer_", "process_")), f"{f.name} has the gsinfer_ or process_ prefix")
+    rss = plain["process_resident_memory_bytes"].samples[0].value
+    heap = plain["gsinfer_heap_allocated_bytes"].samples[0].value
+    check(0 < heap < rss, f"live heap {heap} below resident memory {rss}")
 
     http_inputs = [s.value for s in plain["gsinfer_inputs"].samples
                    if s.name == "gsinfer_inputs_total" and s.labels.get("source") == "http"]

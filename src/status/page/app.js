@@ -16,6 +16,7 @@ function duration(s) {
   const d = Math.floor(s / 86400), h = Math.floor(s / 3600) % 24, m = Math.floor(s / 60) % 60, sec = s % 60;
   return (d ? d + 'd ' : '') + (d || h ? h + 'h ' : '') + (d || h || m ? m + 'm ' : '') + sec + 's';
 }
+function mib(bytes) { return bytes === null || bytes === undefined ? dash : (bytes / 1048576).toFixed(1) + ' MiB'; }
 function utc(ns) { return ns === null || ns === undefined ? dash : new Date(ns / 1e6).toISOString().replace('T', ' ').slice(0, 19) + 'Z'; }
 function row(cells) { return '<tr>' + cells.join('') + '</tr>'; }
 function th(label, cls) { return '<th' + (cls ? ' class="' + cls + '"' : '') + '>' + label + '</th>'; }
@@ -83,6 +84,8 @@ function renderModels(models) {
 function render(s) {
   $('version').textContent = 'v' + s.version;
   $('uptime').textContent = duration(s.uptime_s);
+  const p = s.process || {};
+  $('memory').textContent = mib(p.rss_bytes) + (p.heap_allocated_bytes ? ' (heap ' + mib(p.heap_allocated_bytes) + ')' : '');
   $('clock').textContent = new Date().toISOString().slice(11, 19) + 'Z';
   const open = s.channels.filter((c) => c.last && c.last.anomalous);
   const overall = $('overall');
