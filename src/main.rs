@@ -225,6 +225,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if no_rebuild {
                 c.tensorrt.rebuild_at_start = false;
             }
+            if let Err(e) = gsinfer::status::process::purge_in_background() {
+                log::warn!("freed memory returns to the system only while allocating: {e}");
+            }
             runtime()?.block_on(gsinfer::service::run(c))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -4,11 +4,18 @@
 Not part of CI. Starts its own Mosquitto and `gsinfer run` (release build),
 then drives it with the load generator (examples/loadgen.rs: real SMAP
 telemetry, Poisson arrivals) in back-to-back segments of --segment seconds.
-After every segment it records the service's VmRSS, open file descriptors
-and threads (/proc), its drop and reject counters (/metrics), and the
-segment's end-to-end latency percentiles (sample published -> score
-received). At the end it fits a line to RSS after the warm-up and reports
-the growth per hour relative to the post-warm-up RSS.
+After every segment it records the service's VmRSS (the last reading, and
+the mean, min and max of readings once a second), the allocator's figures
+and the process's open file descriptors and threads (/proc, /metrics), its
+drop and reject counters, and the segment's end-to-end latency percentiles
+(sample published -> score received). At the end it fits a line to the
+segments' mean RSS after the warm-up and reports the growth per hour
+relative to the post-warm-up RSS, and the same fit of the allocator's
+allocated bytes (a leak grows there; allocator caching does not).
+
+--heaptrack FILE runs gsinfer under heaptrack (glibc builds); a build with
+--features heap-profiling takes _RJEM_MALLOC_CONF=prof:true,... from the
+environment instead (RELIABILITY.md, Soak).
 
     cargo build --release --bin gsinfer --example loadgen
     python3 tools/soak.py --data-dir ../shared/data/telemanom --seconds 3600 \
@@ -24,6 +31,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -48,6 +56,37 @@ def threads(pid):
             if line.startswith("Threads:"):
                 return int(line.split()[1])
     return 0
+
+
+class RssSampler(threading.Thread):
+    """Reads the service's RSS once a second, so each segment reports its mean.
+
+    A single reading per minute is noisy under jemalloc: it returns freed
+    pages in bursts (10 s decay), which swings RSS by about 1 MiB from one
+    reading to the next; the mean of 60 readings does not.
+    """
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.readings, self.lock = pid, [], threading.Lock()
+        self.stopped = threading.Event()
+
+    def run(self):
+        while not self.stopped.wait(1.0):
+            try:
+                kib = rss_kib(self.pid)
+            except OSError:
+                return
+            with self.lock:
+                self.readings.append(kib)
+
+    def take(self):
+        """(mean, min, max) MiB of the readings since the last call."""
+        with self.lock:
+            r, self.readings = self.readings, []
+        if not r:
+            return None, None, None
+        return round(sum(r) / len(r) / 1024, 3), round(min(r) / 1024, 2), round(max(r) / 1024, 2)
 
 
 def slope_per_hour(points):
@@ -95,6 +134,8 @@ def main():
         broker = e2e.Mosquitto(tmp)
         wrap = ["heaptrack", "-o", args.heaptrack] if args.heaptrack else ()
         svc = e2e.Service(tmp, broker.port, pipeline, wrap)
+        sampler = RssSampler(svc.pid)
+        sampler.start()
         try:
             seg = 0
             while time.time() - started < args.seconds:
@@ -106,9 +147,11 @@ def main():
                                "--prefill", str(prefill if seg == 0 else 0)]
                 r = e2e.loadgen(args, broker.port, f"soak-{seg:04d}", extra)
                 c = svc.counters()
+                mean, lo, hi = sampler.take()
                 row = {
                     "t_s": round(time.time() - started, 1),
                     "rss_mib": round(rss_kib(svc.pid) / 1024, 2), "hwm_mib": c.get("VmHWM"),
+                    "rss_mean_mib": mean, "rss_min_mib": lo, "rss_max_mib": hi,
                     "heap_mib": round(c["heap_allocated"] / 2**20, 2),
                     "heap_resident_mib": round(c["heap_resident"] / 2**20, 2),
                     "fds": descriptors(svc.pid), "threads": threads(svc.pid),
@@ -120,10 +163,12 @@ def main():
                 print(json.dumps(row), flush=True)
                 seg += 1
         finally:
+            sampler.stopped.set()
             svc.stop()
             broker.stop()
 
-    after = [(r["t_s"], r["rss_mib"]) for r in rows if r["t_s"] >= args.warmup and r["rss_mib"]]
+    # The fit uses each segment's mean RSS (1 Hz readings), not its last reading.
+    after = [(r["t_s"], r["rss_mean_mib"]) for r in rows if r["t_s"] >= args.warmup and r["rss_mean_mib"]]
     base = after[0][1] if after else None
     growth = slope_per_hour(after)
     # The live heap (jemalloc's stats.allocated): a leak shows here, allocator caching does not.
@@ -134,7 +179,7 @@ def main():
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
         "model": args.model, "engine": args.engine, "rate": args.rate, "channels": args.channels,
         "seconds": round(time.time() - started), "segments": len(rows),
-        "rss_mib_after_warmup": base, "rss_mib_end": rows[-1]["rss_mib"] if rows else None,
+        "rss_mean_mib_after_warmup": base, "rss_mean_mib_end": rows[-1]["rss_mean_mib"] if rows else None,
         "rss_growth_mib_per_hour": round(growth, 3),
         "rss_growth_pct_per_hour": round(100.0 * growth / base, 3) if base else None,
         "heap_mib_after_warmup": heap[0][1] if heap else None,
