@@ -102,6 +102,21 @@ def slope_per_hour(points):
     return 3600.0 * sum((t - mt) * (y - my) for t, y in points) / var
 
 
+def slope_stderr_per_hour(points):
+    """Standard error of slope_per_hour's slope (ordinary least squares), per hour."""
+    n = len(points)
+    if n < 3:
+        return None
+    mt = sum(t for t, _ in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    if var == 0:
+        return None
+    b = slope_per_hour(points) / 3600.0
+    a = sum(y for _, y in points) / n - b * mt
+    resid = sum((y - a - b * t) ** 2 for t, y in points)
+    return 3600.0 * (resid / (n - 2) / var) ** 0.5
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=os.environ.get("GSINFER_DATA_DIR", os.path.join(e2e.ROOT, "../shared/data/telemanom")))
@@ -171,7 +186,7 @@ def main():
     after = [(r["t_s"], r["rss_mean_mib"]) for r in rows if r["t_s"] >= args.warmup and r["rss_mean_mib"]]
     base = after[0][1] if after else None
     growth = slope_per_hour(after)
-    # The live heap (jemalloc's stats.allocated): a leak shows here, allocator caching does not.
+    # jemalloc's stats.allocated: a leak keeps growing here; its thread caches level off.
     heap = [(r["t_s"], r["heap_mib"]) for r in rows if r["t_s"] >= args.warmup and r.get("heap_mib")]
     heap_growth = slope_per_hour(heap)
     summary = {
@@ -182,6 +197,8 @@ def main():
         "rss_mean_mib_after_warmup": base, "rss_mean_mib_end": rows[-1]["rss_mean_mib"] if rows else None,
         "rss_growth_mib_per_hour": round(growth, 3),
         "rss_growth_pct_per_hour": round(100.0 * growth / base, 3) if base else None,
+        "rss_growth_pct_per_hour_stderr": (round(100.0 * slope_stderr_per_hour(after) / base, 3)
+                                           if base and slope_stderr_per_hour(after) is not None else None),
         "heap_mib_after_warmup": heap[0][1] if heap else None,
         "heap_mib_end": rows[-1].get("heap_mib") if rows else None,
         "heap_growth_mib_per_hour": round(heap_growth, 3) if heap else None,
