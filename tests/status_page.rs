@@ -67,12 +67,15 @@ fn status_page_shows_live_numbers_and_sparklines() {
         wait_until(|| http_get(status_port, "/readyz").is_some_and(|(s, _)| s == 200)),
         "service never became ready"
     );
+    // 30 s of telemetry: Chromium's cold start on a busy 2-core machine
+    // once took longer than the 7.5 s the replay used to last, and the
+    // page then never saw the window count grow.
     let _replay = Killed(
         Command::new(bin())
             .args([
                 "replay",
                 "--rate",
-                "400",
+                "100",
                 "--limit",
                 "3000",
                 "--channel",
@@ -190,6 +193,9 @@ fn status_page_shows_live_numbers_and_sparklines() {
         let models = client.find(Locator::Css("#models")).await.unwrap().text().await.unwrap();
         let models = models.to_lowercase();
         assert!(models.contains("smap_lstm") && models.contains("ready"), "{models}");
+        // The header shows the process's resident memory and its allocated heap.
+        let memory = client.find(Locator::Css("#memory")).await.unwrap().text().await.unwrap();
+        assert!(memory.ends_with("MiB)") && memory.contains("(heap "), "{memory}");
 
         // Let the replay run on a little so the sparklines fill, then look.
         tokio::time::sleep(Duration::from_secs(4)).await;
