@@ -34,7 +34,7 @@ pub mod window;
 
 // jemalloc is the global allocator of every binary built on this library
 // (feature `jemalloc`, on by default): status::process says why, and reads
-// its live-heap figures.
+// its heap figures.
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

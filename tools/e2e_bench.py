@@ -234,7 +234,7 @@ class Service:
         out = {"dropped": metric_sum(text, "gsinfer_windows_dropped_total"),
                "ingest_overflow": metric_sum(text, "gsinfer_ingest_overflow_total"),
                "rejected": metric_sum(text, "gsinfer_samples_rejected_total"),
-               # The allocator's view (jemalloc): live bytes, and what it keeps resident.
+               # The allocator's view (jemalloc): bytes allocated (its thread caches included) and kept resident.
                "heap_allocated": metric_sum(text, "gsinfer_heap_allocated_bytes"),
                "heap_resident": metric_sum(text, "gsinfer_heap_resident_bytes")}
         # Engine time per bucket in this run (mean ms, batches), from the compute histogram.

@@ -186,6 +186,7 @@ def main():
     after = [(r["t_s"], r["rss_mean_mib"]) for r in rows if r["t_s"] >= args.warmup and r["rss_mean_mib"]]
     base = after[0][1] if after else None
     growth = slope_per_hour(after)
+    stderr = slope_stderr_per_hour(after)
     # jemalloc's stats.allocated: a leak keeps growing here; its thread caches level off.
     heap = [(r["t_s"], r["heap_mib"]) for r in rows if r["t_s"] >= args.warmup and r.get("heap_mib")]
     heap_growth = slope_per_hour(heap)
@@ -197,8 +198,7 @@ def main():
         "rss_mean_mib_after_warmup": base, "rss_mean_mib_end": rows[-1]["rss_mean_mib"] if rows else None,
         "rss_growth_mib_per_hour": round(growth, 3),
         "rss_growth_pct_per_hour": round(100.0 * growth / base, 3) if base else None,
-        "rss_growth_pct_per_hour_stderr": (round(100.0 * slope_stderr_per_hour(after) / base, 3)
-                                           if base and slope_stderr_per_hour(after) is not None else None),
+        "rss_growth_pct_per_hour_stderr": round(100.0 * stderr / base, 3) if base and stderr is not None else None,
         "heap_mib_after_warmup": heap[0][1] if heap else None,
         "heap_mib_end": rows[-1].get("heap_mib") if rows else None,
         "heap_growth_mib_per_hour": round(heap_growth, 3) if heap else None,

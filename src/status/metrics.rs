@@ -307,10 +307,9 @@ impl Metrics {
         r.register("build_info", "Build information.", info);
         let sources = super::sources::SourceRegistry::default();
         r.register_collector(Box::new(sources.clone()));
-        r.register_collector(Box::new(super::process::ProcessCollector {
-            process: false,
-        }));
-        root.register_collector(Box::new(super::process::ProcessCollector { process: true }));
+        // One /proc and allocator reading per scrape, for the process_* and
+        // gsinfer_ figures alike.
+        root.register_collector(Box::new(super::process::ProcessCollector));
         Self {
             registry: root,
             inputs,

@@ -65,42 +65,45 @@ impl ProcessStats {
         }
     }
 
-    fn metrics(&self, out: &mut MetricFamilies, process: bool) {
+    /// Every figure as a gauge, full names (the collector sits on the root
+    /// registry, which adds no prefix).
+    fn metrics(&self, out: &mut MetricFamilies) {
         let mut gauge = |name, help, value: Option<u64>| {
             if let Some(v) = value {
                 out.gauge(name, help, &[], v);
             }
         };
-        if process {
-            gauge(
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes.",
-                self.rss_bytes,
-            );
-            gauge(
-                "process_open_fds",
-                "Number of open file descriptors.",
-                self.open_fds,
-            );
-            gauge(
-                "process_max_fds",
-                "Maximum number of open file descriptors.",
-                self.max_fds,
-            );
-        } else {
-            gauge("threads", "Threads of the gsinfer process.", self.threads);
-            gauge(
-                "heap_allocated_bytes",
-                "Bytes in heap allocations, including jemalloc's thread caches \
-                 (stats.allocated); level while RSS grows means the allocator, not a leak.",
-                self.heap_allocated_bytes,
-            );
-            gauge(
-                "heap_resident_bytes",
-                "Physical memory the allocator holds, live or free (jemalloc stats.resident).",
-                self.heap_resident_bytes,
-            );
-        }
+        gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            self.rss_bytes,
+        );
+        gauge(
+            "process_open_fds",
+            "Number of open file descriptors.",
+            self.open_fds,
+        );
+        gauge(
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            self.max_fds,
+        );
+        gauge(
+            "gsinfer_threads",
+            "Threads of the gsinfer process.",
+            self.threads,
+        );
+        gauge(
+            "gsinfer_heap_allocated_bytes",
+            "Bytes in heap allocations, including jemalloc's thread caches \
+             (stats.allocated); level while RSS grows means the allocator, not a leak.",
+            self.heap_allocated_bytes,
+        );
+        gauge(
+            "gsinfer_heap_resident_bytes",
+            "Physical memory the allocator holds, live or free (jemalloc stats.resident).",
+            self.heap_resident_bytes,
+        );
     }
 }
 
@@ -171,19 +174,16 @@ fn heap() -> (Option<u64>, Option<u64>) {
     (None, None)
 }
 
-/// Writes [`ProcessStats`] on every scrape. `process: true` writes the
-/// unprefixed `process_*` families (register on the root registry);
-/// `false` the gsinfer-specific ones (register under the `gsinfer` prefix).
-#[derive(Debug, Clone, Copy)]
-pub struct ProcessCollector {
-    /// Which families this collector writes.
-    pub process: bool,
-}
+/// Writes one [`ProcessStats`] reading per scrape, under the full names
+/// listed in the module docs: register it on the root registry, not under
+/// the `gsinfer` prefix.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessCollector;
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let mut families = MetricFamilies::default();
-        ProcessStats::read().metrics(&mut families, self.process);
+        ProcessStats::read().metrics(&mut families);
         families.encode(&mut encoder)
     }
 }

@@ -44,8 +44,9 @@ struct Family {
 }
 
 /// Metric samples grouped into families, so several sources can report the
-/// same metric with different labels. Names carry neither the `gsinfer_`
-/// prefix nor a counter's `_total` suffix: the registry adds both.
+/// same metric with different labels. Names carry no counter `_total`
+/// suffix (the encoder adds it), and no `gsinfer_` prefix when the
+/// collector is registered under the `gsinfer` sub-registry (it adds that).
 #[derive(Debug, Default)]
 pub struct MetricFamilies {
     families: BTreeMap<&'static str, Family>,

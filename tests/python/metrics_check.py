@@ -60,7 +60,7 @@ def main():
         check(f.name.startswith(("gsinfer_", "process_")), f"{f.name} has the gsinfer_ or process_ prefix")
     rss = plain["process_resident_memory_bytes"].samples[0].value
     heap = plain["gsinfer_heap_allocated_bytes"].samples[0].value
-    check(0 < heap < rss, f"live heap {heap} below resident memory {rss}")
+    check(0 < heap < rss, f"allocated heap {heap} below resident memory {rss}")
 
     http_inputs = [s.value for s in plain["gsinfer_inputs"].samples
                    if s.name == "gsinfer_inputs_total" and s.labels.get("source") == "http"]
