@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use crate::config::PipelineConfig;
 use crate::ingest::decode::{RawSample, Reject, RejectReason};
-use crate::score::{ChannelScorer, ScoredOutput, WindowOutcome};
+use crate::score::{ChannelScorer, ScoredOutput, ScorerCounters, WindowOutcome};
 use crate::window::ChannelWindows;
 
 /// A window on its way through the batcher and an engine.
@@ -99,12 +99,18 @@ impl Pipeline {
         self.channels.len()
     }
 
-    /// Scorer counters summed over all channels: (late forecasts, skipped windows).
-    pub fn scorer_totals(&self) -> (u64, u64) {
-        self.channels.iter().fold((0, 0), |(l, s), c| {
-            let k = c.scorer.counters();
-            (l + k.late_forecasts, s + k.skipped_windows)
-        })
+    /// Scorer counters summed over all channels.
+    pub fn scorer_totals(&self) -> ScorerCounters {
+        self.channels
+            .iter()
+            .fold(ScorerCounters::default(), |t, c| {
+                let k = c.scorer.counters();
+                ScorerCounters {
+                    late_forecasts: t.late_forecasts + k.late_forecasts,
+                    skipped_windows: t.skipped_windows + k.skipped_windows,
+                    nonfinite_errors: t.nonfinite_errors + k.nonfinite_errors,
+                }
+            })
     }
 
     fn channel_id(&mut self, name: &str) -> Result<u32, Reject> {
@@ -259,6 +265,7 @@ mod tests {
                 kind: ScoringKind::Forecast,
                 target_feature: 0,
                 smoothing_span: 1.0,
+            smoothing_adjust: false,
                 threshold: ThresholdConfig::Static { value: 10.0 },
                 actuals_capacity: 64,
                 event_hold: 1,

@@ -67,6 +67,10 @@ pub struct ScorerCounters {
     pub late_forecasts: u64,
     /// Windows skipped because a missing one was never reported.
     pub skipped_windows: u64,
+    /// Raw errors that were NaN or infinite (a model output or a value that
+    /// was not finite): counted and left out, so one bad output cannot
+    /// poison the smoothing and silence the channel for good.
+    pub nonfinite_errors: u64,
 }
 
 /// See the module docs.
@@ -105,7 +109,7 @@ impl ChannelScorer {
             pending: VecDeque::new(),
             next_seq: 0,
             reorder: BTreeMap::new(),
-            ewma: Ewma::new(config.smoothing_span),
+            ewma: Ewma::new(config.smoothing_span, config.smoothing_adjust),
             threshold: Threshold::new(&config.threshold),
             events: EventDetector::new(config.event_hold),
             counters: ScorerCounters::default(),
@@ -210,6 +214,10 @@ impl ChannelScorer {
     /// Smooths `error`, hands the point to the threshold, and turns every
     /// decision the threshold makes final into a score and maybe an event.
     fn emit(&mut self, index: u64, t_ns: i64, error: f32, value: f32, out: &mut Vec<ScoredOutput>) {
+        if !error.is_finite() {
+            self.counters.nonfinite_errors += 1;
+            return;
+        }
         let score = self.ewma.update(error);
         self.threshold.push(
             Point {
@@ -251,6 +259,7 @@ mod tests {
             kind,
             target_feature: 1,
             smoothing_span: 1.0,
+            smoothing_adjust: false,
             threshold: ThresholdConfig::Static { value: 0.5 },
             actuals_capacity: 8,
             event_hold: 1,
@@ -320,6 +329,19 @@ mod tests {
         s.on_window(0, 0, 0, forecast(1.0), &mut out);
         assert!(out.is_empty());
         assert_eq!(s.counters().late_forecasts, 1);
+    }
+
+    #[test]
+    fn a_nonfinite_output_is_counted_and_does_not_poison_the_scores() {
+        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast), 2);
+        let mut out = Vec::new();
+        for i in 0..4 {
+            s.on_sample(i, i as i64, &[0.0, 1.0], &mut out);
+        }
+        s.on_window(0, 0, 0, forecast(f32::NAN), &mut out);
+        s.on_window(1, 1, 1, forecast(1.25), &mut out);
+        assert_eq!(scores(&out), vec![(2, 0.25)]);
+        assert_eq!(s.counters().nonfinite_errors, 1);
     }
 
     #[test]

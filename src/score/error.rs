@@ -1,24 +1,42 @@
 //! Raw errors and their smoothing.
 
-/// Exponentially weighted moving average with `alpha = 2 / (span + 1)`,
-/// initialised with the first value (pandas' `ewm(span, adjust=False)`).
+/// Exponentially weighted moving average with `alpha = 2 / (span + 1)`.
+///
+/// Two forms, as pandas defines them (`DataFrame.ewm(span, adjust)`):
+/// - `adjust = false`: `y₀ = x₀`, `yₜ = α·xₜ + (1 − α)·yₜ₋₁`, so the first
+///   value weighs on the next ~`span` outputs;
+/// - `adjust = true` (pandas' default, and telemanom's smoothing of the
+///   errors, Hundman et al. 2018): `yₜ = Σ (1 − α)ⁱ·xₜ₋ᵢ / Σ (1 − α)ⁱ`, the
+///   weighted mean of every value so far, so the first outputs are plain
+///   averages rather than the first value. Kept as two running sums, O(1).
 #[derive(Debug, Clone)]
 pub struct Ewma {
     alpha: f32,
+    adjust: bool,
+    /// `adjust = false`: the average so far.
     value: Option<f32>,
+    /// `adjust = true`: the weighted sum and the sum of weights.
+    sums: (f64, f64),
 }
 
 impl Ewma {
     /// A new average over `span >= 1` values (checked by config validation).
-    pub fn new(span: f32) -> Self {
+    pub fn new(span: f32, adjust: bool) -> Self {
         Self {
             alpha: 2.0 / (span + 1.0),
+            adjust,
             value: None,
+            sums: (0.0, 0.0),
         }
     }
 
     /// Adds `x` and returns the new average.
     pub fn update(&mut self, x: f32) -> f32 {
+        if self.adjust {
+            let keep = 1.0 - self.alpha as f64;
+            self.sums = (x as f64 + keep * self.sums.0, 1.0 + keep * self.sums.1);
+            return (self.sums.0 / self.sums.1) as f32;
+        }
         let v = match self.value {
             None => x,
             Some(prev) => self.alpha * x + (1.0 - self.alpha) * prev,
@@ -72,11 +90,16 @@ mod tests {
 
     #[test]
     fn ewma_starts_at_the_first_value_and_follows_the_recurrence() {
-        let mut e = Ewma::new(3.0); // alpha 0.5
+        let mut e = Ewma::new(3.0, false); // alpha 0.5
         assert_eq!(e.update(4.0), 4.0);
         assert_eq!(e.update(0.0), 2.0);
         assert_eq!(e.update(2.0), 2.0);
-        let mut off = Ewma::new(1.0);
+        // adjust = true: weights 1, 0.5 → (0 + 0.5·4) / 1.5, then (2 + 0.5·2) / 1.75.
+        let mut adj = Ewma::new(3.0, true);
+        assert_eq!(adj.update(4.0), 4.0);
+        assert!((adj.update(0.0) - 4.0 / 3.0).abs() < 1e-6);
+        assert!((adj.update(2.0) - (2.0 + 0.25 * 4.0) / 1.75).abs() < 1e-6);
+        let mut off = Ewma::new(1.0, false);
         assert_eq!(off.update(5.0), 5.0);
         assert_eq!(off.update(1.0), 1.0);
     }

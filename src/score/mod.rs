@@ -13,6 +13,7 @@
 pub mod channel;
 pub mod error;
 pub mod events;
+pub mod fusion;
 pub mod ndt;
 pub mod pot;
 pub mod threshold;
@@ -20,6 +21,7 @@ pub mod threshold;
 pub use channel::{ChannelScorer, Score, ScoredOutput, ScorerCounters, WindowOutcome};
 pub use error::Ewma;
 pub use events::{AnomalyEvent, EventDetector, EventKind};
+pub use fusion::{ChannelFusion, EnsembleConfig, Fuser};
 pub use ndt::NdtConfig;
 pub use pot::SpotConfig;
 pub use threshold::{Decision, Point, Threshold, ThresholdConfig};
@@ -49,6 +51,15 @@ pub struct ScoringConfig {
     /// 1 disables smoothing. telemanom uses 105 (batch 70 × window 30 × 5 %).
     #[serde(default = "default_span")]
     pub smoothing_span: f32,
+    /// `true` (the default since 2026-12): each smoothed error is the
+    /// weighted mean of all errors so far (pandas' `adjust=True`,
+    /// telemanom's smoothing), so the first scores are averages; `false`:
+    /// the recurrence started at the first error (`adjust=False`, gsinfer's
+    /// smoothing before), so one large first error lingers for ~`span`
+    /// scores and, now that NDT decides from its first batch, raises false
+    /// alarms at the start (EVALUATION.md). See [`Ewma`].
+    #[serde(default = "default_adjust")]
+    pub smoothing_adjust: bool,
     /// Threshold on the smoothed score.
     pub threshold: ThresholdConfig,
     /// Reconstruction only: the features whose error counts (all when
@@ -67,6 +78,10 @@ pub struct ScoringConfig {
 
 fn default_span() -> f32 {
     105.0
+}
+
+fn default_adjust() -> bool {
+    true
 }
 
 fn default_hold() -> u32 {

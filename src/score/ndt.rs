@@ -21,18 +21,37 @@
 //! small against the values (σ(e_s) ≤ 5 % of σ(values) and max(e_s) ≤ 5 % of the
 //! value range, or max(e_s) ≤ 0.05) flags nothing.
 //!
-//! As in telemanom, the first evaluation happens once the window is full and
-//! decides all of it except the first `ignore_first` errors; every later
-//! evaluation, one per `batch_size` new errors, decides only that batch.
+//! ## Warm-up: deciding with the errors there are
+//!
+//! telemanom works on a whole file: when a series is shorter than the
+//! window it shrinks the window to the series, and it ignores fewer early
+//! errors (500 from 2 500 test values up, 250 from 1 800, none below). A
+//! stream has no length, so gsinfer grows the window instead:
+//!
+//! - the first evaluation happens at `min_errors` errors (70, one batch) and
+//!   decides all of them; every later one, at each further `batch_size`
+//!   errors, decides that batch over the last `min(errors so far,
+//!   window_batches × batch_size)` errors. So a channel's first decision
+//!   comes `min_errors` scores after its first score, not 2 100, and the
+//!   window is full (the paper's setting) from error 2 100 on;
+//! - errors with ordinal below `ignore_first` (0 by default: telemanom's
+//!   rule for short series) are never flagged, whatever the window;
+//! - nothing else changes with the window's size, and the paper's guards do
+//!   the rest: a candidate `z` must flag fewer than half the window *after*
+//!   widening by `error_buffer`, so with the default buffer of 100 nothing
+//!   can be flagged before the window holds about 400 errors (a sequence at
+//!   least 199 long must be under half of it). The earliest errors are thus
+//!   decided on little history and are the least sensitive: a known cost of
+//!   deciding at once rather than after 2 100 errors.
 //!
 //! Where this differs from telemanom: it runs as errors arrive, so a
 //! stream's last partial batch stays undecided (telemanom stretches its last
 //! window to the end of the file); the smoothing is the pipeline's EWMA
-//! (`adjust=False`, started at the first error) rather than pandas'
-//! `adjust=True` with the first `l_s` values replaced by their mean; the
-//! largest non-anomalous error excludes exactly the indices already flagged
-//! (telemanom's reference offsets them by one batch); and ties between equal
-//! sequence maxima are resolved by position.
+//! (by default pandas' `adjust=True`, as telemanom's, but without replacing
+//! the first `l_s` smoothed values by their mean, which needs the future);
+//! the largest non-anomalous error excludes exactly the indices already
+//! flagged (telemanom's reference offsets them by one batch); and ties
+//! between equal sequence maxima are resolved by position.
 
 use std::collections::VecDeque;
 
@@ -58,8 +77,14 @@ pub struct NdtConfig {
     pub z_max: f32,
     /// Step between `z` candidates (0.5).
     pub z_step: f32,
-    /// Errors at the start of the stream never flagged (2 × the 250-step window).
+    /// Errors at the start of the stream never flagged (0: telemanom's rule
+    /// for series under 1 800 values; it uses 500, two 250-step windows, on
+    /// long files).
     pub ignore_first: usize,
+    /// Errors before the first evaluation, which decides all of them (70, one
+    /// batch); `window_batches × batch_size` waits for a full window, as
+    /// gsinfer did before 2026-12.
+    pub min_errors: usize,
     /// Also flag unusually low errors (mirrored about the mean).
     pub inverse: bool,
 }
@@ -74,7 +99,8 @@ impl Default for NdtConfig {
             z_min: 2.5,
             z_max: 12.0,
             z_step: 0.5,
-            ignore_first: 500,
+            ignore_first: 0,
+            min_errors: 70,
             inverse: true,
         }
     }
@@ -109,6 +135,12 @@ impl NdtConfig {
         if !(0.0..1.0).contains(&self.p) {
             v.push(("p", "must be in [0, 1), e.g. 0.13".to_string()));
         }
+        if self.min_errors == 0 {
+            v.push((
+                "min_errors",
+                "must be at least 1, e.g. 70 (one batch)".to_string(),
+            ));
+        }
         v
     }
 }
@@ -122,6 +154,8 @@ pub struct Ndt {
     flagged: VecDeque<bool>,
     pending: usize,
     started: bool,
+    /// Errors seen since the start of the stream (ordinal of the next one).
+    seen: u64,
 }
 
 fn mean_std(xs: &[f32]) -> (f64, f64) {
@@ -189,6 +223,7 @@ impl Ndt {
             flagged: VecDeque::new(),
             pending: 0,
             started: false,
+            seen: 0,
         }
     }
 
@@ -205,17 +240,23 @@ impl Ndt {
             self.flagged.pop_front();
         }
         self.pending += 1;
+        self.seen += 1;
         let due = if self.started {
             self.pending >= self.config.batch_size
         } else {
-            self.window.len() == self.capacity()
+            self.window.len() >= self.config.min_errors.min(self.capacity())
         };
         if due {
-            let first = !self.started;
             self.started = true;
+            let decide = self.pending;
             self.pending = 0;
-            self.evaluate(first, out);
+            self.evaluate(decide, out);
         }
+    }
+
+    /// Whether the first evaluation has happened (a decision has been made).
+    pub fn deciding(&self) -> bool {
+        self.started
     }
 
     /// The `z` that maximises the NDT objective over `e` (§3.2).
@@ -316,7 +357,8 @@ impl Ndt {
         flags
     }
 
-    fn evaluate(&mut self, first: bool, out: &mut Vec<Decision>) {
+    /// Evaluates the window and decides its last `decide` errors.
+    fn evaluate(&mut self, decide: usize, out: &mut Vec<Decision>) {
         let c = self.config.clone();
         let e: Vec<f32> = self.window.iter().map(|p| p.score).collect();
         let values: Vec<f32> = self.window.iter().map(|p| p.value).collect();
@@ -324,11 +366,11 @@ impl Ndt {
         let (mean, sd) = mean_std(&e);
         let (_, chan_sd) = mean_std(&values);
         let range = percentile(&values, 95.0) - percentile(&values, 5.0);
-        let from = if first {
-            c.ignore_first.min(n)
-        } else {
-            n - c.batch_size.min(n)
-        };
+        // Ordinal of the window's first error since the stream began.
+        let first_ordinal = self.seen - n as u64;
+        let ignored = (c.ignore_first as u64).saturating_sub(first_ordinal) as usize;
+        let decide_from = n - decide.min(n);
+        let from = decide_from.max(ignored.min(n));
         let z = self.find_z(&e, mean, sd);
         let eps = mean + z * sd;
         let mut flags = self.flag(&e, eps, sd, chan_sd, range, from);
@@ -338,7 +380,6 @@ impl Ndt {
             let inv_flags = self.flag(&inv, mean + z_inv * sd, sd, chan_sd, range, from);
             flags.iter_mut().zip(inv_flags).for_each(|(f, i)| *f |= i);
         }
-        let decide_from = if first { 0 } else { from };
         for (i, flag) in flags.iter().enumerate().skip(decide_from) {
             self.flagged[i] = *flag;
             out.push(Decision {
@@ -389,8 +430,14 @@ mod tests {
     fn every_point_is_decided_once_in_order_after_warm_up() {
         let scores: Vec<f32> = (0..305).map(|i| 0.1 + 0.05 * noise(i)).collect();
         let out = run(small(), &scores);
-        // 100 at the first evaluation, then 10 per batch; the last 5 wait.
+        // 70 at the first evaluation (min_errors), then 10 per batch; the last 5 wait.
         assert_eq!(out.len(), 300);
+        // Waiting for a full window, as before 2026-12: 100, then 10 per batch.
+        let full = NdtConfig {
+            min_errors: 100,
+            ..small()
+        };
+        assert_eq!(run(full, &scores[..105]).len(), 100);
         assert!(out
             .iter()
             .enumerate()
@@ -415,6 +462,39 @@ mod tests {
             "{flagged:?}"
         );
         assert!(flagged.contains(&250) && flagged.contains(&261));
+    }
+
+    #[test]
+    fn a_short_stream_is_decided_from_its_first_batch_on() {
+        let config = NdtConfig {
+            min_errors: 10,
+            ..small()
+        };
+        // 40 errors: a quarter of the full window (100); telemanom would
+        // shrink its window to the series, gsinfer grows it.
+        let mut scores: Vec<f32> = (0..40).map(|i| 0.1 + 0.05 * noise(i)).collect();
+        for s in &mut scores[30..34] {
+            *s += 3.0;
+        }
+        let out = run(config.clone(), &scores);
+        assert_eq!(out.len(), 40, "every complete batch is decided");
+        assert_eq!(out[9].point.index, 9, "the first batch at the tenth error");
+        let flagged: Vec<u64> = out
+            .iter()
+            .filter(|d| d.anomalous)
+            .map(|d| d.point.index)
+            .collect();
+        assert!(flagged.contains(&30) && flagged.contains(&33), "{flagged:?}");
+        // The same excursion inside the first `ignore_first` errors is never flagged,
+        // even though later evaluations see it again.
+        let out = run(
+            NdtConfig {
+                ignore_first: 35,
+                ..config
+            },
+            &scores,
+        );
+        assert!(out.iter().all(|d| !d.anomalous));
     }
 
     #[test]

@@ -29,11 +29,33 @@ pub enum ThresholdConfig {
 
 impl ThresholdConfig {
     /// Parses the `--threshold` override of `gsinfer eval`: `static:<value>`,
-    /// `ndt` (defaults) or `pot[:<risk>]` (defaults, or the given risk `q`).
+    /// `ndt` (defaults), `pot[:<risk>]` (defaults, or the given risk `q`), or
+    /// a method with its keys, `ndt:min_errors=2100,ignore_first=500` or
+    /// `pot:risk=1e-4,init=500` (the keys of `threshold = { ... }`).
     ///
     /// # Errors
-    /// A message naming the accepted forms.
+    /// A message naming the accepted forms, or the key that was refused.
     pub fn parse_spec(spec: &str) -> Result<Self, String> {
+        if let Some((method @ ("ndt" | "pot"), keys)) = spec.split_once(':') {
+            if keys.contains('=') {
+                #[derive(Deserialize)]
+                struct W {
+                    threshold: ThresholdConfig,
+                }
+                let table = format!(
+                    "threshold = {{ method = \"{method}\", {} }}",
+                    keys.split(',').collect::<Vec<_>>().join(", ")
+                );
+                return toml::from_str::<W>(&table)
+                    .map(|w| w.threshold)
+                    .map_err(|e| {
+                        format!(
+                            "`{spec}`: {}; keys are those of threshold = {{ method = \"{method}\", ... }}",
+                            e.message()
+                        )
+                    });
+            }
+        }
         match spec.split_once(':') {
             None if spec == "ndt" => Ok(Self::Ndt(NdtConfig::default())),
             None if spec == "pot" => Ok(Self::Pot(SpotConfig::default())),
@@ -194,6 +216,17 @@ mod tests {
         assert!(ThresholdConfig::parse_spec("otsu")
             .unwrap_err()
             .contains("ndt, pot"));
+        assert!(matches!(
+            ThresholdConfig::parse_spec("ndt:min_errors=2100,ignore_first=500").unwrap(),
+            ThresholdConfig::Ndt(NdtConfig { min_errors: 2100, ignore_first: 500, batch_size: 70, .. })
+        ));
+        assert!(matches!(
+            ThresholdConfig::parse_spec("pot:risk=1e-4,init=200").unwrap(),
+            ThresholdConfig::Pot(SpotConfig { init: 200, .. })
+        ));
+        assert!(ThresholdConfig::parse_spec("ndt:nope=1")
+            .unwrap_err()
+            .contains("nope"));
     }
 
     #[test]
