@@ -17,7 +17,7 @@ use crate::model::{open_engine, prepare};
 use crate::pipeline::{ChannelOutput, Pipeline};
 use crate::publish::{event_json, score_json};
 use crate::repository::ModelRepository;
-use crate::score::ThresholdConfig;
+use crate::score::{ChannelFusion, EnsembleConfig, ThresholdConfig};
 use crate::score::{ScoredOutput, WindowOutcome};
 
 /// Default time stamp of sample 0 in `eval` and `replay`: 2018-01-01T00:00:00Z, in ns.
@@ -64,6 +64,27 @@ pub fn read_channel(data_dir: &Path, split: &str, channel: &str) -> Result<Vec<V
         ),
     };
     Ok(flat.chunks(cols).map(|c| c.to_vec()).collect())
+}
+
+/// The column count `F` of `<data_dir>/test/<channel>.npy` from its header
+/// alone; `None` when the file is missing or not a 2-D array (reading the
+/// channel then says why).
+///
+/// # Errors
+/// Never for a missing file; when an existing file cannot be read.
+pub fn npy_columns(data_dir: &Path, channel: &str) -> Result<Option<usize>> {
+    let path = data_dir.join("test").join(format!("{channel}.npy"));
+    let Ok(file) = std::fs::File::open(&path) else {
+        return Ok(None);
+    };
+    let npy = match npyz::NpyFile::new(std::io::BufReader::new(file)) {
+        Ok(n) => n,
+        Err(_) => return Ok(None),
+    };
+    Ok(match npy.shape() {
+        [_, cols] => Some(*cols as usize),
+        _ => None,
+    })
 }
 
 /// Channels with a file under `<data_dir>/test/`, sorted.
@@ -212,6 +233,8 @@ pub struct EvalOptions {
     /// Only the pipeline serving this model; `None`: each channel goes to the
     /// pipeline that lists it in `channels`, else to the first with no list.
     pub model: Option<String>,
+    /// Evaluate this `[[ensemble]]` instead of one pipeline per channel.
+    pub ensemble: Option<String>,
     /// Replaces every pipeline's threshold (`--threshold`, repeatable: each
     /// is evaluated on the same engine outputs); empty keeps the pipelines' own.
     pub thresholds: Vec<ThresholdConfig>,
@@ -259,17 +282,84 @@ pub fn anomalies(events: &[&crate::score::AnomalyEvent]) -> Vec<(u64, u64)> {
 /// A channel no pipeline serves, unreadable data, engine failures.
 pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<()> {
     let repo = ModelRepository::open(&config.repository.path)?;
-    let channels = if opts.channels.is_empty() {
+    let every = opts.channels.is_empty();
+    let listed = if every {
         list_channels(&opts.data_dir)?
     } else {
         opts.channels.clone()
     };
-    let mut pipelines = Vec::new();
-    for ch in &channels {
-        let p = pipeline_for(config, ch, opts.model.as_deref())
-            .with_context(|| format!("no [[pipeline]] serves channel {ch}; add it to a pipeline's channels or pass --model"))?;
-        pipelines.push(p.clone());
+    // With --all, a channel of the data set that no pipeline serves (or
+    // whose feature count differs from its pipeline's) is skipped and said
+    // so; a channel named on the command line must be served.
+    let ensemble = match &opts.ensemble {
+        None => None,
+        Some(name) => Some(
+            config
+                .ensembles
+                .iter()
+                .find(|e| e.name == *name)
+                .with_context(|| format!("no [[ensemble]] is named {name}"))?,
+        ),
+    };
+    let mut channels = Vec::new();
+    let mut pipelines: Vec<Vec<PipelineConfig>> = Vec::new();
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    for ch in &listed {
+        let served = match ensemble {
+            None => pipeline_for(config, ch, opts.model.as_deref())
+                .map(|p| vec![p.clone()])
+                .ok_or_else(|| "no [[pipeline]] serves it (add it to a pipeline's channels or pass --model)".to_string()),
+            Some(e) => e
+                .members(ch)
+                .iter()
+                .map(|m| {
+                    pipeline_for(config, ch, Some(m))
+                        .cloned()
+                        .ok_or_else(|| format!("ensemble {}: no [[pipeline]] of member {m} serves it", e.name))
+                })
+                .collect(),
+        };
+        let served = match served {
+            Ok(p) => p,
+            Err(why) if every => {
+                skipped.push((ch.clone(), why));
+                continue;
+            }
+            Err(why) => bail!("channel {ch}: {why}"),
+        };
+        if every {
+            if let Some(f) = npy_columns(&opts.data_dir, ch)? {
+                if let Some(p) = served.iter().find(|p| p.features != f) {
+                    skipped.push((
+                        ch.clone(),
+                        format!(
+                            "its data has {f} features, pipeline {} takes {}",
+                            p.model, p.features
+                        ),
+                    ));
+                    continue;
+                }
+            }
+        }
+        channels.push(ch.clone());
+        pipelines.push(served);
     }
+    for (ch, why) in &skipped {
+        if opts.json {
+            let line = serde_json::json!({"type": "skipped", "channel": ch, "reason": why});
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(out, "skipped {ch}: {why}")?;
+        }
+    }
+    if channels.is_empty() {
+        bail!(
+            "no channel of {} is served by this configuration ({} skipped)",
+            opts.data_dir.display(),
+            skipped.len()
+        );
+    }
+    let spacecraft = crate::labels::read_spacecraft(&opts.data_dir);
     let labels = match crate::labels::read_labels(&opts.data_dir) {
         Ok(l) => l,
         Err(e) if opts.metrics => return Err(e.context("--metrics needs the labels")),
@@ -285,14 +375,14 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(ch) = channels.get(i) else { break };
                 let r = read_channel(&opts.data_dir, "test", ch).and_then(|rows| {
-                    eval_channel(
-                        &repo,
-                        &pipelines[i],
-                        &config.engine,
-                        &opts.thresholds,
-                        ch,
-                        &rows,
-                    )
+                    let members = pipelines[i]
+                        .iter()
+                        .map(|p| eval_channel(&repo, p, &config.engine, &opts.thresholds, ch, &rows))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok(match ensemble {
+                        None => members.into_iter().next().expect("one pipeline"),
+                        Some(e) => fuse_channel(e, members),
+                    })
                 });
                 *results[i].lock().expect("result slot") = Some(r);
             });
@@ -313,11 +403,12 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
         if !opts.json && variants > 1 {
             writeln!(out, "== threshold {threshold}")?;
         }
-        for (channel_evals, pipeline) in evals.iter().zip(&pipelines) {
+        for (channel_evals, served) in evals.iter().zip(&pipelines) {
             let r = &channel_evals[v];
+            let model = ensemble.map_or(served[0].model.as_str(), |e| e.name.as_str());
             per_channel.push(report_channel(
                 r,
-                &pipeline.model,
+                model,
                 &labels,
                 opts,
                 &threshold,
@@ -325,14 +416,45 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
             )?);
         }
         let total = Detection::total(&per_channel);
+        // Per spacecraft (labeled_anomalies.csv's column) when there are several.
+        let mut crafts: Vec<&str> = channels
+            .iter()
+            .filter_map(|c| spacecraft.get(c).map(String::as_str))
+            .collect();
+        crafts.sort_unstable();
+        crafts.dedup();
+        if crafts.len() > 1 && !labels.is_empty() {
+            for craft in crafts {
+                let of = |c: &String| spacecraft.get(c).is_some_and(|s| s == craft);
+                let parts: Vec<&Detection> = per_channel
+                    .iter()
+                    .zip(&channels)
+                    .filter(|(_, c)| of(c))
+                    .map(|(d, _)| d)
+                    .collect();
+                let days: f64 = evals
+                    .iter()
+                    .zip(&channels)
+                    .filter(|(_, c)| of(c))
+                    .map(|(e, _)| telemetry_days(e[v].samples))
+                    .sum();
+                let t = Detection::total(parts.iter().copied());
+                write_total(out, opts.json, &threshold, craft, parts.len(), &t, days)?;
+            }
+        }
+        let days: f64 = evals.iter().map(|e| telemetry_days(e[v].samples)).sum();
+        if !labels.is_empty() && (opts.metrics || !opts.json) {
+            write_total(out, opts.json, &threshold, "all", channels.len(), &total, days)?;
+        }
         if opts.json && opts.metrics {
-            let line = serde_json::json!({"type": "total", "threshold": threshold, "channels": channels.len(), "total": total});
+            let line = serde_json::json!({"type": "total", "threshold": threshold, "channels": channels.len(), "skipped": skipped.len(), "total": total});
             writeln!(out, "{line}")?;
         } else if !opts.json && !labels.is_empty() {
             writeln!(
                 out,
-                "total over {} channels: tp {} fp {} fn {}: event-level precision {:.3} recall {:.3} f1 {:.3}",
+                "total over {} channels ({} skipped): tp {} fp {} fn {}: event-level precision {:.3} recall {:.3} f1 {:.3}",
                 channels.len(),
+                skipped.len(),
                 total.true_positives,
                 total.false_positives,
                 total.false_negatives,
@@ -341,6 +463,78 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
                 total.f1
             )?;
         }
+    }
+    Ok(())
+}
+
+/// Fuses the members' evaluations of one channel (each with the same
+/// threshold variants, in the same order) by `ensemble`'s vote: the members'
+/// outputs are handed to one [`ChannelFusion`] in decision-index order, as
+/// a service would see them when the members keep pace. The result holds
+/// the fused events only.
+pub fn fuse_channel(ensemble: &EnsembleConfig, members: Vec<Vec<ChannelEval>>) -> Vec<ChannelEval> {
+    let variants = members.first().map_or(0, Vec::len);
+    (0..variants)
+        .map(|v| {
+            let mut fusion = ChannelFusion::new(ensemble, members.len());
+            let mut events = Vec::new();
+            let mut next = vec![0usize; members.len()];
+            let index = |o: &ScoredOutput| match o {
+                ScoredOutput::Score(s) => s.index,
+                ScoredOutput::Event(e) => e.end.unwrap_or(e.start),
+            };
+            // k-way merge on each member's decision index.
+            while let Some(m) = (0..members.len())
+                .filter(|m| next[*m] < members[*m][v].outputs.len())
+                .min_by_key(|m| index(&members[*m][v].outputs[next[*m]]))
+            {
+                fusion.observe(m, &members[m][v].outputs[next[m]], &mut events);
+                next[m] += 1;
+            }
+            let first = &members[0][v];
+            ChannelEval {
+                channel: first.channel.clone(),
+                threshold: first.threshold.clone(),
+                samples: first.samples,
+                outputs: events.into_iter().map(ScoredOutput::Event).collect(),
+                engine_s: members.iter().map(|m| m[v].engine_s).sum(),
+                windows: members.iter().map(|m| m[v].windows).sum(),
+            }
+        })
+        .collect()
+}
+
+/// Days of flight time in `samples` samples at [`DEFAULT_STEP_NS`] apart.
+fn telemetry_days(samples: usize) -> f64 {
+    samples as f64 * DEFAULT_STEP_NS as f64 / 86_400e9
+}
+
+/// Writes one summary line: a group's counts, F1, F0.5 and false alarms
+/// per day of telemetry.
+fn write_total(
+    out: &mut dyn Write,
+    json: bool,
+    threshold: &serde_json::Value,
+    group: &str,
+    channels: usize,
+    t: &Detection,
+    days: f64,
+) -> Result<()> {
+    let per_day = if days > 0.0 {
+        t.false_positives as f64 / days
+    } else {
+        0.0
+    };
+    if json {
+        let line = serde_json::json!({"type": "group", "group": group, "threshold": threshold,
+            "channels": channels, "telemetry_days": days, "false_alarms_per_day": per_day, "total": t});
+        writeln!(out, "{line}")?;
+    } else {
+        writeln!(
+            out,
+            "{group}: {channels} channels, {days:.1} days: tp {} fp {} fn {}: precision {:.3} recall {:.3} f1 {:.3} f0.5 {:.3}, {per_day:.3} false alarms/day",
+            t.true_positives, t.false_positives, t.false_negatives, t.precision, t.recall, t.f1, t.f05
+        )?;
     }
     Ok(())
 }
@@ -364,6 +558,12 @@ fn report_channel(
         .collect();
     let chan_labels = labels.get(&r.channel).cloned().unwrap_or_default();
     let predicted = anomalies(&events);
+    // The first sample a decision was published for: how long the channel
+    // was silent after its first sample (None: never decided).
+    let first_decided = r.outputs.iter().find_map(|o| match o {
+        ScoredOutput::Score(s) => Some(s.index),
+        ScoredOutput::Event(_) => None,
+    });
     let detection = Detection::count(&predicted, &chan_labels);
     if opts.json {
         for o in &r.outputs {
@@ -376,6 +576,7 @@ fn report_channel(
         }
         if opts.metrics {
             let line = serde_json::json!({"type": "metrics", "model": model, "channel": r.channel, "threshold": threshold,
+                "samples": r.samples, "first_decided": first_decided,
                 "labels": chan_labels, "anomalies": predicted, "detection": detection});
             writeln!(out, "{line}")?;
         }
@@ -395,9 +596,10 @@ fn report_channel(
     } else {
         0.0
     };
+    let first = first_decided.map_or("never".to_string(), |i| format!("from sample {i}"));
     writeln!(
         out,
-        "{model} {}: {} samples, {} scores (max {max:.4}), {wps:.0} windows/s",
+        "{model} {}: {} samples, {} scores (max {max:.4}) {first}, {wps:.0} windows/s",
         r.channel,
         r.samples,
         scores.len()

@@ -11,6 +11,24 @@ use anyhow::{Context, Result};
 /// Inclusive `(start, end)` row intervals per channel.
 pub type Labels = HashMap<String, Vec<(u64, u64)>>;
 
+/// The `spacecraft` column of `<data_dir>/labeled_anomalies.csv` per
+/// channel (`SMAP`, `MSL`); empty when the file is missing or unreadable,
+/// since it only groups the report.
+pub fn read_spacecraft(data_dir: &Path) -> HashMap<String, String> {
+    let Ok(text) = std::fs::read_to_string(data_dir.join("labeled_anomalies.csv")) else {
+        return HashMap::new();
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ',');
+            let chan = fields.next()?.trim();
+            let craft = fields.next()?.trim();
+            (!chan.is_empty() && !craft.is_empty()).then(|| (chan.to_string(), craft.to_string()))
+        })
+        .collect()
+}
+
 /// Reads `<data_dir>/labeled_anomalies.csv`.
 ///
 /// # Errors
@@ -70,5 +88,6 @@ mod tests {
         let l = read_labels(dir.path()).unwrap();
         assert_eq!(l["A-1"], vec![(4690, 4774)]);
         assert_eq!(l["P-2"], vec![(10, 20), (30, 40), (5350, 6575)]);
+        assert_eq!(read_spacecraft(dir.path())["A-1"], "SMAP");
     }
 }

@@ -138,8 +138,12 @@ enum Command {
         #[arg(long)]
         all: bool,
         /// Model to evaluate (default: the first pipeline's).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "ensemble")]
         model: Option<String>,
+        /// Evaluate this `[[ensemble]]`: every member pipeline on each
+        /// channel, their anomalies fused by the ensemble's vote.
+        #[arg(long)]
+        ensemble: Option<String>,
         /// One JSON object per line: every score and event (with --metrics:
         /// events, per-channel metrics, and a last line with the total).
         #[arg(long)]
@@ -147,8 +151,9 @@ enum Command {
         /// Event-level precision, recall and F1 against labeled_anomalies.csv.
         #[arg(long)]
         metrics: bool,
-        /// Replace every pipeline's threshold: ndt, pot, pot:<risk> or
-        /// static:<value>; repeat it to evaluate several on the same model outputs.
+        /// Replace every pipeline's threshold: ndt, pot, pot:<risk>,
+        /// static:<value>, or a method with keys (ndt:min_errors=2100,ignore_first=500);
+        /// repeat it to evaluate several on the same model outputs.
         #[arg(long, value_parser = gsinfer::score::ThresholdConfig::parse_spec)]
         threshold: Vec<gsinfer::score::ThresholdConfig>,
         /// Channels evaluated in parallel (default: the number of CPUs).
@@ -371,6 +376,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             channel,
             all,
             model,
+            ensemble,
             json,
             metrics,
             threshold,
@@ -384,6 +390,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 data_dir,
                 channels: if all { Vec::new() } else { channel },
                 model,
+                ensemble,
                 thresholds: threshold,
                 metrics,
                 json,
