@@ -102,6 +102,11 @@ pub struct Config {
     /// Serial links feeding the pipelines (`[[serial]]`), besides MQTT.
     #[serde(default, rename = "serial", skip_serializing_if = "Vec::is_empty")]
     pub serial: Vec<SerialConfig>,
+    /// Detector ensembles (`[[ensemble]]`): pipelines on the same channel
+    /// whose anomalies are fused by a k-of-n vote into one event stream
+    /// ([`crate::score::fusion`]).
+    #[serde(default, rename = "ensemble", skip_serializing_if = "Vec::is_empty")]
+    pub ensembles: Vec<crate::score::EnsembleConfig>,
 }
 
 /// One configuration problem: the file, the key, what is wrong and the fix.
@@ -435,6 +440,35 @@ impl Config {
             &self.serial,
             &self.pipelines,
         ));
+        for (i, e) in self.ensembles.iter().enumerate() {
+            for (field, message) in e.problems() {
+                problems.push((format!("ensemble[{i}].{field}"), message));
+            }
+            for m in &e.models {
+                let (head, tail) = m.split_once("{channel}").unwrap_or((m, ""));
+                let served = self.pipelines.iter().any(|p| {
+                    if m.contains("{channel}") {
+                        p.model.len() > head.len() + tail.len()
+                            && p.model.starts_with(head)
+                            && p.model.ends_with(tail)
+                    } else {
+                        p.model == *m
+                    }
+                });
+                if !served {
+                    problems.push((
+                        format!("ensemble[{i}].models"),
+                        format!("`{m}` matches no [[pipeline]]'s model; list served models (`{{channel}}` stands for the channel)"),
+                    ));
+                }
+            }
+            if self.pipelines.iter().any(|p| p.model == e.name) {
+                problems.push((
+                    format!("ensemble[{i}].name"),
+                    format!("`{}` is a pipeline's model; give the ensemble a name of its own", e.name),
+                ));
+            }
+        }
         problems
     }
 
@@ -506,6 +540,50 @@ scoring = { kind = "forecast", threshold = { method = "static", value = 0.3 } }
                 );
             }
         }
+    }
+
+    #[test]
+    fn shipped_reference_config_serves_every_shared_channel_with_the_majority() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/reference.toml");
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut channels: Vec<&str> = c
+            .pipelines
+            .iter()
+            .flat_map(|p| p.channels.iter().map(String::as_str))
+            .collect();
+        channels.dedup();
+        // The 40 SMAP and 9 MSL channels of the shared data set.
+        assert_eq!(channels.len(), 49);
+        assert_eq!(c.pipelines.len(), 3 * 49);
+        assert!(c.pipelines.iter().any(|p| p.features == 55));
+        for p in &c.pipelines {
+            assert!(
+                c.repository.path.join(&p.model).join("1/model.onnx").is_file(),
+                "{}",
+                p.model
+            );
+        }
+        let e = &c.ensembles[0];
+        assert_eq!((e.name.as_str(), e.min_votes, e.models.len()), ("majority", 2, 3));
+    }
+
+    #[test]
+    fn ensembles_are_validated_against_the_pipelines() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{MINIMAL}[[ensemble]]\nname = \"m\"\nmodels = [\"m\", \"x_{{channel}}\"]\nmin_votes = 3\n"
+        );
+        let err = Config::load(&write(dir.path(), &text)).unwrap_err().to_string();
+        assert!(err.contains("ensemble[0].min_votes"), "{err}");
+        assert!(err.contains("`x_{channel}` matches no [[pipeline]]"), "{err}");
+        assert!(err.contains("ensemble[0].name"), "{err}");
+        let ok = format!(
+            "{MINIMAL}[[pipeline]]\nmodel = \"v_A-1\"\nfeatures = 2\nwindow = {{ length = 4 }}\n\
+             scoring = {{ kind = \"forecast\", threshold = {{ method = \"ndt\" }} }}\n\
+             [[ensemble]]\nname = \"both\"\nmodels = [\"m\", \"v_{{channel}}\"]\nmin_votes = 2\n"
+        );
+        let c = Config::load(&write(dir.path(), &ok)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.ensembles[0].members("A-1"), vec!["m", "v_A-1"]);
     }
 
     #[test]

@@ -46,6 +46,19 @@ pub struct PreparedModel {
     pub instances: usize,
 }
 
+/// What config.pbtxt's `parameters` say about how the model was trained that
+/// an operator must know, as one line for the log and the status page:
+/// today, a `train_value_std` (written by tools/train_models.py) below 1e-6,
+/// i.e. the channel was constant over its whole train split, so the model
+/// learned a constant and any change of level scores as anomalous
+/// (EVALUATION.md, "Channels that defeat every model").
+pub fn training_note(entry: &ModelEntry) -> Option<String> {
+    let std: f64 = entry.config.parameters.get("train_value_std")?.trim().parse().ok()?;
+    (std < 1e-6).then(|| {
+        format!("trained on a constant signal (train split's value std {std:.1e}): any change of level scores as anomalous")
+    })
+}
+
 impl PreparedModel {
     /// The output names config.pbtxt declares, in its order (the order
     /// engines return outputs in).
@@ -267,5 +280,22 @@ pub fn open_engine(
                     .into(),
             }))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_trained_on_a_constant_channel_carries_a_note() {
+        let repo = ModelRepository::open(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("model_repository"),
+        )
+        .unwrap();
+        // A-1 is constant over its whole SMAP train split; A-2 is not.
+        let note = training_note(&repo.load("lstm_A-1").unwrap()).expect("constant A-1");
+        assert!(note.contains("constant signal"), "{note}");
+        assert_eq!(training_note(&repo.load("lstm_A-2").unwrap()), None);
     }
 }

@@ -35,7 +35,7 @@ use crate::ingest::serial::{SerialBatch, SerialSource};
 use crate::pipeline::{ChannelOutput, Pipeline};
 use crate::publish::{event_json, run_publisher, Outgoing};
 use crate::repository::ModelRepository;
-use crate::score::{ScoredOutput, WindowOutcome};
+use crate::score::{AnomalyEvent, Fuser, ScoredOutput, WindowOutcome};
 use crate::shutdown::Stop;
 use crate::status::board::MQTT_SOURCE;
 use crate::status::http::StatusServer;
@@ -205,9 +205,16 @@ pub async fn run(config: Config) -> Result<()> {
                 continue;
             }
         };
+        let trained = crate::model::training_note(&prepared.entry);
+        if let Some(note) = &trained {
+            log::warn!(target: "gsinfer", "model {}: {note}", p.model);
+        }
         if let Some(note) = &opened.note {
             log::warn!(target: "gsinfer::engine", "model {}: {note}", p.model);
-            board.set_note(&p.model, note);
+        }
+        let notes: Vec<&str> = [opened.note.as_deref(), trained.as_deref()].into_iter().flatten().collect();
+        if !notes.is_empty() {
+            board.set_note(&p.model, &notes.join("; "));
         }
         let kind = opened.kind;
         let mut outputs = Vec::new();
@@ -349,13 +356,14 @@ pub async fn run(config: Config) -> Result<()> {
     tokio::spawn(signals(stop.clone()));
     let mut rejects = RejectLog::default();
     let mut outputs = Vec::new();
+    let mut fuser = Fuser::new(&config.ensembles);
     loop {
         tokio::select! {
             msg = inbound_rx.recv(), if !stop.is_triggered() => {
                 let Some(msg) = msg else { break };
                 let _busy = pipeline_stage.begin();
                 ingest(&mut served, &msg, &board, &mut rejects, &mut outputs);
-                forward(&mut served, &mut outputs, &out_tx, &board).await;
+                forward(&mut served, &mut fuser, &mut outputs, &out_tx, &board).await;
                 // Taken: only now may the broker forget it (see ingest::mqtt).
                 mqtt::acknowledge(&client, &msg).await;
             }
@@ -364,7 +372,7 @@ pub async fn run(config: Config) -> Result<()> {
                     Some(batch) => {
                         let _busy = pipeline_stage.begin();
                         ingest_serial(&mut served, batch, &board, &mut rejects, &mut outputs);
-                        forward(&mut served, &mut outputs, &out_tx, &board).await;
+                        forward(&mut served, &mut fuser, &mut outputs, &out_tx, &board).await;
                     }
                     None => serial_open = false,
                 }
@@ -373,7 +381,7 @@ pub async fn run(config: Config) -> Result<()> {
                 let Some(res) = res else { break };
                 let _busy = pipeline_stage.begin();
                 settle(&mut served, res, &mut outputs, &board);
-                forward(&mut served, &mut outputs, &out_tx, &board).await;
+                forward(&mut served, &mut fuser, &mut outputs, &out_tx, &board).await;
             }
             _ = stop.wait(), if !stop.is_triggered() => {}
         }
@@ -404,7 +412,7 @@ pub async fn run(config: Config) -> Result<()> {
     let scored = tokio::time::timeout_at(deadline, async {
         while let Some(res) = results_rx.recv().await {
             settle(&mut served, res, &mut outputs, &board);
-            forward(&mut served, &mut outputs, &out_tx, &board).await;
+            forward(&mut served, &mut fuser, &mut outputs, &out_tx, &board).await;
         }
     })
     .await;
@@ -690,21 +698,35 @@ fn settle(
         );
         s.pipeline.on_window(&item, outcome, &mut scored);
     }
-    let (late, _) = s.pipeline.scorer_totals();
-    let counted = Metrics::value(&board.metrics.late_forecasts, &s.model);
-    if late > counted {
-        Metrics::add(&board.metrics.late_forecasts, &s.model, late - counted);
+    let totals = s.pipeline.scorer_totals();
+    let late = &board.metrics.late_forecasts;
+    let counted = Metrics::value(late, &s.model);
+    if totals.late_forecasts > counted {
+        Metrics::add(late, &s.model, totals.late_forecasts - counted);
+    }
+    let nonfinite = &board.metrics.nonfinite_errors;
+    let counted = Metrics::value(nonfinite, &s.model);
+    if totals.nonfinite_errors > counted {
+        let new = totals.nonfinite_errors - counted;
+        log::warn!(
+            "model {}: {new} raw errors were NaN or infinite and were left out of scoring (a model output that is not finite)",
+            s.model
+        );
+        Metrics::add(nonfinite, &s.model, new);
     }
     outputs.extend(scored.into_iter().map(|o| (res.pipeline, o)));
 }
 
-/// Hands scored outputs to the publisher and the status board.
+/// Hands scored outputs to the publisher and the status board, and to the
+/// ensembles their models vote in.
 async fn forward(
     served: &mut [Served],
+    fuser: &mut Fuser,
     outputs: &mut Vec<(usize, ChannelOutput)>,
     out_tx: &mpsc::Sender<Outgoing>,
     board: &StatusBoard,
 ) {
+    let mut fused = Vec::new();
     for (ix, o) in outputs.drain(..) {
         let s = &mut served[ix];
         while s.channel_names.len() < s.pipeline.channel_count() {
@@ -712,26 +734,56 @@ async fn forward(
             s.channel_names.push(Arc::from(name));
         }
         let channel = Arc::clone(&s.channel_names[o.channel as usize]);
-        let msg = match o.output {
+        fuser.observe(&s.model, &channel, &o.output, &mut fused);
+        let mut messages = Vec::with_capacity(1 + fused.len());
+        messages.push(match o.output {
             ScoredOutput::Score(score) => {
                 board.record_score(&s.model, &channel, &score);
                 Outgoing::Score {
                     model: Arc::clone(&s.model),
-                    channel,
+                    channel: Arc::clone(&channel),
                     score,
                 }
             }
             ScoredOutput::Event(event) => {
-                let value = event_json(&s.model, &channel, &event);
-                let kind = value["event"].as_str().unwrap_or("").to_string();
-                log::warn!(target: "gsinfer::events", "model {} channel {channel}: {kind} at sample {} (max score {:.4}, threshold {:.4})",
-                    s.model, event.end.unwrap_or(event.start), event.max_score, event.threshold);
-                board.record_event(&s.model, &kind, value.clone());
-                Outgoing::Event(value)
+                Outgoing::Event(announce(&s.model, &channel, &event, None, board))
             }
-        };
-        if out_tx.send(msg).await.is_err() {
-            board.metrics.publish_errors.inc();
+        });
+        for (e, event) in fused.drain(..) {
+            let ensemble = fuser.config(e);
+            let members = ensemble.members(&channel);
+            messages.push(Outgoing::Event(announce(
+                &ensemble.name,
+                &channel,
+                &event,
+                Some(&members),
+                board,
+            )));
+        }
+        for msg in messages {
+            if out_tx.send(msg).await.is_err() {
+                board.metrics.publish_errors.inc();
+            }
         }
     }
+}
+
+/// Renders an event (an ensemble's with its `members`), logs it for the
+/// operator and records it on the board; returns the payload.
+fn announce(
+    model: &str,
+    channel: &str,
+    event: &AnomalyEvent,
+    members: Option<&[String]>,
+    board: &StatusBoard,
+) -> serde_json::Value {
+    let mut value = event_json(model, channel, event);
+    if let Some(members) = members {
+        value["members"] = members.into();
+    }
+    let kind = value["event"].as_str().unwrap_or("").to_string();
+    log::warn!(target: "gsinfer::events", "model {model} channel {channel}: {kind} at sample {} (max score {:.4}, threshold {:.4})",
+        event.end.unwrap_or(event.start), event.max_score, event.threshold);
+    board.record_event(model, &kind, value.clone());
+    value
 }

@@ -152,6 +152,8 @@ pub struct Metrics {
     pub publish_errors: Counter,
     /// Forecasts whose target sample was no longer kept, by model.
     pub late_forecasts: Family<ModelLabel, Counter>,
+    /// Raw errors that were NaN or infinite and were left out, by model.
+    pub nonfinite_errors: Family<ModelLabel, Counter>,
     /// 1 when every engine is loaded and the broker is connected.
     pub ready: Gauge,
     /// Sources with counters of their own (serial links), scraped as a collector.
@@ -260,6 +262,12 @@ impl Metrics {
             "Forecasts whose target sample was gone.",
             late_forecasts.clone(),
         );
+        let nonfinite_errors = Family::default();
+        r.register(
+            "nonfinite_errors",
+            "Raw errors that were NaN or infinite (a model output that was not finite), left out of scoring.",
+            nonfinite_errors.clone(),
+        );
         let mqtt_connected = Gauge::default();
         r.register(
             "mqtt_connected",
@@ -333,6 +341,7 @@ impl Metrics {
             ingest_overflow,
             publish_errors,
             late_forecasts,
+            nonfinite_errors,
             ready,
             sources,
         }
