@@ -2,16 +2,23 @@
 """Write a gsinfer configuration serving every per-channel model of one family.
 
 Scans a model repository for `<family>_<chan>/config.pbtxt` folders that hold a
-version folder with `model.onnx` (as written by tools/train_models.py) and
-writes one `[[pipeline]]` per channel model: model `<family>_<chan>`, topic
-`telemetry/SMAP/<chan>`, channels [<chan>], 25 features, the family's window
-(lstm 250, vae 50, tfm 64, stride 1), the scoring kind (forecast for lstm and
-tfm, reconstruction for vae) and the threshold method.
+version folder with `model.onnx` (as written by tools/train_models.py and
+tools/make_baselines.py) and writes one `[[pipeline]]` per channel model: model
+`<family>_<chan>`, topic `telemetry/<spacecraft>/<chan>`, channels [<chan>],
+the features its config.pbtxt declares (25 on SMAP, 55 on MSL: one file mixes
+spacecraft), the family's window (lstm 250, vae 50, tfm 64, persist 2,
+zscore 1; stride 1), the scoring kind (forecast for lstm, tfm and persist,
+reconstruction for vae and zscore) and the threshold method (the zscore
+baseline is always a static 3: a z-score above 3 is anomalous).
+
+The spacecraft of a channel comes from `--data-dir`'s labeled_anomalies.csv
+when given, else from --spacecraft.
 
 Usage:
     python3 tools/make_config.py --repo model_repository --family lstm \\
         --threshold ndt --out config/smap_lstm.toml [--broker-port 1883] \\
-        [--repository-path ../model_repository] [--spacecraft SMAP] [--static-value 0.5]
+        [--repository-path ../model_repository] [--spacecraft SMAP] [--static-value 0.5] \\
+        [--data-dir ../shared/data/telemanom] [--channels A-1,C-1]
 
 `--repository-path` is written as `[repository] path`; gsinfer takes it
 relative to the configuration file's folder (default "../model_repository",
@@ -28,8 +35,10 @@ FAMILIES = {
     "lstm": {"window": 250, "kind": "forecast"},
     "vae": {"window": 50, "kind": "reconstruction", "extra": "reconstruction_features = [0], "},
     "tfm": {"window": 64, "kind": "forecast"},
+    "persist": {"window": 2, "kind": "forecast"},
+    "zscore": {"window": 1, "kind": "reconstruction", "extra": "reconstruction_features = [0], ",
+               "span": 1.0, "threshold": '{ method = "static", value = 3.0 }'},
 }
-FEATURES = 25
 
 
 def chan_key(ch):
@@ -66,7 +75,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repo", required=True, help="model repository to scan")
-    ap.add_argument("--family", required=True, choices=sorted(FAMILIES))
+    ap.add_argument("--family", required=True,
+                    help=f"one of {', '.join(sorted(FAMILIES))}, or several comma-separated "
+                         "(pipelines of each, on the channels that have all of them)")
     ap.add_argument("--threshold", required=True, choices=["ndt", "pot", "static"])
     ap.add_argument("--static-value", type=float, default=0.5, help="value of the static threshold")
     ap.add_argument("--out", required=True, help="TOML file to write")
@@ -75,15 +86,37 @@ def main():
                     help="[repository] path, relative to the configuration file's folder")
     ap.add_argument("--spacecraft", default="SMAP", help="topic level: telemetry/<spacecraft>/<chan>")
     ap.add_argument("--latency-budget-us", type=int, default=20000)
+    ap.add_argument("--data-dir", default=None,
+                    help="data set whose labeled_anomalies.csv names each channel's spacecraft")
+    ap.add_argument("--channels", default=None, help="only these channels (comma-separated)")
+    ap.add_argument("--ensemble-votes", type=int, default=None,
+                    help="with several families: add an [[ensemble]] 'majority' fusing them per "
+                         "channel, raising an anomaly when this many agree (e.g. 2 of 3)")
     args = ap.parse_args()
 
-    fam = FAMILIES[args.family]
-    models = find_models(args.repo, args.family)
-    if not models:
-        raise SystemExit(f"no {args.family}_<chan>/config.pbtxt with a <version>/model.onnx under {args.repo}")
-    for chan, name, dims in models:
-        if dims is not None and dims != [fam["window"], FEATURES]:
-            raise SystemExit(f"{name}: input dims {dims} in config.pbtxt, expected [{fam['window']}, {FEATURES}]")
+    families = [f.strip() for f in args.family.split(",") if f.strip()]
+    for f in families:
+        if f not in FAMILIES:
+            raise SystemExit(f"unknown family {f!r}; choose from {', '.join(sorted(FAMILIES))}")
+    found = {f: {c: (name, dims) for c, name, dims in find_models(args.repo, f)} for f in families}
+    chans = sorted(set.intersection(*(set(v) for v in found.values())), key=chan_key)
+    if args.channels:
+        wanted = [c for c in args.channels.split(",") if c]
+        chans = [c for c in chans if c in wanted]
+    if not chans:
+        raise SystemExit(f"no channel has a model of every family {families} "
+                         f"(<family>_<chan>/config.pbtxt with a <version>/model.onnx) under {args.repo}")
+    for f in families:
+        for c in chans:
+            name, dims = found[f][c]
+            if dims is None or len(dims) != 2 or dims[0] != FAMILIES[f]["window"]:
+                raise SystemExit(f"{name}: input dims {dims} in config.pbtxt, expected [{FAMILIES[f]['window']}, F]")
+    crafts = {}
+    if args.data_dir:
+        import csv
+        with open(os.path.join(args.data_dir, "labeled_anomalies.csv"), newline="") as fh:
+            crafts = {r["chan_id"].strip(): r["spacecraft"].strip() for r in csv.DictReader(fh)}
+    craft_names = sorted({crafts.get(c, args.spacecraft) for c in chans})
 
     out_dir = os.path.dirname(os.path.abspath(args.out))
     resolved = os.path.normpath(os.path.join(out_dir, args.repository_path))
@@ -91,14 +124,18 @@ def main():
         print(f"warning: [repository] path {args.repository_path!r} resolves to {resolved}, "
               f"not to --repo {os.path.abspath(args.repo)}", file=sys.stderr)
 
-    if args.threshold == "static":
-        threshold = f'{{ method = "static", value = {args.static_value} }}'
-    else:
-        threshold = f'{{ method = "{args.threshold}" }}'
+    def threshold_of(fam):
+        if "threshold" in fam:
+            return fam["threshold"]
+        if args.threshold == "static":
+            return f'{{ method = "static", value = {args.static_value} }}'
+        return f'{{ method = "{args.threshold}" }}'
 
+    what = " + ".join(families)
     lines = [
-        f"# gsinfer configuration: one {args.family} model per SMAP channel ({len(models)} channels),",
-        f"# {fam['kind']} scoring, {args.threshold} threshold. Written by tools/make_config.py:",
+        f"# gsinfer configuration: one {what} model per {'/'.join(craft_names)} channel ({len(chans)} channels),",
+        f"# {args.threshold} threshold" + (f", fused by a {args.ensemble_votes}-of-{len(families)} vote"
+                                            if args.ensemble_votes else "") + ". Written by tools/make_config.py:",
         "#   " + " ".join(["python3", "tools/make_config.py"] + sys.argv[1:]),
         "#",
         "# Every key can be overridden from the environment as GSINFER__<SECTION>__<KEY>;",
@@ -107,7 +144,8 @@ def main():
         "[broker]",
         'host = "127.0.0.1"',
         f"port = {args.broker_port}",
-        f'client_id = "gsinfer-{args.family}"   # stable and unique per service: the persistent session is keyed by it',
+        f'client_id = "gsinfer-{families[0] if len(families) == 1 else "ensemble"}"'
+        "   # stable and unique per service: the persistent session is keyed by it",
         "",
         "[status]",
         'listen = "127.0.0.1:8080"',
@@ -115,24 +153,43 @@ def main():
         "[repository]",
         f"path = {toml_str(args.repository_path)}",
     ]
-    for chan, name, _ in models:
+    for chan in chans:
+        craft = crafts.get(chan, args.spacecraft)
+        for f in families:
+            fam = FAMILIES[f]
+            name, dims = found[f][chan]
+            lines += [
+                "",
+                "[[pipeline]]",
+                f"model = {toml_str(name)}",
+                f"topics = [{toml_str(f'telemetry/{craft}/{chan}')}]",
+                f"channels = [{toml_str(chan)}]",
+                'format = "json"',
+                f"features = {dims[1]}",
+                f"window = {{ length = {fam['window']}, stride = 1 }}",
+                f"batch = {{ latency_budget_us = {args.latency_budget_us}, queue_capacity = 4096 }}",
+                f'scoring = {{ kind = "{fam["kind"]}", target_feature = 0, smoothing_span = {fam.get("span", 105.0)}, '
+                f"{fam.get('extra', '')}event_hold = 1, threshold = {threshold_of(fam)} }}",
+            ]
+    if args.ensemble_votes:
+        if len(families) < 2 or not 1 <= args.ensemble_votes <= len(families):
+            raise SystemExit(f"--ensemble-votes needs several families and 1..{len(families)} votes")
+        models = ", ".join(toml_str(f + "_{channel}") for f in families)
         lines += [
             "",
-            "[[pipeline]]",
-            f"model = {toml_str(name)}",
-            f"topics = [{toml_str(f'telemetry/{args.spacecraft}/{chan}')}]",
-            f"channels = [{toml_str(chan)}]",
-            'format = "json"',
-            f"features = {FEATURES}",
-            f"window = {{ length = {fam['window']}, stride = 1 }}",
-            f"batch = {{ latency_budget_us = {args.latency_budget_us}, queue_capacity = 4096 }}",
-            f'scoring = {{ kind = "{fam["kind"]}", target_feature = 0, smoothing_span = 105.0, '
-            f"{fam.get('extra', '')}event_hold = 1, threshold = {threshold} }}",
+            "# The anomalies of the families on each channel, fused: a cluster of overlapping",
+            f"# anomalies is raised when {args.ensemble_votes} of the {len(families)} models flag part of it",
+            "# (events under model \"majority\"; EVALUATION.md measures it).",
+            "[[ensemble]]",
+            'name = "majority"',
+            f"models = [{models}]",
+            f"min_votes = {args.ensemble_votes}",
         ]
     os.makedirs(out_dir, exist_ok=True)
     with open(args.out, "w") as fh:
         fh.write("\n".join(lines) + "\n")
-    print(f"wrote {args.out}: {len(models)} {args.family} pipelines, threshold {args.threshold}")
+    print(f"wrote {args.out}: {len(chans)} channels x {what}"
+          + (f", ensemble {args.ensemble_votes}-of-{len(families)}" if args.ensemble_votes else ""))
 
 
 if __name__ == "__main__":

@@ -3,33 +3,36 @@
 
 One model per channel and family, as in Hundman et al., "Detecting Spacecraft
 Anomalies Using LSTMs and Nonparametric Dynamic Thresholding", KDD 2018, trained
-on `<data-dir>/train/<chan>.npy` (telemanom layout: float64 [T, 25], column 0 the
-scaled telemetry value, 1..24 command one-hots) and written into a model
-repository in Triton's layout:
+on `<data-dir>/train/<chan>.npy` (telemanom layout: float64 [T, F], column 0 the
+scaled telemetry value, the rest command one-hots: F = 25 on SMAP, 55 on MSL;
+F is read from each channel's data, so one run mixes spacecraft) and written
+into a model repository in Triton's layout:
 
     <out>/<family>_<chan>/config.pbtxt
     <out>/<family>_<chan>/1/model.onnx
 
-Families (all float32, ONNX opset 17, TorchScript exporter, batch axis "batch"):
+Families (all float32, ONNX opset 17, TorchScript exporter, batch axis "batch";
+F below is the channel's feature count):
 
   lstm  telemanom LSTM forecaster, the reference configuration: `Forecaster`
         of tools/train_forecaster.py (2 LSTM layers of 80 units, dropout 0.3,
-        dense 10). "window" [B, 250, 25] -> "forecast" [B, 10] (next 10 values
+        dense 10). "window" [B, 250, F] -> "forecast" [B, 10] (next 10 values
         of feature 0).
-  vae   MLP variational autoencoder over windows of 50: flatten(1250) -> 64
-        -> (mu, logvar) of 16 -> 64 -> 1250 -> [50, 25]. Loss: per-element
-        reconstruction MSE + beta * KL / 1250 (the KL summed over the 16 latent
-        dimensions, averaged over the batch, and spread over the 1250 input
+  vae   MLP variational autoencoder over windows of 50: flatten(50 F) -> 64
+        -> (mu, logvar) of 16 -> 64 -> 50 F -> [50, F]. Loss: per-element
+        reconstruction MSE + beta * KL / (50 F) (the KL summed over the 16
+        latent dimensions, averaged over the batch, and spread over the input
         elements so that both terms are per element), beta = 0.1 (--beta).
-        Exported deterministically as decoder(mu): "window" [B, 50, 25] ->
-        "reconstruction" [B, 50, 25].
-  tfm   small Transformer forecaster: "window" [B, 64, 25] -> linear to
+        Exported deterministically as decoder(mu): "window" [B, 50, F] ->
+        "reconstruction" [B, 50, F].
+  tfm   small Transformer forecaster: "window" [B, 64, F] -> linear to
         d_model 32 + learned positional embedding -> 2 TransformerEncoder
         layers (4 heads, FF 64, dropout 0.1, ReLU, post-norm, batch_first)
         -> last token -> linear -> "forecast" [B, 10].
 
 Training protocol, every family (telemanom's reference config): Adam (lr 1e-3),
-batch 70, at most 35 epochs (--epochs), validation = the last 20 % of the
+batch 70, at most 35 epochs for lstm and tfm and 100 for vae (the shipped
+models; --epochs overrides all three), validation = the last 20 % of the
 channel's windows in time order (Keras `validation_split=0.2` semantics),
 early stopping on the validation loss with patience 10 and min_delta 0.0003,
 best weights restored. The VAE's early stopping watches the validation MSE of
@@ -49,7 +52,7 @@ Usage:
         --out model_repository --families lstm,vae,tfm --report tools/training_report.json
 
     --channels A-1,E-7   only these channels (default: every train/*.npy)
-    --epochs N           at most N epochs (default 35)
+    --epochs N           at most N epochs for every family (default: lstm 35, tfm 35, vae 100)
     --jobs N             worker processes sharing the GPU (default: min(8, CPUs))
     --skip-existing      keep models whose 1/model.onnx already exists
     --deadline-s S       start no new task S seconds after launch (the report
@@ -73,17 +76,32 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-FEATURES = 25
 HORIZON = 10
 FAMILIES = {
-    # window length, output name, output dims (without batch), scoring kind, description
-    "lstm": dict(window=250, output="forecast", out_dims=[HORIZON],
+    # window length, output name, output dims (without batch; "F" is the channel's
+    # feature count), most epochs, description
+    "lstm": dict(window=250, output="forecast", out_dims=[HORIZON], epochs=35,
                  desc="telemanom LSTM forecaster (2x LSTM 80, dropout 0.3, dense 10)"),
-    "vae": dict(window=50, output="reconstruction", out_dims=[50, FEATURES],
-                desc="MLP VAE (1250 -> 64 -> latent 16 -> 64 -> 1250), exported as decoder(mu)"),
-    "tfm": dict(window=64, output="forecast", out_dims=[HORIZON],
+    "vae": dict(window=50, output="reconstruction", out_dims=[50, "F"], epochs=100,
+                desc="MLP VAE (50 F -> 64 -> latent 16 -> 64 -> 50 F), exported as decoder(mu)"),
+    "tfm": dict(window=64, output="forecast", out_dims=[HORIZON], epochs=35,
                 desc="Transformer forecaster (d_model 32, 2 encoder layers, 4 heads, FF 64, dense 10)"),
 }
+
+
+def out_dims(family, features):
+    """The family's output dims without the batch axis, for a channel of `features` features."""
+    return [features if d == "F" else d for d in FAMILIES[family]["out_dims"]]
+
+
+def spacecraft_of(data_dir):
+    """{channel: spacecraft} from `<data-dir>/labeled_anomalies.csv` when it is there, else {}."""
+    import csv
+    path = os.path.join(data_dir, "labeled_anomalies.csv")
+    if not os.path.exists(path):
+        return {}
+    with open(path, newline="") as fh:
+        return {r["chan_id"].strip(): r["spacecraft"].strip() for r in csv.DictReader(fh)}
 # Rough relative cost, used to start the long tasks first.
 COST = {"lstm": 10, "tfm": 3, "vae": 1}
 
@@ -106,17 +124,17 @@ def cut_windows(series, length, horizon):
 
 # ---------------------------------------------------------------- models
 
-def build_model(family, args):
+def build_model(family, args, features):
     import torch
     from torch import nn
 
     if family == "lstm":
         from train_forecaster import Forecaster
-        return Forecaster(features=FEATURES, hidden=80, horizon=HORIZON, dropout=0.3)
+        return Forecaster(features=features, hidden=80, horizon=HORIZON, dropout=0.3)
 
     if family == "vae":
         class VAE(nn.Module):
-            def __init__(self, window=50, features=FEATURES, hidden=args.vae_hidden, latent=args.vae_latent):
+            def __init__(self, window=50, features=features, hidden=args.vae_hidden, latent=args.vae_latent):
                 super().__init__()
                 self.window, self.features = window, features
                 self.enc = nn.Sequential(nn.Flatten(), nn.Linear(window * features, hidden), nn.ReLU())
@@ -138,7 +156,7 @@ def build_model(family, args):
 
     if family == "tfm":
         class TransformerForecaster(nn.Module):
-            def __init__(self, window=64, features=FEATURES, d_model=32, heads=4, ff=64, layers=2,
+            def __init__(self, window=64, features=features, d_model=32, heads=4, ff=64, layers=2,
                          dropout=0.1, horizon=HORIZON):
                 super().__init__()
                 self.inp = nn.Linear(features, d_model)
@@ -206,7 +224,7 @@ def _set_seeds(seed):
     torch.manual_seed(seed)
 
 
-def _export(model, family, path, args):
+def _export(model, family, path, args, features):
     """Exports `model` (eval, CPU) to ONNX; returns (max abs diff vs onnxruntime, export variant)."""
     import torch
     import onnxruntime as ort
@@ -228,7 +246,7 @@ def _export(model, family, path, args):
         export_model = _PlainTfm.wrap(model)
         variant = "plain"
         with torch.no_grad():
-            x = torch.randn(3, W, FEATURES)
+            x = torch.randn(3, W, features)
             d = (export_model(x) - model(x)).abs().max().item()
             if d > 1e-4:
                 raise RuntimeError(f"plain Transformer differs from nn.TransformerEncoder by {d}")
@@ -240,7 +258,7 @@ def _export(model, family, path, args):
         mha.set_fastpath_enabled(False)  # no fused aten::_transformer_encoder_layer_fwd in the graph
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        dummy = torch.zeros(2, W, FEATURES)
+        dummy = torch.zeros(2, W, features)
         out = spec["output"]
         torch.onnx.export(export_model, (dummy,), path, input_names=["window"], output_names=[out],
                           dynamic_axes={"window": {0: "batch"}, out: {0: "batch"}},
@@ -249,10 +267,10 @@ def _export(model, family, path, args):
         if mha is not None:
             mha.set_fastpath_enabled(fast)
 
-    fix_output_dims(path, family)
+    fix_output_dims(path, family, features)
 
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(3, W, FEATURES, generator=g) * 2 - 1
+    x = torch.rand(3, W, features, generator=g) * 2 - 1
     with torch.no_grad():
         ref = export_model(x).numpy()
     so = ort.SessionOptions()
@@ -264,7 +282,7 @@ def _export(model, family, path, args):
     return float(np.abs(got - ref).max()), variant
 
 
-def fix_output_dims(path, family):
+def fix_output_dims(path, family, features):
     """Declares the output's non-batch dims as the constants they are. The TorchScript
     exporter names them symbolically after a Reshape with -1 (the VAE's
     [batch, Reshapereconstruction_dim_1, ...]); only the graph's declared output
@@ -272,7 +290,7 @@ def fix_output_dims(path, family):
     import onnx
     m = onnx.load(path)
     dims = m.graph.output[0].type.tensor_type.shape.dim
-    want = FAMILIES[family]["out_dims"]
+    want = out_dims(family, features)
     if len(dims) != len(want) + 1:
         raise RuntimeError(f"{path}: output has rank {len(dims)}, expected {len(want) + 1}")
     if all(d.HasField("dim_value") and d.dim_value == w for d, w in zip(dims[1:], want)):
@@ -291,21 +309,22 @@ def _onnx_params(path):
     return int(sum(int(np.prod(t.dims)) for t in m.graph.initializer))
 
 
-def config_pbtxt(family, chan, n_samples, data_dir):
+def config_pbtxt(family, chan, n_samples, features, spacecraft, value_std):
     spec = FAMILIES[family]
     name = f"{family}_{chan}"
-    out_dims = ", ".join(str(d) for d in spec["out_dims"])
+    dims_out = ", ".join(str(d) for d in out_dims(family, features))
     if family == "vae":
         out_comment = "the reconstructed window: time steps x features"
-        purpose = ("It reads the last 50 samples (25 features each) of channel {c} and reconstructs\n"
-                   "# them; the anomaly score is the MSE between the window and its reconstruction.")
+        purpose = (f"It reads the last 50 samples ({features} features each) of channel {{c}} and reconstructs\n"
+                   "# them; the anomaly score is the RMS error between the window's telemetry value\n"
+                   "# and its reconstruction.")
     else:
         out_comment = "the next 10 samples of the target feature (0, the telemetry value)"
-        purpose = (f"It reads the last {spec['window']} samples (25 features each) of channel {{c}} and forecasts\n"
+        purpose = (f"It reads the last {spec['window']} samples ({features} features each) of channel {{c}} and forecasts\n"
                    "# the next 10 values of feature 0; the anomaly score is the error of that\n"
                    "# forecast against what the spacecraft then sends.")
     return f"""# {name}: family {family} ({spec['desc']}), channel {chan},
-# trained on the SMAP train split train/{chan}.npy ({n_samples} samples) of the telemanom
+# trained on the {spacecraft} train split train/{chan}.npy ({n_samples} samples) of the telemanom
 # data set by tools/train_models.py (one model per channel, Hundman et al. KDD 2018).
 #
 # {purpose.format(c=chan)}
@@ -325,7 +344,7 @@ input [
   {{
     name: "window"
     data_type: TYPE_FP32
-    dims: [ {spec['window']}, {FEATURES} ]  # time steps x features: the scaled telemetry value + 24 command one-hots
+    dims: [ {spec['window']}, {features} ]  # time steps x features: the scaled telemetry value + {features - 1} command one-hots
   }}
 ]
 
@@ -333,7 +352,7 @@ output [
   {{
     name: "{spec['output']}"
     data_type: TYPE_FP32
-    dims: [ {out_dims} ]  # {out_comment}
+    dims: [ {dims_out} ]  # {out_comment}
   }}
 ]
 
@@ -354,6 +373,11 @@ instance_group [
 
 # Serve the highest-numbered version folder only.
 version_policy: {{ latest: {{ num_versions: 1 }} }}
+
+# The standard deviation of the telemetry value (feature 0) over the train split;
+# below 1e-6 the channel was constant in training, and gsinfer says so at load
+# (any change of level then scores as anomalous).
+parameters {{ key: "train_value_std" value {{ string_value: "{value_std:.6g}" }} }}
 """
 
 
@@ -386,8 +410,14 @@ def _train_one(family, chan, args, t_start):
     spec = FAMILIES[family]
     name = f"{family}_{chan}"
     series = np.load(os.path.join(args.data_dir, "train", f"{chan}.npy"))
-    if series.ndim != 2 or series.shape[1] != FEATURES:
-        raise ValueError(f"{chan}: train split has shape {series.shape}, expected [T, {FEATURES}]")
+    if series.ndim != 2 or series.shape[1] < 1:
+        raise ValueError(f"{chan}: train split has shape {series.shape}, expected [T, F] with F >= 1")
+    features = int(series.shape[1])
+    epochs = args.epochs or spec["epochs"]
+    value_std = float(series[:, 0].std())
+    if value_std < 1e-6:
+        print(f"[{name}] warning: feature 0 is constant over the train split (std {value_std:.1e}); "
+              "the model learns a constant and any change of level will score as anomalous", flush=True)
     horizon = 0 if family == "vae" else HORIZON
     X, y = cut_windows(series, spec["window"], horizon)
     if X is None or len(X) < 10:
@@ -399,12 +429,12 @@ def _train_one(family, chan, args, t_start):
     ytr, yva = torch.from_numpy(y[:-n_val]).to(device), torch.from_numpy(y[-n_val:]).to(device)
 
     _set_seeds(args.seed)
-    model = build_model(family, args).to(device)
+    model = build_model(family, args, features).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     mse = nn.MSELoss()
     shuffle = torch.Generator().manual_seed(args.seed)
-    D = float(spec["window"] * FEATURES)
+    D = float(spec["window"] * features)
 
     def loss_of(xb, yb, train):
         if family == "vae":
@@ -417,7 +447,7 @@ def _train_one(family, chan, args, t_start):
 
     best, best_epoch, best_state, bad, history = float("inf"), 0, None, 0, []
     t0 = time.time()
-    for epoch in range(args.epochs):
+    for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(Xtr), generator=shuffle).to(device)
         total, n = torch.zeros((), device=device), 0
@@ -447,12 +477,15 @@ def _train_one(family, chan, args, t_start):
 
     t1 = time.time()
     path = os.path.join(args.out, name, "1", "model.onnx")
-    ort_diff, variant = _export(model, family, path, args)
+    ort_diff, variant = _export(model, family, path, args, features)
+    craft = spacecraft_of(args.data_dir).get(chan, "")
     with open(os.path.join(args.out, name, "config.pbtxt"), "w") as fh:
-        fh.write(config_pbtxt(family, chan, int(series.shape[0]), args.data_dir))
+        fh.write(config_pbtxt(family, chan, int(series.shape[0]), features, craft or "channel's", value_std))
     entry = {
         "model": name, "family": family, "channel": chan, "status": "ok",
-        "samples": int(series.shape[0]),
+        "samples": int(series.shape[0]), "features": features, "spacecraft": craft or None,
+        "train_value_std": value_std,
+        "max_epochs": epochs,
         "windows": {"train": int(len(Xtr)), "validation": int(len(Xva))},
         "epochs_run": len(history), "best_epoch": best_epoch,
         "best_val_loss": best,
@@ -479,7 +512,8 @@ def main():
     ap.add_argument("--out", required=True, help="model repository to write <family>_<chan>/ into")
     ap.add_argument("--families", default="lstm,vae,tfm")
     ap.add_argument("--channels", default=None, help="comma-separated (default: every train/*.npy)")
-    ap.add_argument("--epochs", type=int, default=35)
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="most epochs for every family (default: lstm 35, tfm 35, vae 100)")
     ap.add_argument("--batch", type=int, default=70)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--val-split", type=float, default=0.2)
@@ -571,10 +605,11 @@ def main():
             "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
             "data": f"{len(chans)} channels, {args.data_dir}/train/<chan>.npy, windows at stride 1",
             "protocol": {
-                "optimizer": f"Adam lr {args.lr}", "batch": args.batch, "max_epochs": args.epochs,
+                "optimizer": f"Adam lr {args.lr}", "batch": args.batch,
+                "max_epochs": args.epochs or {f: FAMILIES[f]["epochs"] for f in families},
                 "validation": f"last {args.val_split:.0%} of each channel's windows in time order",
                 "early_stopping": f"patience {args.patience}, min_delta {args.min_delta}, best weights restored",
-                "vae_loss": f"MSE + {args.beta} * KL / {FAMILIES['vae']['window'] * FEATURES} "
+                "vae_loss": f"MSE + {args.beta} * KL / ({FAMILIES['vae']['window']} F) "
                             f"(KL summed over latent dims, mean over batch); val loss = MSE of decoder(mu)",
                 "seed": args.seed, "deterministic": "cudnn.deterministic, use_deterministic_algorithms, TF32 off",
                 "onnx": "opset 17, TorchScript exporter (dynamo=False), dynamic axis 'batch', float32",

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Measure event-level fusion of detector families offline, from `gsinfer eval --json --metrics`.
+
+Each input is the JSON-lines output of one `gsinfer eval --all --metrics --json`
+run (one family, one or more thresholds). For every channel present in all
+inputs (same threshold variant, chosen with --variant, default the first of
+each file) this fuses the families' predicted anomalies and counts them as
+gsinfer and telemanom do (a label overlapped by a prediction is one true
+positive, a prediction overlapping no label a false positive):
+
+  any   union: an anomaly of any family is an anomaly (overlapping ones merged)
+  k-of-n a merged anomaly is kept when at least k families predicted part of it
+         (2-of-2 = all, 2-of-3 = majority)
+
+and prints per spacecraft (labeled_anomalies.csv) and overall: tp, fp, fn,
+precision, recall, F1, F0.5. It is a measuring tool for EVALUATION.md, not
+part of gsinfer's serving path.
+
+Usage:
+    python3 tools/fuse_events.py --data-dir ../shared/data/telemanom \\
+        lstm.jsonl vae.jsonl [tfm.jsonl] [--variant 0] [--rules any,2]
+"""
+import argparse
+import csv
+import json
+import os
+
+
+def merge(spans):
+    out = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [tuple(s) for s in out]
+
+
+def overlaps(x, y):
+    return x[0] <= y[1] and y[0] <= x[1]
+
+
+def fuse(per_family, k):
+    """Merged anomalies kept when at least k families predicted part of them."""
+    merged = merge([s for spans in per_family for s in spans])
+    return [m for m in merged if sum(any(overlaps(m, s) for s in spans) for spans in per_family) >= k]
+
+
+def count(pred, labels):
+    tp = sum(1 for l in labels if any(overlaps(p, l) for p in pred))
+    fp = sum(1 for p in pred if not any(overlaps(p, l) for l in labels))
+    return tp, fp, len(labels) - tp
+
+
+def rates(tp, fp, fn):
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    f = lambda b2: (1 + b2) * p * r / (b2 * p + r) if p + r else 0.0  # noqa: E731
+    return p, r, f(1.0), f(0.25)
+
+
+def load(path, variant):
+    """{channel: (labels, anomalies)} of one threshold variant of an eval --json --metrics file."""
+    seen, out = [], {}
+    with open(path) as fh:
+        for line in fh:
+            o = json.loads(line)
+            if o.get("type") != "metrics":
+                continue
+            key = json.dumps(o["threshold"], sort_keys=True)
+            if key not in seen:
+                seen.append(key)
+            if seen.index(key) != variant:
+                continue
+            big = 2**63
+            out[o["channel"]] = ([tuple(l) for l in o["labels"]],
+                                 [(a, min(b, big)) for a, b in o["anomalies"]])
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("inputs", nargs="+")
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--variant", type=int, default=0, help="threshold variant index within each file")
+    ap.add_argument("--rules", default="any,2", help="any, and/or k for k-of-n (comma-separated)")
+    args = ap.parse_args()
+    runs = [load(p, args.variant) for p in args.inputs]
+    chans = sorted(set.intersection(*(set(r) for r in runs)))
+    with open(os.path.join(args.data_dir, "labeled_anomalies.csv"), newline="") as fh:
+        craft = {r["chan_id"].strip(): r["spacecraft"].strip() for r in csv.DictReader(fh)}
+    rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    names = [os.path.basename(p) for p in args.inputs]
+    for rule in ["each"] + rules:
+        for label, fam_ix in ([(n, [i]) for i, n in enumerate(names)] if rule == "each" else [(rule, None)]):
+            groups = {}
+            for ch in chans:
+                labels = runs[0][ch][0]
+                fams = [runs[i][ch][1] for i in (fam_ix or range(len(runs)))]
+                pred = fams[0] if rule == "each" else fuse(fams, 1 if rule == "any" else int(rule))
+                for g in (craft.get(ch, "?"), "all"):
+                    t = groups.setdefault(g, [0, 0, 0])
+                    for j, v in enumerate(count(pred, labels)):
+                        t[j] += v
+            for g, (tp, fp, fn) in sorted(groups.items()):
+                p, r, f1, f05 = rates(tp, fp, fn)
+                name = label if rule == "each" else f"fused {rule}" + ("" if rule == "any" else f"-of-{len(runs)}")
+                print(f"{name:24s} {g:5s} tp {tp:3d} fp {fp:3d} fn {fn:3d}  P {p:.3f} R {r:.3f} F1 {f1:.3f} F0.5 {f05:.3f}")
+
+
+if __name__ == "__main__":
+    main()
