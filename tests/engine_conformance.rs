@@ -11,6 +11,8 @@
 //! `capi/libonnxruntime.so*` (tests may ask python3 where it is; the service
 //! never does). Without either the onnxruntime cases print `skipped: ...`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -65,8 +67,8 @@ fn engines_under_test() -> Vec<(EngineChoice, EngineSettings)> {
                     threads: 1,
                 },
             )),
-            None => eprintln!(
-                "skipped: onnxruntime cases (no ORT_DYLIB_PATH and no Python onnxruntime package: pip install onnxruntime)"
+            None => common::skip(
+                "onnxruntime cases (no ORT_DYLIB_PATH and no Python onnxruntime package: pip install onnxruntime)",
             ),
         }
     }
@@ -287,7 +289,7 @@ fn a_missing_library_fails_with_one_line_naming_the_key_and_the_fix() {
 #[test]
 fn bench_reports_the_engine_it_ran() {
     let Some(lib) = onnxruntime_library().filter(|_| cfg!(feature = "onnxruntime")) else {
-        eprintln!("skipped: no onnxruntime library (pip install onnxruntime)");
+        common::skip("no onnxruntime library (pip install onnxruntime)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -313,7 +315,7 @@ fn auto_runs_onnxruntime_when_its_library_is_found_and_tract_otherwise() {
         assert_eq!(line["engine"], "tract", "{out}");
     }
     let Some(lib) = onnxruntime_library().filter(|_| cfg!(feature = "onnxruntime")) else {
-        eprintln!("skipped: no onnxruntime library (pip install onnxruntime)");
+        common::skip("no onnxruntime library (pip install onnxruntime)");
         return;
     };
     let (code, out, err) = bench_engine(

@@ -33,7 +33,7 @@ fn python_has(modules: &str) -> bool {
             "python3 cannot import {modules}; python3 -m pip install 'tritonclient[http]' prometheus-client"
         );
         assert!(std::env::var_os("CI").is_none(), "{message}");
-        eprintln!("skipped: {message}");
+        common::skip(&message);
     }
     ok
 }

@@ -45,7 +45,7 @@ fn run(dir: &Path, program: &Path, args: &[&str]) -> String {
 #[test]
 fn units_verify_cleanly_and_expose_little() {
     if find_program(&["systemd-analyze"]).is_none() {
-        eprintln!("skipped: systemd-analyze not found (apt-get install systemd)");
+        common::skip("systemd-analyze not found (apt-get install systemd)");
         return;
     }
     let out = run(root(), Path::new("bash"), &["systemd/check.sh"]);
@@ -60,7 +60,7 @@ fn units_verify_cleanly_and_expose_little() {
 #[test]
 fn ansible_role_passes_ansible_lint_production() {
     let Some(lint) = find_program(&["ansible-lint"]) else {
-        eprintln!("skipped: ansible-lint not found (pip install ansible-core ansible-lint)");
+        common::skip("ansible-lint not found (pip install ansible-core ansible-lint)");
         return;
     };
     let out = run(

@@ -25,9 +25,7 @@ pub fn python_available() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!(
-            "skipped: python3 with spacepackets not found (python3 -m pip install spacepackets)"
-        );
+        crate::common::skip("python3 with spacepackets not found (python3 -m pip install spacepackets)");
     }
     ok
 }
@@ -81,7 +79,7 @@ impl Socat {
             .status()
             .is_err()
         {
-            eprintln!("skipped: socat not found (apt-get install socat)");
+            crate::common::skip("socat not found (apt-get install socat)");
             return None;
         }
         let mut s = Socat {
