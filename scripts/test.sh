@@ -14,8 +14,13 @@ fi
 # in (on a machine without a GPU it exercises the fallback to tract). The
 # default build (tract only) is `cargo check --lib --bins`: quick locally,
 # left out here to keep CI short.
-# Lint first: the TensorRT code is compiled (never run) here, so clippy is
-# part of what CI checks of it.
+# Formatting first (seconds), then lint: the TensorRT code is compiled
+# (never run) here, so clippy is part of what CI checks of it.
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+else
+  echo "rustfmt is not installed: format check skipped (rustup component add rustfmt)" >&2
+fi
 if cargo clippy --version >/dev/null 2>&1; then
   cargo clippy --all-targets --features tensorrt -- -D warnings
 else

@@ -465,7 +465,10 @@ impl Config {
             if self.pipelines.iter().any(|p| p.model == e.name) {
                 problems.push((
                     format!("ensemble[{i}].name"),
-                    format!("`{}` is a pipeline's model; give the ensemble a name of its own", e.name),
+                    format!(
+                        "`{}` is a pipeline's model; give the ensemble a name of its own",
+                        e.name
+                    ),
                 ));
             }
         }
@@ -558,13 +561,20 @@ scoring = { kind = "forecast", threshold = { method = "static", value = 0.3 } }
         assert!(c.pipelines.iter().any(|p| p.features == 55));
         for p in &c.pipelines {
             assert!(
-                c.repository.path.join(&p.model).join("1/model.onnx").is_file(),
+                c.repository
+                    .path
+                    .join(&p.model)
+                    .join("1/model.onnx")
+                    .is_file(),
                 "{}",
                 p.model
             );
         }
         let e = &c.ensembles[0];
-        assert_eq!((e.name.as_str(), e.min_votes, e.models.len()), ("majority", 2, 3));
+        assert_eq!(
+            (e.name.as_str(), e.min_votes, e.models.len()),
+            ("majority", 2, 3)
+        );
     }
 
     #[test]
@@ -573,9 +583,14 @@ scoring = { kind = "forecast", threshold = { method = "static", value = 0.3 } }
         let text = format!(
             "{MINIMAL}[[ensemble]]\nname = \"m\"\nmodels = [\"m\", \"x_{{channel}}\"]\nmin_votes = 3\n"
         );
-        let err = Config::load(&write(dir.path(), &text)).unwrap_err().to_string();
+        let err = Config::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ensemble[0].min_votes"), "{err}");
-        assert!(err.contains("`x_{channel}` matches no [[pipeline]]"), "{err}");
+        assert!(
+            err.contains("`x_{channel}` matches no [[pipeline]]"),
+            "{err}"
+        );
         assert!(err.contains("ensemble[0].name"), "{err}");
         let ok = format!(
             "{MINIMAL}[[pipeline]]\nmodel = \"v_A-1\"\nfeatures = 2\nwindow = {{ length = 4 }}\n\

@@ -230,8 +230,9 @@ pub struct EvalOptions {
     pub data_dir: PathBuf,
     /// Channels to run; empty means all under `test/`.
     pub channels: Vec<String>,
-    /// Only the pipeline serving this model; `None`: each channel goes to the
-    /// pipeline that lists it in `channels`, else to the first with no list.
+    /// Only the pipeline serving this model (`{channel}` stands for the
+    /// channel's name, e.g. `lstm_{channel}`); `None`: each channel goes to
+    /// the pipeline that lists it in `channels`, else to the first with no list.
     pub model: Option<String>,
     /// Evaluate this `[[ensemble]]` instead of one pipeline per channel.
     pub ensemble: Option<String>,
@@ -306,16 +307,29 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
     let mut skipped: Vec<(String, String)> = Vec::new();
     for ch in &listed {
         let served = match ensemble {
-            None => pipeline_for(config, ch, opts.model.as_deref())
-                .map(|p| vec![p.clone()])
-                .ok_or_else(|| "no [[pipeline]] serves it (add it to a pipeline's channels or pass --model)".to_string()),
+            None => pipeline_for(
+                config,
+                ch,
+                opts.model
+                    .as_ref()
+                    .map(|m| m.replace("{channel}", ch))
+                    .as_deref(),
+            )
+            .map(|p| vec![p.clone()])
+            .ok_or_else(|| {
+                "no [[pipeline]] serves it (add it to a pipeline's channels or pass --model)"
+                    .to_string()
+            }),
             Some(e) => e
                 .members(ch)
                 .iter()
                 .map(|m| {
-                    pipeline_for(config, ch, Some(m))
-                        .cloned()
-                        .ok_or_else(|| format!("ensemble {}: no [[pipeline]] of member {m} serves it", e.name))
+                    pipeline_for(config, ch, Some(m)).cloned().ok_or_else(|| {
+                        format!(
+                            "ensemble {}: no [[pipeline]] of member {m} serves it",
+                            e.name
+                        )
+                    })
                 })
                 .collect(),
         };
@@ -377,7 +391,9 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
                 let r = read_channel(&opts.data_dir, "test", ch).and_then(|rows| {
                     let members = pipelines[i]
                         .iter()
-                        .map(|p| eval_channel(&repo, p, &config.engine, &opts.thresholds, ch, &rows))
+                        .map(|p| {
+                            eval_channel(&repo, p, &config.engine, &opts.thresholds, ch, &rows)
+                        })
                         .collect::<Result<Vec<_>>>()?;
                     Ok(match ensemble {
                         None => members.into_iter().next().expect("one pipeline"),
@@ -406,14 +422,7 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
         for (channel_evals, served) in evals.iter().zip(&pipelines) {
             let r = &channel_evals[v];
             let model = ensemble.map_or(served[0].model.as_str(), |e| e.name.as_str());
-            per_channel.push(report_channel(
-                r,
-                model,
-                &labels,
-                opts,
-                &threshold,
-                out,
-            )?);
+            per_channel.push(report_channel(r, model, &labels, opts, &threshold, out)?);
         }
         let total = Detection::total(&per_channel);
         // Per spacecraft (labeled_anomalies.csv's column) when there are several.
@@ -444,7 +453,15 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
         }
         let days: f64 = evals.iter().map(|e| telemetry_days(e[v].samples)).sum();
         if !labels.is_empty() && (opts.metrics || !opts.json) {
-            write_total(out, opts.json, &threshold, "all", channels.len(), &total, days)?;
+            write_total(
+                out,
+                opts.json,
+                &threshold,
+                "all",
+                channels.len(),
+                &total,
+                days,
+            )?;
         }
         if opts.json && opts.metrics {
             let line = serde_json::json!({"type": "total", "threshold": threshold, "channels": channels.len(), "skipped": skipped.len(), "total": total});

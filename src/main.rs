@@ -137,7 +137,8 @@ enum Command {
         /// Evaluate every channel under `<data-dir>/test/`.
         #[arg(long)]
         all: bool,
-        /// Model to evaluate (default: the first pipeline's).
+        /// Model to evaluate (default: the first pipeline's); `{channel}`
+        /// stands for the channel, e.g. `lstm_{channel}`.
         #[arg(long, conflicts_with = "ensemble")]
         model: Option<String>,
         /// Evaluate this `[[ensemble]]`: every member pipeline on each

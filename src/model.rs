@@ -53,7 +53,13 @@ pub struct PreparedModel {
 /// learned a constant and any change of level scores as anomalous
 /// (EVALUATION.md, "Channels that defeat every model").
 pub fn training_note(entry: &ModelEntry) -> Option<String> {
-    let std: f64 = entry.config.parameters.get("train_value_std")?.trim().parse().ok()?;
+    let std: f64 = entry
+        .config
+        .parameters
+        .get("train_value_std")?
+        .trim()
+        .parse()
+        .ok()?;
     (std < 1e-6).then(|| {
         format!("trained on a constant signal (train split's value std {std:.1e}): any change of level scores as anomalous")
     })

@@ -265,7 +265,7 @@ mod tests {
                 kind: ScoringKind::Forecast,
                 target_feature: 0,
                 smoothing_span: 1.0,
-            smoothing_adjust: false,
+                smoothing_adjust: false,
                 threshold: ThresholdConfig::Static { value: 10.0 },
                 actuals_capacity: 64,
                 event_hold: 1,

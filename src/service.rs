@@ -212,7 +212,10 @@ pub async fn run(config: Config) -> Result<()> {
         if let Some(note) = &opened.note {
             log::warn!(target: "gsinfer::engine", "model {}: {note}", p.model);
         }
-        let notes: Vec<&str> = [opened.note.as_deref(), trained.as_deref()].into_iter().flatten().collect();
+        let notes: Vec<&str> = [opened.note.as_deref(), trained.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
         if !notes.is_empty() {
             board.set_note(&p.model, &notes.join("; "));
         }

@@ -6,31 +6,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
+use common::gsinfer::{bin, free_port, http_get, wait_until, Service, EXAMPLE_SCORING, GUARD};
 use common::{data_dir, mosquitto_available, publish_all, Broker, Subscriber};
 use serde_json::Value;
 
 /// A SMAP channel with a labelled anomaly that the example model detects.
 const CHANNEL: &str = "S-1";
-/// Upper bound on waiting for the service; a guard against hangs only.
-const GUARD: Duration = Duration::from_secs(300);
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_gsinfer")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn write_config(dir: &Path, broker_port: u16, status_port: u16, threshold: &str) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("model_repository");
@@ -55,55 +39,14 @@ fn write_config(dir: &Path, broker_port: u16, status_port: u16, threshold: &str)
         .replace("client_id = \"gsinfer\"", "client_id = \"gsinfer-e2e\"")
         .replace("score_qos = 0", "score_qos = 1")
         .replace("queue_capacity = 4096", "queue_capacity = 16384")
-        .replace(
-            "threshold = { method = \"static\", value = 0.5 }",
-            threshold,
-        );
+        .replace(EXAMPLE_SCORING, threshold);
     assert!(
         text.contains(threshold),
-        "the example's threshold line changed"
+        "the example's scoring line changed"
     );
     let path = dir.join("gsinfer.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
-}
-
-fn wait_until(mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + GUARD;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn parse(payload: &[u8]) -> Value {
@@ -112,17 +55,18 @@ fn parse(payload: &[u8]) -> Value {
 
 #[test]
 fn streamed_scores_match_eval_and_events_hit_a_labelled_anomaly() {
-    streamed_matches_eval("threshold = { method = \"static\", value = 0.5 }");
+    // The example's scoring before 2026-12: a static threshold on a short EWMA.
+    streamed_matches_eval("scoring = { kind = \"forecast\", target_feature = 0, smoothing_span = 30.0, event_hold = 30, threshold = { method = \"static\", value = 0.5 } }");
 }
 
 #[test]
 fn streamed_events_match_eval_with_ndt() {
-    streamed_matches_eval("threshold = { method = \"ndt\" }");
+    streamed_matches_eval(EXAMPLE_SCORING);
 }
 
 #[test]
 fn streamed_events_match_eval_with_pot() {
-    streamed_matches_eval("threshold = { method = \"pot\", risk = 1e-5 }");
+    streamed_matches_eval("scoring = { kind = \"forecast\", target_feature = 0, smoothing_span = 30.0, event_hold = 30, threshold = { method = \"pot\", risk = 1e-5 } }");
 }
 
 /// Streams the channel through the service with `threshold` and checks the

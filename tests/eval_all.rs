@@ -48,7 +48,15 @@ fn config(dir: &Path, channels: &str) -> std::path::PathBuf {
 
 fn eval_json(config: &Path, data: &Path) -> Vec<Value> {
     let out = Command::new(bin())
-        .args(["eval", "--all", "--metrics", "--json", "--jobs", "1", "--config"])
+        .args([
+            "eval",
+            "--all",
+            "--metrics",
+            "--json",
+            "--jobs",
+            "1",
+            "--config",
+        ])
         .arg(config)
         .arg("--data-dir")
         .arg(data)
@@ -132,5 +140,8 @@ fn a_named_channel_that_no_pipeline_serves_is_an_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("channel C-1: no [[pipeline]] serves it"), "{err}");
+    assert!(
+        err.contains("channel C-1: no [[pipeline]] serves it"),
+        "{err}"
+    );
 }

@@ -247,7 +247,9 @@ fn clients_available() -> bool {
     let found = common::gsinfer::find_program(&["mosquitto_pub"]).is_some()
         && common::gsinfer::find_program(&["mosquitto_passwd"]).is_some();
     if !found {
-        common::skip("mosquitto_pub/mosquitto_passwd not found (apt-get install mosquitto-clients)");
+        common::skip(
+            "mosquitto_pub/mosquitto_passwd not found (apt-get install mosquitto-clients)",
+        );
     }
     found
 }

@@ -51,7 +51,9 @@ fn status_page_shows_live_numbers_and_sparklines() {
         find_program(&["chromium", "chromium-browser", "google-chrome"]),
         find_program(&["chromedriver", "/usr/lib/chromium/chromedriver"]),
     ) else {
-        common::skip("chromium or chromedriver not found (apt-get install chromium chromium-driver)");
+        common::skip(
+            "chromium or chromedriver not found (apt-get install chromium chromium-driver)",
+        );
         return;
     };
     if !mosquitto_available() {

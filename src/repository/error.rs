@@ -104,7 +104,8 @@ pub enum RepositoryError {
 
     /// The platform (or backend) is not one that gsinfer runs.
     #[error(
-        "{file}: platform `{value}` is not supported; hint: use platform `onnxruntime_onnx` or `tensorrt_plan` (or backend `onnxruntime` or `tensorrt`)"
+        "{file}: platform `{value}` is not supported; hint: use platform `onnxruntime_onnx` or `tensorrt_plan` (or backend `onnxruntime` or `tensorrt`){}",
+        if value == "ensemble" { "; to fuse detectors, list their pipelines in an [[ensemble]] of the TOML configuration (docs/configuration.md, Ensembles)" } else { "" }
     )]
     UnsupportedPlatform {
         /// The file.

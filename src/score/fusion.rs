@@ -140,7 +140,8 @@ impl ChannelFusion {
         match output {
             ScoredOutput::Score(s) => self.frontier[member] = Some(s.index),
             ScoredOutput::Event(e) => {
-                self.frontier[member] = Some(self.frontier[member].map_or(e.start, |f| f.max(e.start)));
+                self.frontier[member] =
+                    Some(self.frontier[member].map_or(e.start, |f| f.max(e.start)));
                 let end = match e.event {
                     EventKind::AnomalyStart => {
                         self.open[member] = Some(e.start);
@@ -159,7 +160,8 @@ impl ChannelFusion {
 
     /// Adds member `m`'s anomaly `[start, end]` (so far) to the clusters.
     fn vote(&mut self, m: usize, start: (u64, i64), end: (u64, i64), out: &mut Vec<AnomalyEvent>) {
-        let touches = |c: &Cluster| start.0 <= c.end.saturating_add(1) && c.start <= end.0.saturating_add(1);
+        let touches =
+            |c: &Cluster| start.0 <= c.end.saturating_add(1) && c.start <= end.0.saturating_add(1);
         let ix = match self.clusters.iter().position(touches) {
             Some(ix) => ix,
             None => {
@@ -198,7 +200,10 @@ impl ChannelFusion {
                 (c.end, c.end_t_ns) = (next.end, next.end_t_ns);
             }
             c.raised |= next.raised;
-            c.voted.iter_mut().zip(next.voted).for_each(|(v, n)| *v |= n);
+            c.voted
+                .iter_mut()
+                .zip(next.voted)
+                .for_each(|(v, n)| *v |= n);
         }
         let c = &mut self.clusters[ix];
         if !c.raised && c.votes() >= self.min_votes {
@@ -219,7 +224,8 @@ impl ChannelFusion {
     /// of those that had the votes.
     fn settle(&mut self, out: &mut Vec<AnomalyEvent>) {
         while let Some(c) = self.clusters.first() {
-            let inside = |s: &Option<u64>| s.is_some_and(|s| s >= c.start && s <= c.end.saturating_add(1));
+            let inside =
+                |s: &Option<u64>| s.is_some_and(|s| s >= c.start && s <= c.end.saturating_add(1));
             let caught_up = !self.open.iter().any(inside)
                 && self.frontier.iter().all(|f| f.is_some_and(|f| f > c.end));
             let ahead = self.frontier.iter().flatten().max().copied().unwrap_or(0);
@@ -359,7 +365,11 @@ mod tests {
         v
     }
 
-    fn fused(min_votes: usize, members: &[Vec<ScoredOutput>], interleave: bool) -> Vec<(EventKind, u64, Option<u64>)> {
+    fn fused(
+        min_votes: usize,
+        members: &[Vec<ScoredOutput>],
+        interleave: bool,
+    ) -> Vec<(EventKind, u64, Option<u64>)> {
         let mut f = ChannelFusion::new(&config(min_votes), members.len());
         let mut out = Vec::new();
         if interleave {
@@ -383,7 +393,11 @@ mod tests {
 
     #[test]
     fn two_of_three_overlapping_anomalies_raise_one_fused_event() {
-        let members = [member(100, 150, 400), member(140, 200, 400), Vec::from_iter((0..400).map(score))];
+        let members = [
+            member(100, 150, 400),
+            member(140, 200, 400),
+            Vec::from_iter((0..400).map(score)),
+        ];
         for interleave in [true, false] {
             assert_eq!(
                 fused(2, &members, interleave),
@@ -398,7 +412,11 @@ mod tests {
 
     #[test]
     fn a_single_vote_is_dropped_under_majority_and_kept_under_any() {
-        let members = [member(100, 150, 400), (0..400).map(score).collect(), (0..400).map(score).collect()];
+        let members = [
+            member(100, 150, 400),
+            (0..400).map(score).collect(),
+            (0..400).map(score).collect(),
+        ];
         assert!(fused(2, &members, true).is_empty());
         assert_eq!(fused(1, &members, true).len(), 2);
     }
@@ -406,7 +424,11 @@ mod tests {
     #[test]
     fn separate_anomalies_do_not_vote_together() {
         // a at 100..=150, b at 300..=320: two clusters of one vote each.
-        let members = [member(100, 150, 500), member(300, 320, 500), (0..500).map(score).collect()];
+        let members = [
+            member(100, 150, 500),
+            member(300, 320, 500),
+            (0..500).map(score).collect(),
+        ];
         assert!(fused(2, &members, true).is_empty());
     }
 
@@ -416,6 +438,33 @@ mod tests {
         let members = [member(100, 150, 1_400), member(120, 160, 1_400), Vec::new()];
         let out = fused(2, &members, true);
         assert_eq!(out.last(), Some(&(EventKind::AnomalyEnd, 100, Some(160))));
+    }
+
+    #[test]
+    fn the_fuser_routes_members_by_model_and_channel() {
+        let config = EnsembleConfig {
+            models: vec!["lstm_{channel}".into(), "vae_{channel}".into()],
+            ..config(2)
+        };
+        let mut fuser = Fuser::new(&[config]);
+        let mut out = Vec::new();
+        for (model, channel) in [("lstm_A-1", "A-1"), ("vae_A-1", "A-1"), ("vae_B-1", "B-1")] {
+            for o in member(10, 20, 200) {
+                fuser.observe(model, channel, &o, &mut out);
+            }
+        }
+        // A-1 has both members' votes; B-1 only one, and an unrelated model none.
+        let events: Vec<(usize, EventKind, u64)> =
+            out.iter().map(|(e, ev)| (*e, ev.event, ev.start)).collect();
+        assert_eq!(
+            events,
+            vec![
+                (0, EventKind::AnomalyStart, 10),
+                (0, EventKind::AnomalyEnd, 10)
+            ]
+        );
+        fuser.observe("other", "A-1", &start(5), &mut out);
+        assert_eq!(out.len(), 2);
     }
 
     #[test]

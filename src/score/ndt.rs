@@ -484,7 +484,10 @@ mod tests {
             .filter(|d| d.anomalous)
             .map(|d| d.point.index)
             .collect();
-        assert!(flagged.contains(&30) && flagged.contains(&33), "{flagged:?}");
+        assert!(
+            flagged.contains(&30) && flagged.contains(&33),
+            "{flagged:?}"
+        );
         // The same excursion inside the first `ignore_first` errors is never flagged,
         // even though later evaluations see it again.
         let out = run(

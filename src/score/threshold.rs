@@ -218,7 +218,12 @@ mod tests {
             .contains("ndt, pot"));
         assert!(matches!(
             ThresholdConfig::parse_spec("ndt:min_errors=2100,ignore_first=500").unwrap(),
-            ThresholdConfig::Ndt(NdtConfig { min_errors: 2100, ignore_first: 500, batch_size: 70, .. })
+            ThresholdConfig::Ndt(NdtConfig {
+                min_errors: 2100,
+                ignore_first: 500,
+                batch_size: 70,
+                ..
+            })
         ));
         assert!(matches!(
             ThresholdConfig::parse_spec("pot:risk=1e-4,init=200").unwrap(),

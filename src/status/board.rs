@@ -438,6 +438,7 @@ impl StatusBoard {
                     "windows": Metrics::value(&m.windows, name),
                     "windows_dropped": m.dropped_count(name),
                     "scores": Metrics::value(&m.scores, name),
+                    "nonfinite_errors": Metrics::value(&m.nonfinite_errors, name),
                     "requests": { "success": ok, "fail": failed },
                     "latency_us": pct(&s.latency_us), "queue_us": pct(&s.queue_us),
                     "inference_us": pct(&s.inference_us),

@@ -11,6 +11,24 @@ use std::time::{Duration, Instant};
 /// Upper bound on waiting for the service; a guard against hangs only.
 pub const GUARD: Duration = Duration::from_secs(300);
 
+/// The shipped example's scoring line (NDT).
+pub const EXAMPLE_SCORING: &str = "scoring = { kind = \"forecast\", target_feature = 0, smoothing_span = 105.0, event_hold = 1, threshold = { method = \"ndt\" } }";
+
+/// A scoring that decides every score as it comes (a static threshold), put
+/// in place of the example's by tests that count scores sample by sample:
+/// NDT decides a batch of 70 at a time and leaves a stream's last partial
+/// batch undecided, which such counts would read as lost samples.
+pub const COUNTING_SCORING: &str = "scoring = { kind = \"forecast\", target_feature = 0, smoothing_span = 30.0, event_hold = 30, threshold = { method = \"static\", value = 0.5 } }";
+
+/// The example's text with [`COUNTING_SCORING`] in place of its scoring.
+pub fn counting_example(example: &str) -> String {
+    assert!(
+        example.contains(EXAMPLE_SCORING),
+        "the example's scoring line changed"
+    );
+    example.replace(EXAMPLE_SCORING, COUNTING_SCORING)
+}
+
 /// The `gsinfer` binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_gsinfer")
@@ -31,7 +49,7 @@ pub fn free_port() -> u16 {
 pub fn write_config(dir: &Path, broker_port: u16, status_port: u16, status_extra: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = std::fs::read_to_string(root.join("config/gsinfer.example.toml")).unwrap();
-    let text = example
+    let text = counting_example(&example)
         .replace("port = 1883", &format!("port = {broker_port}"))
         .replace(
             "listen = \"127.0.0.1:8080\"",

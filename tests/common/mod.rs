@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::fs::{self, File};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -214,8 +214,7 @@ fn stop(child: &mut Child) {
 /// A port that was free a moment ago (the OS picks it; there is a small race
 /// with other processes, which [`Broker::start`] absorbs by retrying).
 fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
+    gsinfer::free_port()
 }
 
 fn read_logs(dir: &Path) -> String {

@@ -4,8 +4,7 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -25,7 +24,9 @@ pub fn python_available() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        crate::common::skip("python3 with spacepackets not found (python3 -m pip install spacepackets)");
+        crate::common::skip(
+            "python3 with spacepackets not found (python3 -m pip install spacepackets)",
+        );
     }
     ok
 }
@@ -236,33 +237,7 @@ pub fn wait(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET path` on the status server: (status code, body).
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
-}
+pub use crate::common::gsinfer::{free_port, http_get};
 
 /// A child process killed on drop.
 pub struct Service(Child);

@@ -71,6 +71,7 @@ function renderModels(models) {
       '<dl><div><dt>Queue depth</dt><dd>' + num(m.queue_depth) + ' items</dd></div>' +
       '<div><dt>Windows dropped</dt><dd' + (m.windows_dropped > 0 ? ' style="color:var(--bad)"' : '') + '>' + num(m.windows_dropped) + '</dd></div>' +
       '<div><dt>Windows</dt><dd>' + num(m.windows) + '</dd></div>' +
+      (m.nonfinite_errors > 0 ? '<div><dt>Non-finite outputs</dt><dd style="color:var(--bad)" title="raw errors that were NaN or infinite, left out of scoring">' + num(m.nonfinite_errors) + '</dd></div>' : '') +
       '<div><dt>Served / failed</dt><dd>' + num(m.requests ? m.requests.success : 0) + ' / ' + num(m.requests ? m.requests.fail : 0) + '</dd></div>' +
       '<div><dt>Engine / batch p50</dt><dd>' + ms(m.inference_us ? m.inference_us.p50 : null) + '</dd></div>' +
       '<div><dt>Engine / batch p99</dt><dd>' + ms(m.inference_us ? m.inference_us.p99 : null) + '</dd></div>' +
