@@ -593,7 +593,7 @@ scoring = { kind = "forecast", threshold = { method = "static", value = 0.3 } }
         );
         assert!(err.contains("ensemble[0].name"), "{err}");
         let ok = format!(
-            "{MINIMAL}[[pipeline]]\nmodel = \"v_A-1\"\nfeatures = 2\nwindow = {{ length = 4 }}\n\
+            "{MINIMAL}[[pipeline]]\nmodel = \"v_A-1\"\ntopics = [\"telemetry/+\"]\nfeatures = 2\nwindow = {{ length = 4 }}\n\
              scoring = {{ kind = \"forecast\", threshold = {{ method = \"ndt\" }} }}\n\
              [[ensemble]]\nname = \"both\"\nmodels = [\"m\", \"v_{{channel}}\"]\nmin_votes = 2\n"
         );
