@@ -28,12 +28,17 @@
 //! errors (500 from 2 500 test values up, 250 from 1 800, none below). A
 //! stream has no length, so gsinfer grows the window instead:
 //!
-//! - the first evaluation happens at `min_errors` errors (70, one batch) and
-//!   decides all of them; every later one, at each further `batch_size`
-//!   errors, decides that batch over the last `min(errors so far,
-//!   window_batches × batch_size)` errors. So a channel's first decision
-//!   comes `min_errors` scores after its first score, not 2 100, and the
-//!   window is full (the paper's setting) from error 2 100 on;
+//! - the first evaluation happens at `min_errors` errors (1 by default) and
+//!   decides all of them; while fewer than `batch_size` errors have been
+//!   seen, the next evaluations come each time the count doubles (2, 4, 8,
+//!   …, 64), so a decision never waits longer than the history it is made
+//!   on; from then on one comes at every multiple of `batch_size` (70, 140,
+//!   …), as in the paper. Each decides the errors since the previous one
+//!   over the last `min(errors so far, window_batches × batch_size)`
+//!   errors. So a channel's first score is published with its first error
+//!   (for a forecaster, one window after its first sample), not 2 100
+//!   errors later, and the window is full (the paper's setting) from error
+//!   2 100 on;
 //! - errors with ordinal below `ignore_first` (0 by default: telemanom's
 //!   rule for short series) are never flagged, whatever the window;
 //! - nothing else changes with the window's size, and the paper's guards do
@@ -81,9 +86,9 @@ pub struct NdtConfig {
     /// for series under 1 800 values; it uses 500, two 250-step windows, on
     /// long files).
     pub ignore_first: usize,
-    /// Errors before the first evaluation, which decides all of them (70, one
-    /// batch); `window_batches × batch_size` waits for a full window, as
-    /// gsinfer did before 2026-12.
+    /// Errors before the first evaluation, which decides all of them (1:
+    /// from the first error on); `window_batches × batch_size` waits for a
+    /// full window, as gsinfer did before 2026-12.
     pub min_errors: usize,
     /// Also flag unusually low errors (mirrored about the mean).
     pub inverse: bool,
@@ -100,7 +105,7 @@ impl Default for NdtConfig {
             z_max: 12.0,
             z_step: 0.5,
             ignore_first: 0,
-            min_errors: 70,
+            min_errors: 1,
             inverse: true,
         }
     }
@@ -138,7 +143,7 @@ impl NdtConfig {
         if self.min_errors == 0 {
             v.push((
                 "min_errors",
-                "must be at least 1, e.g. 70 (one batch)".to_string(),
+                "must be at least 1, e.g. 1 (decide from the first error)".to_string(),
             ));
         }
         v
@@ -241,10 +246,17 @@ impl Ndt {
         }
         self.pending += 1;
         self.seen += 1;
-        let due = if self.started {
-            self.pending >= self.config.batch_size
-        } else {
+        let batch = self.config.batch_size as u64;
+        let due = if !self.started {
             self.window.len() >= self.config.min_errors.min(self.capacity())
+        } else if self.seen < batch {
+            // Warm-up: at each doubling, so no decision waits longer than
+            // the history it is made on.
+            self.seen.is_power_of_two()
+        } else {
+            // At multiples of the batch (as if from the stream's start), or
+            // a batch after an evaluation that was off that grid.
+            self.seen % batch == 0 || self.pending >= self.config.batch_size
         };
         if due {
             self.started = true;
@@ -430,8 +442,28 @@ mod tests {
     fn every_point_is_decided_once_in_order_after_warm_up() {
         let scores: Vec<f32> = (0..305).map(|i| 0.1 + 0.05 * noise(i)).collect();
         let out = run(small(), &scores);
-        // 70 at the first evaluation (min_errors), then 10 per batch; the last 5 wait.
+        // 1, 2, 4, 8 while warming up, then every multiple of 10; the last 5 wait.
         assert_eq!(out.len(), 300);
+        let mut ndt = Ndt::new(small());
+        let mut decided_at = Vec::new();
+        let mut got = Vec::new();
+        for (i, s) in scores.iter().take(40).enumerate() {
+            let before = got.len();
+            ndt.push(
+                Point {
+                    index: i as u64,
+                    t_ns: 0,
+                    error: *s,
+                    score: *s,
+                    value: 0.0,
+                },
+                &mut got,
+            );
+            if got.len() > before {
+                decided_at.push(i + 1);
+            }
+        }
+        assert_eq!(decided_at, vec![1, 2, 4, 8, 10, 20, 30, 40]);
         // Waiting for a full window, as before 2026-12: 100, then 10 per batch.
         let full = NdtConfig {
             min_errors: 100,
