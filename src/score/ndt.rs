@@ -256,7 +256,7 @@ impl Ndt {
         } else {
             // At multiples of the batch (as if from the stream's start), or
             // a batch after an evaluation that was off that grid.
-            self.seen % batch == 0 || self.pending >= self.config.batch_size
+            self.seen.is_multiple_of(batch) || self.pending >= self.config.batch_size
         };
         if due {
             self.started = true;
