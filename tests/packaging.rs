@@ -82,6 +82,15 @@ fn every_package_asset_exists() {
         if source.starts_with("target/") {
             continue; // built by cargo
         }
+        if let Some((dir, pattern)) = source.rsplit_once("/*") {
+            // A glob such as docs/*.md (cargo-deb expands it): it must match.
+            let matched = std::fs::read_dir(root().join(dir))
+                .unwrap()
+                .filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().ends_with(pattern));
+            assert!(matched, "package asset {source} matches no file");
+            continue;
+        }
         assert!(
             root().join(source).is_file(),
             "package asset {source} is missing"
