@@ -264,7 +264,9 @@ impl EngineThread {
             }
             Err(e) => {
                 log::error!(target: "gsinfer::engine", "model {name}: batch of {n} failed: {e}");
-                self.board.metrics.dropped(name, "engine_error", n as u64);
+                self.board
+                    .metrics
+                    .dropped(name, crate::batch::DropReason::EngineError, n as u64);
                 for job in items {
                     match job.work {
                         Work::Window(item) => {

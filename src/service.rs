@@ -560,7 +560,9 @@ fn route_sample(
     match s.handle.push(channel_id, Job::window(item, now), now) {
         PushOutcome::Queued => {}
         PushOutcome::Replaced(old) | PushOutcome::Evicted(old) => {
-            board.metrics.dropped(&s.model, "queue_full", 1);
+            board
+                .metrics
+                .dropped(&s.model, crate::batch::DropReason::QueueFull, 1);
             match old.work {
                 Work::Window(old) => s.pipeline.on_window(&old, WindowOutcome::Dropped, scored),
                 Work::Request(r) => r.fail(

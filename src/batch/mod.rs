@@ -18,6 +18,30 @@ pub mod worker;
 pub use queue::{Batch, BatchQueue, Next, PushOutcome};
 pub use worker::BatchHandle;
 
+/// Why a window never reached an engine or was never answered: the
+/// `reason` label of `gsinfer_windows_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The batch queue was full and the window was replaced by a newer one
+    /// of its channel, or refused (an inference request).
+    QueueFull,
+    /// The engine failed on the batch the window was in.
+    EngineError,
+}
+
+impl DropReason {
+    /// Every reason, in the order the status page lists them.
+    pub const ALL: [DropReason; 2] = [DropReason::QueueFull, DropReason::EngineError];
+
+    /// The metric label, e.g. `queue_full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::EngineError => "engine_error",
+        }
+    }
+}
+
 use serde::{Deserialize, Serialize};
 
 /// Batching settings of one pipeline (`[[pipeline]] batch = {...}`).

@@ -15,6 +15,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::board::ModelState;
+use crate::batch::DropReason;
 
 /// Content type of the OpenMetrics text format.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -392,25 +393,25 @@ impl Metrics {
             .map_or(0, |c| c.get())
     }
 
-    /// Counts `n` items of `model` dropped for `reason` (`queue_full`, `engine_error`).
-    pub fn dropped(&self, model: &str, reason: &str, n: u64) {
+    /// Counts `n` items of `model` dropped for `reason`.
+    pub fn dropped(&self, model: &str, reason: DropReason, n: u64) {
         self.windows_dropped
             .get_or_create(&ModelReasonLabels {
                 model: model.into(),
-                reason: reason.into(),
+                reason: reason.as_str().into(),
             })
             .inc_by(n);
     }
 
     /// Items of `model` dropped so far, all reasons.
     pub fn dropped_count(&self, model: &str) -> u64 {
-        ["queue_full", "engine_error"]
+        DropReason::ALL
             .iter()
             .filter_map(|r| {
                 self.windows_dropped
                     .get(&ModelReasonLabels {
                         model: model.into(),
-                        reason: (*r).into(),
+                        reason: r.as_str().into(),
                     })
                     .map(|c| c.get())
             })

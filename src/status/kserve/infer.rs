@@ -342,9 +342,11 @@ fn run(
         .push_all_if_room(HTTP_CHANNEL, jobs, now)
         .is_err()
     {
-        ctx.board
-            .metrics
-            .dropped(&model.name, "queue_full", batch as u64);
+        ctx.board.metrics.dropped(
+            &model.name,
+            crate::batch::DropReason::QueueFull,
+            batch as u64,
+        );
         return Err(fail(
             503,
             format!(
