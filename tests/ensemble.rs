@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::gsinfer::{bin, free_port, http_get, wait_until, Service, GUARD};
+use common::gsinfer::{bin, eval_json, free_port, http_get, wait_until, Service, GUARD};
 use common::{data_dir, mosquitto_available, Broker, Subscriber};
 use serde_json::Value;
 
@@ -72,33 +72,15 @@ fn fused_events_are_published_as_eval_computes_them() {
     let config = write_config(dir.path(), broker.port, status_port);
 
     // The reference: the same members and vote, offline.
-    let eval = Command::new(bin())
-        .args([
-            "eval",
-            "--json",
-            "--ensemble",
-            "majority",
-            "--channel",
-            CHANNEL,
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        eval.status.success(),
-        "{}",
-        String::from_utf8_lossy(&eval.stderr)
-    );
-    let want: Vec<(String, u64, Option<u64>)> = String::from_utf8(eval.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["type"] == "event")
-        .map(|v| key(&v))
-        .collect();
+    let want: Vec<(String, u64, Option<u64>)> = eval_json(
+        &["--ensemble", "majority", "--channel", CHANNEL],
+        &config,
+        &data,
+    )
+    .into_iter()
+    .filter(|v| v["type"] == "event")
+    .map(|v| key(&v))
+    .collect();
     assert!(
         want.len() >= 2,
         "the majority raises anomalies on {CHANNEL}: {want:?}"

@@ -7,11 +7,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::gsinfer::{bin, eval_json};
 use serde_json::Value;
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_gsinfer")
-}
 
 /// A data set of one SMAP channel (A-1, 25 features) and one MSL channel
 /// (C-1, 55 features), with the real labels, in `dir`.
@@ -46,32 +43,8 @@ fn config(dir: &Path, channels: &str) -> std::path::PathBuf {
     path
 }
 
-fn eval_json(config: &Path, data: &Path) -> Vec<Value> {
-    let out = Command::new(bin())
-        .args([
-            "eval",
-            "--all",
-            "--metrics",
-            "--json",
-            "--jobs",
-            "1",
-            "--config",
-        ])
-        .arg(config)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+fn eval_all(config: &Path, data: &Path) -> Vec<Value> {
+    eval_json(&["--all", "--metrics", "--jobs", "1"], config, data)
 }
 
 #[test]
@@ -84,7 +57,7 @@ fn eval_all_skips_unserved_channels_and_says_why() {
     mixed_data_set(&data, &set);
 
     // A pipeline listing its channel: C-1 has no pipeline.
-    let lines = eval_json(&config(tmp.path(), "channels = [\"A-1\"]\n"), &set);
+    let lines = eval_all(&config(tmp.path(), "channels = [\"A-1\"]\n"), &set);
     let of = |lines: &[Value], kind: &str| -> Vec<Value> {
         lines
             .iter()
@@ -113,7 +86,7 @@ fn eval_all_skips_unserved_channels_and_says_why() {
     assert!(group[0]["telemetry_days"].as_f64().unwrap() > 5.0);
 
     // A catch-all pipeline of 25 features: C-1's 55 do not fit it.
-    let lines = eval_json(&config(tmp.path(), ""), &set);
+    let lines = eval_all(&config(tmp.path(), ""), &set);
     let skipped = of(&lines, "skipped");
     assert_eq!(skipped.len(), 1, "{skipped:?}");
     assert!(

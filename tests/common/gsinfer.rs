@@ -71,6 +71,31 @@ pub fn write_config(dir: &Path, broker_port: u16, status_port: u16, status_extra
     path
 }
 
+/// Runs `gsinfer eval --json <args> --config <config> --data-dir <data>`,
+/// asserts that it succeeded (its stderr otherwise), and returns its output
+/// lines as JSON values.
+pub fn eval_json(args: &[&str], config: &Path, data: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(bin())
+        .args(["eval", "--json"])
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gsinfer eval failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// `GET path` on `127.0.0.1:port`: `(status, body)`, or `None` if nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
