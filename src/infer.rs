@@ -306,8 +306,9 @@ mod tests {
     }
 
     impl Engine for Echo {
-        fn kind(&self) -> &'static str {
-            "echo"
+        fn kind(&self) -> crate::engine::EngineKind {
+            // A test double; it names itself as the CPU engine it stands in for.
+            crate::engine::EngineKind::Tract
         }
         fn pads_to_bucket(&self) -> bool {
             self.pads

@@ -140,7 +140,7 @@ mod trt {
                 settings: &config.engine,
             };
             let opened = match set.open(&model, 1, true, &|_| {}, cpu) {
-                Ok(o) if o.kind == "tensorrt" => o,
+                Ok(o) if o.kind == crate::engine::EngineKind::TensorRt => o,
                 Ok(o) => {
                     ok = false;
                     let _ = writeln!(out, "{}: FAILED: {}", p.model, o.note.unwrap_or_default());

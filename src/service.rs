@@ -219,7 +219,7 @@ pub async fn run(config: Config) -> Result<()> {
         if !notes.is_empty() {
             board.set_note(&p.model, &notes.join("; "));
         }
-        let kind = opened.kind;
+        let kind = opened.kind.as_str();
         let mut outputs = Vec::new();
         if config.engine.threads > 1 && p.engine != crate::engine::EngineChoice::Onnxruntime {
             log::warn!(target: "gsinfer", "model {}: engine.threads = {} applies to onnxruntime only; tract runs each instance on one thread",

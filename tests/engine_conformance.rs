@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use gsinfer::config::{Config, EngineChoice, EngineSettings};
-use gsinfer::engine::Engine;
+use gsinfer::engine::{Engine, EngineKind};
 use gsinfer::model::{open_engine, prepare, PreparedModel};
 use gsinfer::repository::ModelRepository;
 use rand::{Rng, SeedableRng};
@@ -184,12 +184,12 @@ fn every_engine_matches_tract_on_every_family_and_bucket() {
         let model = prepared(config, model);
         let mut tract =
             open_engine(&model, EngineChoice::Tract, &EngineSettings::default()).unwrap();
-        assert_eq!(tract.kind(), "tract");
+        assert_eq!(tract.kind(), EngineKind::Tract);
         // auto is onnxruntime once its library is loaded in this process
         // (or found by the search), else tract.
         let auto = open_engine(&model, EngineChoice::Auto, &EngineSettings::default()).unwrap();
         assert!(
-            matches!(auto.kind(), "tract" | "onnxruntime"),
+            matches!(auto.kind(), EngineKind::Tract | EngineKind::Onnxruntime),
             "{}",
             auto.kind()
         );
@@ -197,7 +197,7 @@ fn every_engine_matches_tract_on_every_family_and_bucket() {
         for (choice, settings) in &engines {
             let mut engine = open_engine(&model, *choice, settings)
                 .unwrap_or_else(|e| panic!("{}: {e}", model.entry.name));
-            assert_eq!(engine.kind(), choice.name());
+            assert_eq!(engine.kind().as_str(), choice.name());
             check(&model, tract.as_mut(), engine.as_mut());
             check_repeatable(&model, engine.as_mut());
         }

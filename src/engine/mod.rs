@@ -74,10 +74,39 @@ pub enum EngineError {
     },
 }
 
+/// Which engine runs a model, as logs, `/api/status` and the status page
+/// name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EngineKind {
+    /// tract, on the CPU ([`tract`]).
+    Tract,
+    /// ONNX Runtime, on the CPU.
+    Onnxruntime,
+    /// A TensorRT plan, on the GPU.
+    TensorRt,
+}
+
+impl EngineKind {
+    /// The name, e.g. `"tract"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Tract => "tract",
+            EngineKind::Onnxruntime => "onnxruntime",
+            EngineKind::TensorRt => "tensorrt",
+        }
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A loaded, runnable model. One instance is used by one thread at a time.
 pub trait Engine: Send {
-    /// Short engine name for logs and the status page, e.g. `"tract"`.
-    fn kind(&self) -> &'static str;
+    /// Which engine this is.
+    fn kind(&self) -> EngineKind;
     /// The engine with its version and settings, for logs and `gsinfer
     /// bench`, e.g. `"onnxruntime 1.31.1 (/usr/lib/libonnxruntime.so), 1 thread"`.
     fn detail(&self) -> String {

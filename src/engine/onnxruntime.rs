@@ -292,8 +292,8 @@ impl OnnxRuntimeEngine {
 }
 
 impl Engine for OnnxRuntimeEngine {
-    fn kind(&self) -> &'static str {
-        "onnxruntime"
+    fn kind(&self) -> super::EngineKind {
+        super::EngineKind::Onnxruntime
     }
 
     fn detail(&self) -> String {

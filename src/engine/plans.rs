@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::cache::{EngineCache, EngineKey, Lookup, ProfileSpec};
-use super::{Engine, EngineChoice, EngineSettings};
+use super::{Engine, EngineChoice, EngineKind, EngineSettings};
 use crate::model::{ModelError, PreparedModel};
 use crate::repository::Platform;
 
@@ -137,8 +137,8 @@ pub fn profile(model: &PreparedModel) -> ProfileSpec {
 pub struct Opened {
     /// One engine per instance.
     pub engines: Vec<Box<dyn Engine>>,
-    /// `"tract"`, `"onnxruntime"` or `"tensorrt"`.
-    pub kind: &'static str,
+    /// The engine the instances run on.
+    pub kind: EngineKind,
     /// The engine's own description for the log (e.g. with its thread count).
     pub detail: String,
     /// `"CPU"` or the GPU's name.
@@ -175,7 +175,7 @@ fn open_cpu(
     let engines = (0..instances)
         .map(|_| crate::model::open_engine(&m, cpu.choice, cpu.settings))
         .collect::<Result<Vec<_>, _>>()?;
-    let kind = engines.first().map_or("tract", |e| e.kind());
+    let kind = engines.first().map_or(EngineKind::Tract, |e| e.kind());
     let detail = engines.first().map_or_else(String::new, |e| e.detail());
     Ok(Opened {
         engines,
@@ -680,7 +680,7 @@ mod trt_impl {
         }
         Ok(Opened {
             engines,
-            kind: "tensorrt",
+            kind: EngineKind::TensorRt,
             detail: format!("tensorrt on {}", platform.device.name),
             device: platform.device.name.clone(),
             note,
@@ -755,7 +755,7 @@ mod tests {
             ..TensorRtConfig::default()
         });
         let opened = set.open(&model, 2, true, &|_| {}, cpu()).unwrap();
-        assert_eq!(opened.kind, "tract");
+        assert_eq!(opened.kind, EngineKind::Tract);
         assert_eq!(opened.engines.len(), 2);
         let note = opened.note.expect("a fallback explains itself");
         assert!(note.contains("running on tract from"), "{note}");

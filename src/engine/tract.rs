@@ -157,8 +157,8 @@ fn time_runs(mut run: impl FnMut() -> TractResult<()>) -> TractResult<Duration> 
 }
 
 impl Engine for TractEngine {
-    fn kind(&self) -> &'static str {
-        "tract"
+    fn kind(&self) -> super::EngineKind {
+        super::EngineKind::Tract
     }
 
     fn detail(&self) -> String {

@@ -300,8 +300,8 @@ fn run_once(bucket: &mut Bucket, stream: &Arc<CudaStream>) -> Result<(), TrtErro
 }
 
 impl Engine for TrtEngine {
-    fn kind(&self) -> &'static str {
-        "tensorrt"
+    fn kind(&self) -> crate::engine::EngineKind {
+        crate::engine::EngineKind::TensorRt
     }
 
     fn inputs(&self) -> &[TensorSpec] {
