@@ -523,6 +523,14 @@ scoring = { kind = "forecast", threshold = { method = "static", value = 0.3 } }
             .is_file());
     }
 
+    /// Every pipeline's model has a version 1 ONNX file in the repository.
+    fn assert_models_exist(c: &Config) {
+        for p in &c.pipelines {
+            let file = c.repository.path.join(&p.model).join("1/model.onnx");
+            assert!(file.is_file(), "{}", p.model);
+        }
+    }
+
     #[test]
     fn shipped_per_channel_configs_parse_and_name_existing_models() {
         for family in ["lstm", "tfm", "vae"] {
@@ -530,18 +538,8 @@ scoring = { kind = "forecast", threshold = { method = "static", value = 0.3 } }
                 Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("config/smap_{family}.toml"));
             let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(c.pipelines.len(), 40, "{family}");
-            for p in &c.pipelines {
-                assert_eq!(p.channels.len(), 1);
-                assert!(
-                    c.repository
-                        .path
-                        .join(&p.model)
-                        .join("1/model.onnx")
-                        .is_file(),
-                    "{}",
-                    p.model
-                );
-            }
+            assert!(c.pipelines.iter().all(|p| p.channels.len() == 1));
+            assert_models_exist(&c);
         }
     }
 
@@ -559,17 +557,7 @@ scoring = { kind = "forecast", threshold = { method = "static", value = 0.3 } }
         assert_eq!(channels.len(), 49);
         assert_eq!(c.pipelines.len(), 3 * 49);
         assert!(c.pipelines.iter().any(|p| p.features == 55));
-        for p in &c.pipelines {
-            assert!(
-                c.repository
-                    .path
-                    .join(&p.model)
-                    .join("1/model.onnx")
-                    .is_file(),
-                "{}",
-                p.model
-            );
-        }
+        assert_models_exist(&c);
         let e = &c.ensembles[0];
         assert_eq!(
             (e.name.as_str(), e.min_votes, e.models.len()),

@@ -66,25 +66,19 @@ pub fn read_channel(data_dir: &Path, split: &str, channel: &str) -> Result<Vec<V
     Ok(flat.chunks(cols).map(|c| c.to_vec()).collect())
 }
 
-/// The column count `F` of `<data_dir>/test/<channel>.npy` from its header
-/// alone; `None` when the file is missing or not a 2-D array (reading the
-/// channel then says why).
-///
-/// # Errors
-/// Never for a missing file; when an existing file cannot be read.
-pub fn npy_columns(data_dir: &Path, channel: &str) -> Result<Option<usize>> {
+/// The column count `F` of `<data_dir>/test/<channel>.npy`, from its header
+/// alone; `None` when the file is missing, unreadable or not a 2-D array
+/// (reading the channel then says why).
+pub fn npy_columns(data_dir: &Path, channel: &str) -> Option<usize> {
     let path = data_dir.join("test").join(format!("{channel}.npy"));
-    let Ok(file) = std::fs::File::open(&path) else {
-        return Ok(None);
-    };
-    let npy = match npyz::NpyFile::new(std::io::BufReader::new(file)) {
-        Ok(n) => n,
-        Err(_) => return Ok(None),
-    };
-    Ok(match npy.shape() {
+    let file = std::fs::File::open(path).ok()?;
+    match npyz::NpyFile::new(std::io::BufReader::new(file))
+        .ok()?
+        .shape()
+    {
         [_, cols] => Some(*cols as usize),
         _ => None,
-    })
+    }
 }
 
 /// Channels with a file under `<data_dir>/test/`, sorted.
@@ -342,7 +336,7 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
             Err(why) => bail!("channel {ch}: {why}"),
         };
         if every {
-            if let Some(f) = npy_columns(&opts.data_dir, ch)? {
+            if let Some(f) = npy_columns(&opts.data_dir, ch) {
                 if let Some(p) = served.iter().find(|p| p.features != f) {
                     skipped.push((
                         ch.clone(),
@@ -466,19 +460,6 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
         if opts.json && opts.metrics {
             let line = serde_json::json!({"type": "total", "threshold": threshold, "channels": channels.len(), "skipped": skipped.len(), "total": total});
             writeln!(out, "{line}")?;
-        } else if !opts.json && !labels.is_empty() {
-            writeln!(
-                out,
-                "total over {} channels ({} skipped): tp {} fp {} fn {}: event-level precision {:.3} recall {:.3} f1 {:.3}",
-                channels.len(),
-                skipped.len(),
-                total.true_positives,
-                total.false_positives,
-                total.false_negatives,
-                total.precision,
-                total.recall,
-                total.f1
-            )?;
         }
     }
     Ok(())

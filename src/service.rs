@@ -740,8 +740,7 @@ async fn forward(
         }
         let channel = Arc::clone(&s.channel_names[o.channel as usize]);
         fuser.observe(&s.model, &channel, &o.output, &mut fused);
-        let mut messages = Vec::with_capacity(1 + fused.len());
-        messages.push(match o.output {
+        let msg = match o.output {
             ScoredOutput::Score(score) => {
                 board.record_score(&s.model, &channel, &score);
                 Outgoing::Score {
@@ -753,20 +752,15 @@ async fn forward(
             ScoredOutput::Event(event) => {
                 Outgoing::Event(announce(&s.model, &channel, &event, None, board))
             }
-        });
+        };
+        if out_tx.send(msg).await.is_err() {
+            board.metrics.publish_errors.inc();
+        }
         for (e, event) in fused.drain(..) {
             let ensemble = fuser.config(e);
             let members = ensemble.members(&channel);
-            messages.push(Outgoing::Event(announce(
-                &ensemble.name,
-                &channel,
-                &event,
-                Some(&members),
-                board,
-            )));
-        }
-        for msg in messages {
-            if out_tx.send(msg).await.is_err() {
+            let value = announce(&ensemble.name, &channel, &event, Some(&members), board);
+            if out_tx.send(Outgoing::Event(value)).await.is_err() {
                 board.metrics.publish_errors.inc();
             }
         }

@@ -34,7 +34,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_models import chan_key, spacecraft_of  # noqa: E402
+from train_models import SERVING_PBTXT, chan_key, spacecraft_of  # noqa: E402
 
 HORIZON = 10
 SIGMA_FLOOR = 1e-6
@@ -100,20 +100,7 @@ output [
   }}
 ]
 
-dynamic_batching {{
-  preferred_batch_size: [ 1, 2, 4, 8, 16, 32, 64 ]
-  max_queue_delay_microseconds: 2000
-}}
-
-instance_group [
-  {{
-    count: 1
-    kind: KIND_CPU
-  }}
-]
-
-version_policy: {{ latest: {{ num_versions: 1 }} }}
-"""
+{SERVING_PBTXT}"""
 
 
 def write(out, name, model, pbtxt, features, window):

@@ -309,6 +309,29 @@ def _onnx_params(path):
     return int(sum(int(np.prod(t.dims)) for t in m.graph.initializer))
 
 
+# How every per-channel model is served (config.pbtxt's tail), shared with
+# tools/make_baselines.py: batch buckets and the longest wait, one CPU
+# instance, the highest version only.
+SERVING_PBTXT = """# Batch sizes worth dispatching at once (the batch-size buckets), and the
+# longest a window waits for its batch to fill: 2 ms.
+dynamic_batching {
+  preferred_batch_size: [ 1, 2, 4, 8, 16, 32, 64 ]
+  max_queue_delay_microseconds: 2000
+}
+
+# One instance, on the CPU, so a fresh box without a GPU runs it.
+instance_group [
+  {
+    count: 1
+    kind: KIND_CPU
+  }
+]
+
+# Serve the highest-numbered version folder only.
+version_policy: { latest: { num_versions: 1 } }
+"""
+
+
 def config_pbtxt(family, chan, n_samples, features, spacecraft, value_std):
     spec = FAMILIES[family]
     name = f"{family}_{chan}"
@@ -356,24 +379,7 @@ output [
   }}
 ]
 
-# Batch sizes worth dispatching at once (the batch-size buckets), and the
-# longest a window waits for its batch to fill: 2 ms.
-dynamic_batching {{
-  preferred_batch_size: [ 1, 2, 4, 8, 16, 32, 64 ]
-  max_queue_delay_microseconds: 2000
-}}
-
-# One instance, on the CPU, so a fresh box without a GPU runs it.
-instance_group [
-  {{
-    count: 1
-    kind: KIND_CPU
-  }}
-]
-
-# Serve the highest-numbered version folder only.
-version_policy: {{ latest: {{ num_versions: 1 }} }}
-
+{SERVING_PBTXT}
 # The standard deviation of the telemetry value (feature 0) over the train split;
 # below 1e-6 the channel was constant in training, and gsinfer says so at load
 # (any change of level then scores as anomalous).
