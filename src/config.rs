@@ -99,6 +99,9 @@ pub struct Config {
     /// TensorRT: engine directory, start-up rebuild, device, libraries.
     #[serde(default)]
     pub tensorrt: crate::engine::plans::TensorRtConfig,
+    /// Channel state kept across restarts ([`crate::state`]).
+    #[serde(default)]
+    pub state: crate::state::StateConfig,
     /// Serial links feeding the pipelines (`[[serial]]`), besides MQTT.
     #[serde(default, rename = "serial", skip_serializing_if = "Vec::is_empty")]
     pub serial: Vec<SerialConfig>,
@@ -350,6 +353,9 @@ impl Config {
         }
         for (key, message) in self.engine.problems() {
             bad(key, &message);
+        }
+        for (key, message) in self.state.problems() {
+            bad(format!("state.{key}"), &message);
         }
         if self.pipelines.is_empty() {
             bad(

@@ -118,6 +118,56 @@ pub struct ChannelEval {
     pub windows: usize,
 }
 
+impl ChannelEval {
+    /// Forgets the first `n` rows, as if the stream had started at row `n`:
+    /// their scores go, an event ending before row `n` goes, one spanning it
+    /// starts at `n`; indices are shifted down by `n`.
+    pub fn drop_prefix(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let cut = n as u64;
+        self.samples = self.samples.saturating_sub(n);
+        self.outputs.retain_mut(|o| match o {
+            ScoredOutput::Score(s) => {
+                s.index = match s.index.checked_sub(cut) {
+                    Some(i) => i,
+                    None => return false,
+                };
+                true
+            }
+            ScoredOutput::Event(e) => {
+                // An anomaly_start in the prefix is dropped; its end, after
+                // the prefix, still carries the run (clipped to row `n`).
+                if e.end.map_or(e.start < cut, |end| end < cut) {
+                    return false;
+                }
+                e.start = e.start.max(cut) - cut;
+                e.end = e.end.map(|end| end - cut);
+                true
+            }
+        });
+    }
+}
+
+/// The test split of `channel`, preceded by the last `prime` rows of its
+/// train split; returns the rows and how many were primed.
+///
+/// # Errors
+/// When a split cannot be read.
+pub fn primed_rows(data_dir: &Path, channel: &str, prime: usize) -> Result<(Vec<Vec<f32>>, usize)> {
+    let test = read_channel(data_dir, "test", channel)?;
+    if prime == 0 {
+        return Ok((test, 0));
+    }
+    let mut rows = read_channel(data_dir, "train", channel)?;
+    let skip = rows.len().saturating_sub(prime);
+    rows.drain(..skip);
+    let primed = rows.len();
+    rows.extend(test);
+    Ok((rows, primed))
+}
+
 /// Runs `pipeline` over `rows` exactly as the service would, batching
 /// windows into the largest bucket; once per threshold in `thresholds`
 /// (the pipeline's own when empty), running the engine only once, on the
@@ -239,6 +289,10 @@ pub struct EvalOptions {
     pub json: bool,
     /// Channels evaluated in parallel.
     pub jobs: usize,
+    /// Rows from the end of each channel's train split fed before its test
+    /// split (0: none); their scores and events are not reported and the
+    /// test split's indices start at 0 as without priming.
+    pub prime: usize,
 }
 
 /// The pipeline that serves `channel` in `config` (see [`EvalOptions::model`]).
@@ -382,11 +436,20 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(ch) = channels.get(i) else { break };
-                let r = read_channel(&opts.data_dir, "test", ch).and_then(|rows| {
+                let r = primed_rows(&opts.data_dir, ch, opts.prime).and_then(|(rows, primed)| {
                     let members = pipelines[i]
                         .iter()
                         .map(|p| {
-                            eval_channel(&repo, p, &config.engine, &opts.thresholds, ch, &rows)
+                            let mut evals = eval_channel(
+                                &repo,
+                                p,
+                                &config.engine,
+                                &opts.thresholds,
+                                ch,
+                                &rows,
+                            )?;
+                            evals.iter_mut().for_each(|e| e.drop_prefix(primed));
+                            Ok(evals)
                         })
                         .collect::<Result<Vec<_>>>()?;
                     Ok(match ensemble {
@@ -631,4 +694,73 @@ fn report_channel(
         )?;
     }
     Ok(detection)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::score::{AnomalyEvent, EventKind, Score};
+
+    fn score(index: u64) -> ScoredOutput {
+        ScoredOutput::Score(Score {
+            index,
+            t_ns: index as i64,
+            error: 0.0,
+            score: 0.0,
+            threshold: 1.0,
+            anomalous: false,
+        })
+    }
+
+    fn event(start: u64, end: Option<u64>) -> ScoredOutput {
+        ScoredOutput::Event(AnomalyEvent {
+            event: if end.is_some() {
+                EventKind::AnomalyEnd
+            } else {
+                EventKind::AnomalyStart
+            },
+            start,
+            start_t_ns: start as i64,
+            end,
+            end_t_ns: end.map(|e| e as i64),
+            max_score: 2.0,
+            threshold: 1.0,
+            closed: None,
+        })
+    }
+
+    #[test]
+    fn drop_prefix_shifts_scores_and_clips_events_that_span_the_cut() {
+        let mut e = ChannelEval {
+            channel: "A-1".into(),
+            threshold: ThresholdConfig::Static { value: 1.0 },
+            samples: 20,
+            outputs: vec![
+                score(3),
+                event(2, None),
+                event(2, Some(4)),
+                event(8, None),
+                score(10),
+                event(8, Some(12)),
+                event(14, None),
+            ],
+            engine_s: 0.0,
+            windows: 0,
+        };
+        e.drop_prefix(10);
+        assert_eq!(e.samples, 10);
+        let kept: Vec<(u64, Option<u64>)> = e
+            .outputs
+            .iter()
+            .map(|o| match o {
+                ScoredOutput::Score(s) => (s.index, Some(s.index)),
+                ScoredOutput::Event(ev) => (ev.start, ev.end),
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            vec![(0, Some(0)), (0, Some(2)), (4, None)],
+            "scores before the cut and events ending before it go; one spanning it starts at 0"
+        );
+    }
 }

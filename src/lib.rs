@@ -28,6 +28,7 @@ pub mod secrets;
 pub mod selftest;
 pub mod service;
 pub mod shutdown;
+pub mod state;
 pub mod status;
 pub mod watchdog;
 pub mod window;

@@ -160,6 +160,12 @@ enum Command {
         /// Channels evaluated in parallel (default: the number of CPUs).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Prime each channel's pipeline with the last N rows of its train
+        /// split before the test split, as a box primed from the archive
+        /// would be: windows, smoothing and threshold history are warm at
+        /// the first test sample; scores of the primed rows are not reported.
+        #[arg(long, default_value_t = 0)]
+        prime: usize,
     },
 }
 
@@ -382,6 +388,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             metrics,
             threshold,
             jobs,
+            prime,
         } => {
             let c = match load(&config) {
                 Ok(c) => c,
@@ -395,6 +402,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 thresholds: threshold,
                 metrics,
                 json,
+                prime,
                 jobs: jobs.unwrap_or_else(|| {
                     std::thread::available_parallelism()
                         .map(|n| n.get())

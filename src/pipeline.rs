@@ -9,6 +9,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::PipelineConfig;
 use crate::ingest::decode::{RawSample, Reject, RejectReason};
 use crate::score::{ChannelScorer, ScoredOutput, ScorerCounters, WindowOutcome};
@@ -40,13 +42,34 @@ pub struct ChannelOutput {
     pub output: ScoredOutput,
 }
 
-#[derive(Debug)]
-struct ChannelState {
+/// One channel's state: everything a restart must keep for the channel to
+/// go on as if it had never stopped (its window ring, sample index, the
+/// last sample's time and `seq`, the scorer's smoothing, threshold and open
+/// anomaly). Saved and restored by [`crate::state`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChannelState {
     name: String,
     windows: ChannelWindows,
     scorer: ChannelScorer,
     last_t_ns: Option<i64>,
     last_seq: Option<u64>,
+}
+
+impl ChannelState {
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Samples taken so far (the index the next one gets).
+    pub fn samples(&self) -> u64 {
+        self.windows.count()
+    }
+
+    /// Windows settled so far (scored or dropped).
+    pub fn windows_settled(&self) -> u64 {
+        self.scorer.windows_settled()
+    }
 }
 
 /// See the module docs.
@@ -111,6 +134,69 @@ impl Pipeline {
                     nonfinite_errors: t.nonfinite_errors + k.nonfinite_errors,
                 }
             })
+    }
+
+    /// Every channel's state, in channel-id order.
+    pub fn channel_states(&self) -> &[ChannelState] {
+        &self.channels
+    }
+
+    /// Windows cut but not yet scored or dropped, over all channels: 0 at
+    /// a point where the state can be saved and restored without loss.
+    pub fn windows_in_flight(&self) -> u64 {
+        self.channels
+            .iter()
+            .map(|c| c.windows.windows_cut() - c.scorer.windows_settled())
+            .sum()
+    }
+
+    /// Replaces the state of the channels named in `states` (a pipeline
+    /// that has seen no sample yet, as after a restart); a channel this
+    /// pipeline no longer serves is left out. A window that was in flight
+    /// when the state was taken (not expected: states are saved when none
+    /// is) is settled as dropped, so scoring never waits for it. Returns
+    /// the channels restored.
+    pub fn restore(&mut self, states: Vec<ChannelState>) -> usize {
+        let mut restored = 0;
+        for mut state in states {
+            let mut sink = Vec::new();
+            for seq in state.scorer.windows_settled()..state.windows.windows_cut() {
+                state
+                    .scorer
+                    .on_window(seq, 0, 0, WindowOutcome::Dropped, &mut sink);
+            }
+            if self
+                .allowed
+                .as_ref()
+                .is_some_and(|a| !a.contains(&state.name))
+            {
+                continue;
+            }
+            match self.ids.get(&state.name) {
+                Some(id) => self.channels[*id as usize] = state,
+                None => {
+                    self.ids
+                        .insert(state.name.clone(), self.channels.len() as u32);
+                    self.channels.push(state);
+                }
+            }
+            restored += 1;
+        }
+        restored
+    }
+
+    /// Closes every open anomaly (e.g. the state it was open in is too old
+    /// to go on from), saying why (`reason`): one `anomaly_end` per channel
+    /// with one open, to `out`.
+    pub fn close_open_anomalies(&mut self, reason: &'static str, out: &mut Vec<ChannelOutput>) {
+        for (id, c) in self.channels.iter_mut().enumerate() {
+            if let Some(event) = c.scorer.close_anomaly(reason) {
+                out.push(ChannelOutput {
+                    channel: id as u32,
+                    output: ScoredOutput::Event(event),
+                });
+            }
+        }
     }
 
     fn channel_id(&mut self, name: &str) -> Result<u32, Reject> {

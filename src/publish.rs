@@ -90,17 +90,31 @@ pub fn score_json(model: &str, channel: &str, s: &Score) -> Value {
     })
 }
 
+/// An anomaly's stable id, the same on its `anomaly_start` and its
+/// `anomaly_end` and across restarts (the channel state, time stamps
+/// included, is restored): `<model>/<channel>/<start_t>`, `start_t` the
+/// first anomalous sample's time stamp in ns since the Unix epoch. A
+/// consumer that sees an id twice (redelivered after a crash) keeps one.
+pub fn event_id(model: &str, channel: &str, e: &AnomalyEvent) -> String {
+    format!("{model}/{channel}/{}", e.start_t_ns)
+}
+
 /// The JSON of one anomaly event (the events topic's payload, and `gsinfer eval --json`).
 pub fn event_json(model: &str, channel: &str, e: &AnomalyEvent) -> Value {
     let kind = match e.event {
         EventKind::AnomalyStart => "anomaly_start",
         EventKind::AnomalyEnd => "anomaly_end",
     };
-    json!({
-        "type": "event", "event": kind, "model": model, "channel": channel,
+    let mut v = json!({
+        "type": "event", "event": kind, "id": event_id(model, channel, e),
+        "model": model, "channel": channel,
         "start": e.start, "end": e.end, "start_t": e.start_t_ns, "end_t": e.end_t_ns,
         "max_score": e.max_score, "threshold": e.threshold,
-    })
+    });
+    if let Some(reason) = e.closed {
+        v["closed"] = reason.into();
+    }
+    v
 }
 
 /// One message for the publisher task.
@@ -186,6 +200,7 @@ mod tests {
             end_t_ns: Some(90),
             max_score: 1.5,
             threshold: 0.5,
+            closed: None,
         };
         let v = event_json("m", "A-1", &e);
         assert_eq!(v["event"], "anomaly_end");

@@ -40,7 +40,7 @@ pub struct WindowData {
 }
 
 /// The sliding window state of one channel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChannelWindows {
     length: usize,
     stride: usize,
@@ -66,6 +66,11 @@ impl ChannelWindows {
             count: 0,
             windows: 0,
         }
+    }
+
+    /// Windows cut so far (the `seq` the next one gets).
+    pub fn windows_cut(&self) -> u64 {
+        self.windows
     }
 
     /// Samples pushed so far; the index the next sample gets.

@@ -111,6 +111,7 @@ fn streamed_matches_eval(threshold: &str) {
         Command::new(bin())
             .args(["run", "--config"])
             .arg(&config)
+            .env("STATE_DIRECTORY", config.parent().unwrap())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap(),

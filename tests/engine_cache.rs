@@ -167,6 +167,7 @@ fn run_serves_a_tensorrt_model_on_tract_and_says_why() {
     let config = setup(dir.path(), status_port, broker.port);
     let mut child = Command::new(BIN)
         .args(["run", "--config", config.to_str().unwrap()])
+        .env("STATE_DIRECTORY", config.parent().unwrap())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

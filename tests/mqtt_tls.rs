@@ -581,6 +581,7 @@ fn wrong_ca_is_logged_and_retried_without_crashing() {
         Command::new(bin())
             .args(["run", "--config"])
             .arg(&config)
+            .env("STATE_DIRECTORY", config.parent().unwrap())
             .stderr(File::create(&log_path).unwrap())
             .spawn()
             .unwrap(),

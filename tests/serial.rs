@@ -449,8 +449,12 @@ fn a_smap_channel_replayed_as_space_packets_over_a_pty_scores_like_eval() {
     assert!(want.len() > 1000);
 
     let sub = Subscriber::start(broker.port, &["gsinfer/#"]);
-    let _service =
-        serial_support::Service::spawn(Command::new(bin).args(["run", "--config"]).arg(&config));
+    let _service = serial_support::Service::spawn(
+        Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("STATE_DIRECTORY", config.parent().unwrap()),
+    );
     assert!(
         serial_support::wait(GUARD, || serial_support::http_get(status_port, "/readyz")
             .is_some_and(|(s, _)| s == 200)),

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{reconstruction_error, Ewma};
 use super::events::{AnomalyEvent, EventDetector};
@@ -46,7 +46,7 @@ pub enum ScoredOutput {
 }
 
 /// What became of a window sent to the engine.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WindowOutcome {
     /// The engine's output row for the window, and the window itself
     /// (`[L, F]`, needed by reconstruction scoring).
@@ -61,7 +61,7 @@ pub enum WindowOutcome {
 }
 
 /// Counters of one channel's scorer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScorerCounters {
     /// Forecasts whose target sample had left the actuals ring.
     pub late_forecasts: u64,
@@ -74,7 +74,7 @@ pub struct ScorerCounters {
 }
 
 /// See the module docs.
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChannelScorer {
     kind: ScoringKind,
     target_feature: usize,
@@ -120,6 +120,17 @@ impl ChannelScorer {
     /// Counters so far.
     pub fn counters(&self) -> ScorerCounters {
         self.counters
+    }
+
+    /// Windows settled so far, scored or dropped (the `seq` awaited next).
+    pub fn windows_settled(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Ends the open anomaly, if any, at its last anomalous sample, saying
+    /// why (`reason`, e.g. `stale_state`).
+    pub fn close_anomaly(&mut self, reason: &'static str) -> Option<AnomalyEvent> {
+        self.events.close(reason)
     }
 
     /// Whether an anomaly is open on this channel.

@@ -9,7 +9,7 @@
 ///   errors, Hundman et al. 2018): `yₜ = Σ (1 − α)ⁱ·xₜ₋ᵢ / Σ (1 − α)ⁱ`, the
 ///   weighted mean of every value so far, so the first outputs are plain
 ///   averages rather than the first value. Kept as two running sums, O(1).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Ewma {
     alpha: f32,
     adjust: bool,

@@ -1,6 +1,6 @@
 //! Anomaly events: runs of consecutive anomalous scores.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Whether an event opens or closes an anomaly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -30,15 +30,22 @@ pub struct AnomalyEvent {
     pub max_score: f32,
     /// Threshold in force when the event was raised.
     pub threshold: f32,
+    /// Why an `anomaly_end` came other than from quiet scores: `stale_state`
+    /// when gsinfer closed it at start because the state it was open in
+    /// was too old to go on from; `None` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed: Option<&'static str>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Open {
     start: u64,
     start_t_ns: i64,
     last: u64,
     last_t_ns: i64,
     max_score: f32,
+    /// Threshold in force when it opened.
+    threshold: f32,
 }
 
 /// Turns a channel's scores, in index order, into start/end events.
@@ -47,7 +54,7 @@ struct Open {
 /// `hold` consecutive scores are at or below it; its `end` is the last
 /// anomalous index. `hold` > 1 merges runs separated by short dips, so an
 /// operator sees one event per excursion instead of a flurry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventDetector {
     open: Option<Open>,
     hold: u32,
@@ -76,6 +83,24 @@ impl EventDetector {
         self.open.is_some()
     }
 
+    /// Ends the open anomaly now, at its last anomalous sample (an
+    /// `anomaly_end` whose threshold is the one it opened with, `closed`
+    /// set to `reason`), if any.
+    pub fn close(&mut self, reason: &'static str) -> Option<AnomalyEvent> {
+        let open = self.open.take()?;
+        self.quiet = 0;
+        Some(AnomalyEvent {
+            event: EventKind::AnomalyEnd,
+            start: open.start,
+            start_t_ns: open.start_t_ns,
+            end: Some(open.last),
+            end_t_ns: Some(open.last_t_ns),
+            max_score: open.max_score,
+            threshold: open.threshold,
+            closed: Some(reason),
+        })
+    }
+
     /// Observes the decision for sample `index` (time `t_ns`, its score, the
     /// threshold in force, whether it is anomalous); returns the event it
     /// raises, if any.
@@ -95,6 +120,7 @@ impl EventDetector {
                     last: index,
                     last_t_ns: t_ns,
                     max_score: score,
+                    threshold,
                 });
                 Some(AnomalyEvent {
                     event: EventKind::AnomalyStart,
@@ -104,6 +130,7 @@ impl EventDetector {
                     end_t_ns: None,
                     max_score: score,
                     threshold,
+                    closed: None,
                 })
             }
             (Some(open), true) => {
@@ -128,6 +155,7 @@ impl EventDetector {
                     end_t_ns: Some(open.last_t_ns),
                     max_score: open.max_score,
                     threshold,
+                    closed: None,
                 })
             }
             (None, false) => None,

@@ -216,6 +216,7 @@ impl ChannelFusion {
                 end_t_ns: None,
                 max_score: c.votes() as f32,
                 threshold: self.min_votes as f32,
+                closed: None,
             });
         }
     }
@@ -242,6 +243,7 @@ impl ChannelFusion {
                     end_t_ns: Some(c.end_t_ns),
                     max_score: c.votes() as f32,
                     threshold: self.min_votes as f32,
+                    closed: None,
                 });
             }
         }
@@ -340,6 +342,7 @@ mod tests {
             end_t_ns: None,
             max_score: 1.0,
             threshold: 0.5,
+            closed: None,
         })
     }
 
@@ -352,6 +355,7 @@ mod tests {
             end_t_ns: Some(e as i64),
             max_score: 1.0,
             threshold: 0.5,
+            closed: None,
         })
     }
 

@@ -151,7 +151,7 @@ impl NdtConfig {
 }
 
 /// One channel's NDT state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ndt {
     config: NdtConfig,
     window: VecDeque<Point>,

@@ -64,7 +64,7 @@ impl SpotConfig {
 }
 
 /// One channel's SPOT state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Spot {
     config: SpotConfig,
     calibration: Vec<f64>,

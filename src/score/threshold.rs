@@ -96,7 +96,7 @@ impl ThresholdConfig {
 }
 
 /// A scored sample handed to a threshold.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Point {
     /// Sample index in the channel's stream.
     pub index: u64,
@@ -125,7 +125,7 @@ impl Point {
 }
 
 /// A point with the threshold's verdict.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     /// The point.
     pub point: Point,
@@ -136,7 +136,7 @@ pub struct Decision {
 }
 
 /// A threshold's running state for one channel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Threshold {
     /// See [`ThresholdConfig::Static`].
     Static(f32),

@@ -6,12 +6,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use super::metrics::{ModelBucketLabels, ModelKindLabels, ModelSourceLabels};
+use super::metrics::{ModelBucketLabels, ModelKindLabels, ModelLabel, ModelSourceLabels};
 use super::rate::RateMeter;
 use super::stats::InferStats;
 use super::{Metrics, StatusConfig};
@@ -65,6 +65,8 @@ struct ModelStatus {
     /// Engine time per batch in µs.
     inference_us: Histogram<u64>,
     stats: Arc<InferStats>,
+    /// What became of the saved channel state at start, and the last save.
+    channel_state: Value,
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +75,8 @@ struct ChannelStatus {
     last: Option<Score>,
     /// (score, threshold), oldest first.
     recent: VecDeque<(f32, f32)>,
+    /// The channel went on from the state saved before the last restart.
+    restored: bool,
 }
 
 /// One telemetry source (the MQTT broker today; serial links later).
@@ -157,6 +161,7 @@ impl StatusBoard {
                 queue_us: histogram(),
                 inference_us: histogram(),
                 stats: Arc::default(),
+                channel_state: Value::Null,
             });
         entry.engine = engine.to_string();
         entry.state = state;
@@ -190,6 +195,67 @@ impl StatusBoard {
         if let Some(m) = self.lock().models.get_mut(name) {
             m.note = Some(note.to_string());
         }
+    }
+
+    /// Records what became of `model`'s saved channel state at start:
+    /// `outcome` is `continued`, `fresh`, `stale` or `discarded`, `detail`
+    /// says why, `channels` are the channels that went on from it.
+    pub fn set_state_restore(&self, model: &str, outcome: &str, detail: &str, channels: &[&str]) {
+        let mut inner = self.lock();
+        for ch in channels {
+            inner
+                .channels
+                .entry((model.to_string(), ch.to_string()))
+                .or_default()
+                .restored = true;
+        }
+        if let Some(m) = inner.models.get_mut(model) {
+            m.channel_state =
+                json!({"restore": outcome, "detail": detail, "channels_restored": channels.len()});
+        }
+    }
+
+    /// Records one save of `model`'s channel state: `bytes` written in
+    /// `duration`, or `Err` with the reason it failed.
+    pub fn record_state_save(&self, model: &str, result: Result<(usize, Duration), String>) {
+        let label = ModelLabel {
+            model: model.to_string(),
+        };
+        let last = match &result {
+            Ok((bytes, duration)) => {
+                self.metrics.state_age.get_or_create(&label).set(0.0);
+                self.metrics
+                    .state_save_duration
+                    .get_or_create(&label)
+                    .set(duration.as_secs_f64());
+                self.metrics
+                    .state_bytes
+                    .get_or_create(&label)
+                    .set(*bytes as i64);
+                json!({"ok": true, "bytes": bytes, "duration_us": duration.as_micros() as u64})
+            }
+            Err(why) => {
+                self.metrics.state_save_errors.get_or_create(&label).inc();
+                json!({"ok": false, "error": why})
+            }
+        };
+        if let Some(m) = self.lock().models.get_mut(model) {
+            if !m.channel_state.is_object() {
+                m.channel_state = json!({});
+            }
+            m.channel_state["last_save"] = last;
+        }
+    }
+
+    /// Sets the age of `model`'s saved channel state (seconds since its
+    /// last save, or since the save it was restored from).
+    pub fn set_state_age(&self, model: &str, age: Duration) {
+        self.metrics
+            .state_age
+            .get_or_create(&ModelLabel {
+                model: model.to_string(),
+            })
+            .set(age.as_secs_f64());
     }
 
     /// The statistics of a registered model (shared with its engine
@@ -439,6 +505,7 @@ impl StatusBoard {
                     "windows_dropped": m.dropped_count(name),
                     "scores": Metrics::value(&m.scores, name),
                     "nonfinite_errors": Metrics::value(&m.nonfinite_errors, name),
+                    "channel_state": s.channel_state,
                     "requests": { "success": ok, "fail": failed },
                     "latency_us": pct(&s.latency_us), "queue_us": pct(&s.queue_us),
                     "inference_us": pct(&s.inference_us),
@@ -477,7 +544,7 @@ impl StatusBoard {
             .map(|((model, channel), c)| {
                 json!({
                     "model": model, "channel": channel, "samples": c.samples,
-                    "last": c.last,
+                    "last": c.last, "restored": c.restored,
                     "recent_scores": c.recent.iter().map(|r| r.0).collect::<Vec<_>>(),
                     "recent_thresholds": c.recent.iter().map(|r| r.1).collect::<Vec<_>>(),
                 })

@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
 
 use super::board::ModelState;
 use crate::batch::DropReason;
@@ -155,6 +156,15 @@ pub struct Metrics {
     pub late_forecasts: Family<ModelLabel, Counter>,
     /// Raw errors that were NaN or infinite and were left out, by model.
     pub nonfinite_errors: Family<ModelLabel, Counter>,
+    /// Seconds since each pipeline's channel state was last saved (or, before
+    /// the first save, since the state restored at start was), by model.
+    pub state_age: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    /// Duration of each pipeline's last state save, seconds, by model.
+    pub state_save_duration: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    /// Size of each pipeline's last saved state file, bytes, by model.
+    pub state_bytes: Family<ModelLabel, Gauge>,
+    /// State saves that failed (a full or read-only disk), by model.
+    pub state_save_errors: Family<ModelLabel, Counter>,
     /// 1 when every engine is loaded and the broker is connected.
     pub ready: Gauge,
     /// Sources with counters of their own (serial links), scraped as a collector.
@@ -269,6 +279,30 @@ impl Metrics {
             "Raw errors that were NaN or infinite (a model output that was not finite), left out of scoring.",
             nonfinite_errors.clone(),
         );
+        let state_age = Family::default();
+        r.register(
+            "state_age_seconds",
+            "Seconds since the channel state of this model's pipeline was last saved (or restored at start).",
+            state_age.clone(),
+        );
+        let state_save_duration = Family::default();
+        r.register(
+            "state_last_save_duration_seconds",
+            "Duration of the last save of this model's channel state.",
+            state_save_duration.clone(),
+        );
+        let state_bytes = Family::default();
+        r.register(
+            "state_bytes",
+            "Size of the last saved channel state file of this model.",
+            state_bytes.clone(),
+        );
+        let state_save_errors = Family::default();
+        r.register(
+            "state_save_errors",
+            "Channel state saves that failed (full or read-only disk).",
+            state_save_errors.clone(),
+        );
         let mqtt_connected = Gauge::default();
         r.register(
             "mqtt_connected",
@@ -343,6 +377,10 @@ impl Metrics {
             publish_errors,
             late_forecasts,
             nonfinite_errors,
+            state_age,
+            state_save_duration,
+            state_bytes,
+            state_save_errors,
             ready,
             sources,
         }

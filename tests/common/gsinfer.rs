@@ -127,7 +127,9 @@ pub fn wait_until(mut done: impl FnMut() -> bool) -> bool {
     false
 }
 
-/// A child process killed (and reaped) on drop.
+/// A child process killed (and reaped) on drop. The service helpers
+/// below point `STATE_DIRECTORY` (channel state, engine plans) at the
+/// configuration's folder, so no test continues another's channel state.
 pub struct Service(pub Child);
 
 impl Service {
@@ -137,6 +139,7 @@ impl Service {
             Command::new(bin())
                 .args(["run", "--config"])
                 .arg(config)
+                .env("STATE_DIRECTORY", config.parent().unwrap())
                 .stderr(Stdio::inherit())
                 .spawn()
                 .unwrap(),
@@ -167,6 +170,7 @@ impl LoggedService {
         let child = Command::new(bin())
             .args(["run", "--config"])
             .arg(config)
+            .env("STATE_DIRECTORY", config.parent().unwrap())
             .stderr(Stdio::from(file))
             .spawn()
             .unwrap();
