@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::ingest::mqtt::qos;
-use crate::score::{AnomalyEvent, EventKind, Score};
+use crate::score::{AnomalyEvent, Score};
 use crate::status::StatusBoard;
 use crate::watchdog::Stage;
 
@@ -92,12 +92,8 @@ pub fn score_json(model: &str, channel: &str, s: &Score) -> Value {
 
 /// The JSON of one anomaly event (the events topic's payload, and `gsinfer eval --json`).
 pub fn event_json(model: &str, channel: &str, e: &AnomalyEvent) -> Value {
-    let kind = match e.event {
-        EventKind::AnomalyStart => "anomaly_start",
-        EventKind::AnomalyEnd => "anomaly_end",
-    };
     json!({
-        "type": "event", "event": kind, "model": model, "channel": channel,
+        "type": "event", "event": e.event.as_str(), "model": model, "channel": channel,
         "start": e.start, "end": e.end, "start_t": e.start_t_ns, "end_t": e.end_t_ns,
         "max_score": e.max_score, "threshold": e.threshold,
     })
@@ -175,6 +171,8 @@ pub async fn run_publisher(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::score::EventKind;
 
     #[test]
     fn event_json_carries_the_documented_keys() {
