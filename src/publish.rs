@@ -99,8 +99,33 @@ pub fn event_json(model: &str, channel: &str, e: &AnomalyEvent) -> Value {
     })
 }
 
+/// An anomaly event as the events topic carries it: a model's on one
+/// channel, or an ensemble's with the members that voted in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelEvent {
+    /// The model, or the ensemble's name.
+    pub model: Arc<str>,
+    /// The channel.
+    pub channel: Arc<str>,
+    /// The event.
+    pub event: AnomalyEvent,
+    /// An ensemble's member models on the channel; `None` for a model's own event.
+    pub members: Option<Vec<String>>,
+}
+
+impl ModelEvent {
+    /// The payload: [`event_json`], with `members` for an ensemble's event.
+    pub fn to_json(&self) -> Value {
+        let mut value = event_json(&self.model, &self.channel, &self.event);
+        if let Some(members) = &self.members {
+            value["members"] = members.as_slice().into();
+        }
+        value
+    }
+}
+
 /// One message for the publisher task.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
     /// A channel's score.
     Score {
@@ -111,8 +136,8 @@ pub enum Outgoing {
         /// The score.
         score: Score,
     },
-    /// An anomaly event, already rendered.
-    Event(Value),
+    /// An anomaly event, rendered here, once, as it is published.
+    Event(ModelEvent),
 }
 
 /// Publishes everything received on `rx` until it closes; scores are
@@ -155,10 +180,10 @@ pub async fn run_publisher(
                     payload,
                 )
             }
-            Outgoing::Event(value) => (
+            Outgoing::Event(event) => (
                 events_topic.clone(),
                 qos(config.events_qos),
-                value.to_string(),
+                event.to_json().to_string(),
             ),
         };
         if let Err(e) = client.publish(topic, q, false, payload.into_bytes()).await {
@@ -190,5 +215,15 @@ mod tests {
         assert_eq!(v["channel"], "A-1");
         assert_eq!(v["start"], 5);
         assert_eq!(v["end"], 9);
+        assert!(v.get("members").is_none());
+        let fused = ModelEvent {
+            model: Arc::from("majority"),
+            channel: Arc::from("A-1"),
+            event: e,
+            members: Some(vec!["lstm".into(), "vae".into()]),
+        };
+        let v = fused.to_json();
+        assert_eq!(v["model"], "majority");
+        assert_eq!(v["members"], serde_json::json!(["lstm", "vae"]));
     }
 }

@@ -33,9 +33,9 @@ use crate::ingest::decode::{decode, DecodeLimits, RawSample, Reject, RejectReaso
 use crate::ingest::mqtt::{self, EventLoopTask, Inbound};
 use crate::ingest::serial::{SerialBatch, SerialSource};
 use crate::pipeline::{ChannelOutput, Pipeline};
-use crate::publish::{event_json, run_publisher, Outgoing};
+use crate::publish::{run_publisher, ModelEvent, Outgoing};
 use crate::repository::ModelRepository;
-use crate::score::{AnomalyEvent, Fuser, ScoredOutput, WindowOutcome};
+use crate::score::{Fuser, ScoredOutput, WindowOutcome};
 use crate::shutdown::Stop;
 use crate::status::board::MQTT_SOURCE;
 use crate::status::http::StatusServer;
@@ -749,40 +749,44 @@ async fn forward(
                     score,
                 }
             }
-            ScoredOutput::Event(event) => {
-                Outgoing::Event(announce(&s.model, &channel, &event, None, board))
-            }
+            ScoredOutput::Event(event) => Outgoing::Event(announce(
+                ModelEvent {
+                    model: Arc::clone(&s.model),
+                    channel: Arc::clone(&channel),
+                    event,
+                    members: None,
+                },
+                board,
+            )),
         };
         if out_tx.send(msg).await.is_err() {
             board.metrics.publish_errors.inc();
         }
         for (e, event) in fused.drain(..) {
             let ensemble = fuser.config(e);
-            let members = ensemble.members(&channel);
-            let value = announce(&ensemble.name, &channel, &event, Some(&members), board);
-            if out_tx.send(Outgoing::Event(value)).await.is_err() {
+            let event = ModelEvent {
+                model: Arc::from(ensemble.name.as_str()),
+                channel: Arc::clone(&channel),
+                event,
+                members: Some(ensemble.members(&channel)),
+            };
+            if out_tx
+                .send(Outgoing::Event(announce(event, board)))
+                .await
+                .is_err()
+            {
                 board.metrics.publish_errors.inc();
             }
         }
     }
 }
 
-/// Renders an event (an ensemble's with its `members`), logs it for the
-/// operator and records it on the board; returns the payload.
-fn announce(
-    model: &str,
-    channel: &str,
-    event: &AnomalyEvent,
-    members: Option<&[String]>,
-    board: &StatusBoard,
-) -> serde_json::Value {
-    let mut value = event_json(model, channel, event);
-    if let Some(members) = members {
-        value["members"] = members.into();
-    }
-    let kind = value["event"].as_str().unwrap_or("").to_string();
-    log::warn!(target: "gsinfer::events", "model {model} channel {channel}: {kind} at sample {} (max score {:.4}, threshold {:.4})",
-        event.end.unwrap_or(event.start), event.max_score, event.threshold);
-    board.record_event(model, &kind, value.clone());
-    value
+/// Logs an event (an ensemble's with its `members`) for the operator and
+/// records it on the board; returns it, to publish.
+fn announce(e: ModelEvent, board: &StatusBoard) -> ModelEvent {
+    let event = &e.event;
+    log::warn!(target: "gsinfer::events", "model {} channel {}: {} at sample {} (max score {:.4}, threshold {:.4})",
+        e.model, e.channel, event.event.as_str(), event.end.unwrap_or(event.start), event.max_score, event.threshold);
+    board.record_event(&e);
+    e
 }

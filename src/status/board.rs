@@ -15,6 +15,7 @@ use super::metrics::{ModelBucketLabels, ModelKindLabels, ModelSourceLabels};
 use super::rate::RateMeter;
 use super::stats::InferStats;
 use super::{Metrics, StatusConfig};
+use crate::publish::ModelEvent;
 use crate::score::Score;
 
 /// Lifecycle of one model's engine.
@@ -95,7 +96,7 @@ struct Inner {
     models: BTreeMap<String, ModelStatus>,
     sources: BTreeMap<String, SourceEntry>,
     channels: BTreeMap<(String, String), ChannelStatus>,
-    events: VecDeque<Value>,
+    events: VecDeque<ModelEvent>,
 }
 
 /// See the module docs. Shared as `Arc<StatusBoard>`.
@@ -359,18 +360,18 @@ impl StatusBoard {
         c.last = Some(score.clone());
     }
 
-    /// Records an anomaly event (its MQTT payload).
-    pub fn record_event(&self, model: &str, kind: &str, payload: Value) {
+    /// Records an anomaly event (`/api/status` shows it as its MQTT payload).
+    pub fn record_event(&self, event: &ModelEvent) {
         self.metrics
             .events
             .get_or_create(&ModelKindLabels {
-                model: model.into(),
-                kind: kind.into(),
+                model: event.model.to_string(),
+                kind: event.event.event.as_str().into(),
             })
             .inc();
         let keep = self.config.recent_events;
         let mut inner = self.lock();
-        inner.events.push_back(payload);
+        inner.events.push_back(event.clone());
         while inner.events.len() > keep {
             inner.events.pop_front();
         }
@@ -497,7 +498,7 @@ impl StatusBoard {
             "sources": sources,
             "models": models,
             "channels": channels,
-            "events": inner.events,
+            "events": inner.events.iter().map(ModelEvent::to_json).collect::<Vec<_>>(),
             "rejected": rejected,
             "process": process,
         })
