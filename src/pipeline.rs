@@ -7,6 +7,7 @@
 //! batching and timing did in between.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::PipelineConfig;
@@ -42,7 +43,7 @@ pub struct ChannelOutput {
 
 #[derive(Debug)]
 struct ChannelState {
-    name: String,
+    name: Arc<str>,
     windows: ChannelWindows,
     scorer: ChannelScorer,
     last_t_ns: Option<i64>,
@@ -89,8 +90,8 @@ impl Pipeline {
             .any(|f| rumqttc::matches(topic, f))
     }
 
-    /// The name of channel `id`.
-    pub fn channel_name(&self, id: u32) -> &str {
+    /// The name of channel `id` (shared, so outputs carry it without a copy).
+    pub fn channel_name(&self, id: u32) -> &Arc<str> {
         &self.channels[id as usize].name
     }
 
@@ -130,7 +131,7 @@ impl Pipeline {
         }
         let id = self.channels.len() as u32;
         self.channels.push(ChannelState {
-            name: name.to_string(),
+            name: Arc::from(name),
             windows: ChannelWindows::new(&self.config.window, self.config.features),
             scorer: ChannelScorer::new(&self.config.scoring, self.config.features),
             last_t_ns: None,

@@ -74,7 +74,7 @@ struct RejectLog {
 impl RejectLog {
     /// Counts `reject` by reason and logs it (rate-limited).
     fn reject(&mut self, board: &StatusBoard, topic: &str, reject: &Reject) {
-        board.metrics.reject(reject.reason.as_str());
+        board.metrics.reject(reject.reason.as_str(), 1);
         self.log(topic, reject);
     }
 
@@ -552,7 +552,7 @@ fn route_sample(
             return false;
         }
     };
-    board.record_sample(&s.model, at.channel);
+    board.record_samples(&s.model, at.channel, 1);
     let Some(item) = window else { return true };
     Metrics::add(&board.metrics.windows, &s.model, 1);
     let channel_id = item.channel;
@@ -566,7 +566,7 @@ fn route_sample(
             match old.work {
                 Work::Window(old) => s.pipeline.on_window(&old, WindowOutcome::Dropped, scored),
                 Work::Request(r) => r.fail(
-                    old.queued,
+                    old.queued.elapsed(),
                     format!("model {}'s batch queue overflowed; retry later", s.model),
                 ),
             }
@@ -736,7 +736,7 @@ async fn forward(
         let s = &mut served[ix];
         while s.channel_names.len() < s.pipeline.channel_count() {
             let name = s.pipeline.channel_name(s.channel_names.len() as u32);
-            s.channel_names.push(Arc::from(name));
+            s.channel_names.push(Arc::clone(name));
         }
         let channel = Arc::clone(&s.channel_names[o.channel as usize]);
         fuser.observe(&s.model, &channel, &o.output, &mut fused);

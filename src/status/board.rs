@@ -323,20 +323,20 @@ impl StatusBoard {
             .observe(micros as f64 / 1e6);
     }
 
-    /// Counts one accepted sample of `channel`.
-    pub fn record_sample(&self, model: &str, channel: &str) {
-        Metrics::add(&self.metrics.samples, model, 1);
+    /// Counts `n` accepted samples of `channel`.
+    pub fn record_samples(&self, model: &str, channel: &str, n: u64) {
+        Metrics::add(&self.metrics.samples, model, n);
         let mut inner = self.lock();
         match inner
             .channels
             .get_mut(&(model.to_string(), channel.to_string()))
         {
-            Some(c) => c.samples += 1,
+            Some(c) => c.samples += n,
             None => {
                 inner.channels.insert(
                     (model.into(), channel.into()),
                     ChannelStatus {
-                        samples: 1,
+                        samples: n,
                         ..Default::default()
                     },
                 );
