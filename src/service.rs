@@ -41,7 +41,7 @@ use crate::status::board::MQTT_SOURCE;
 use crate::status::http::StatusServer;
 use crate::status::kserve::{ServedModel, ServedModels};
 use crate::status::{Metrics, ModelState, StatusBoard};
-use crate::watchdog::{Notifier, Stage};
+use crate::watchdog::{queued, Notifier, Stage};
 
 /// Capacity of the engine → pipeline results channel, in batches.
 const RESULTS_CAPACITY: usize = 64;
@@ -327,7 +327,7 @@ pub async fn run(config: Config) -> Result<()> {
     let (out_tx, out_rx) = mpsc::channel::<Outgoing>(OUTGOING_CAPACITY);
     let publisher_stage = {
         let out = out_tx.downgrade();
-        Stage::with_backlog("publisher", move || queued(out.upgrade()))
+        Stage::with_backlog("publisher", move || queued(&out))
     };
     notifier.supervise(publisher_stage.clone());
     let mut publisher = tokio::spawn(run_publisher(
@@ -345,9 +345,7 @@ pub async fn run(config: Config) -> Result<()> {
     let pipeline_stage = {
         let serial = serial_tx.downgrade();
         Stage::with_backlog("pipeline", move || {
-            queued(inbound_weak.upgrade())
-                + queued(serial.upgrade())
-                + queued(results_weak.upgrade())
+            queued(&inbound_weak) + queued(&serial) + queued(&results_weak)
         })
     };
     notifier.supervise(pipeline_stage.clone());
@@ -356,7 +354,7 @@ pub async fn run(config: Config) -> Result<()> {
     let mut serial_open = !serial_tasks.is_empty();
 
     let stop = Stop::default();
-    tokio::spawn(signals(stop.clone()));
+    tokio::spawn(stop.clone().on_signals());
     let mut rejects = RejectLog::default();
     let mut outputs = Vec::new();
     let mut fuser = Fuser::new(&config.ensembles);
@@ -479,12 +477,6 @@ fn log_totals(board: &StatusBoard) {
     }
 }
 
-/// Messages queued in a channel, through a sender upgraded from a weak one
-/// (0 once every real sender is gone).
-fn queued<T>(tx: Option<mpsc::Sender<T>>) -> usize {
-    tx.map_or(0, |tx| tx.max_capacity() - tx.capacity())
-}
-
 /// Starts one task per `[[serial]]` link, registering its counters with the board.
 fn spawn_serial(
     config: &Config,
@@ -504,21 +496,6 @@ fn spawn_serial(
         tasks.push(tokio::spawn(source.run(stop.clone())));
     }
     tasks
-}
-
-async fn signals(stop: Stop) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    stop.trigger();
 }
 
 /// Where and when a sample arrived: what MQTT and serial samples share.
