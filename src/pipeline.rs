@@ -82,14 +82,6 @@ impl Pipeline {
         &self.config.model
     }
 
-    /// Whether `topic` matches one of the pipeline's topic filters.
-    pub fn matches_topic(&self, topic: &str) -> bool {
-        self.config
-            .topics
-            .iter()
-            .any(|f| rumqttc::matches(topic, f))
-    }
-
     /// The name of channel `id` (shared, so outputs carry it without a copy).
     pub fn channel_name(&self, id: u32) -> &Arc<str> {
         &self.channels[id as usize].name
