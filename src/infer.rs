@@ -66,13 +66,14 @@ pub struct RequestItem {
 }
 
 impl RequestItem {
-    /// Answers the item with an error (dropped from the queue, engine failure).
-    pub fn fail(self, queued: Instant, message: String) {
+    /// Answers the item with an error (dropped from the queue, engine
+    /// failure) after it `waited` in the queue.
+    pub fn fail(self, waited: Duration, message: String) {
         let _ = self.reply.send(ItemResult {
             row: self.row,
             outputs: Err(message),
             timing: Timing {
-                queue: queued.elapsed(),
+                queue: waited,
                 ..Timing::default()
             },
         });
@@ -273,7 +274,9 @@ impl EngineThread {
                             self.stats.record_failure(job.queued.elapsed());
                             windows.push((item, WindowOutcome::Dropped));
                         }
-                        Work::Request(r) => r.fail(job.queued, format!("inference failed: {e}")),
+                        Work::Request(r) => {
+                            r.fail(job.queued.elapsed(), format!("inference failed: {e}"))
+                        }
                     }
                 }
             }

@@ -7,6 +7,7 @@
 //! batching and timing did in between.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -48,7 +49,7 @@ pub struct ChannelOutput {
 /// anomaly). Saved and restored by [`crate::state`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChannelState {
-    name: String,
+    name: Arc<str>,
     windows: ChannelWindows,
     scorer: ChannelScorer,
     last_t_ns: Option<i64>,
@@ -104,16 +105,8 @@ impl Pipeline {
         &self.config.model
     }
 
-    /// Whether `topic` matches one of the pipeline's topic filters.
-    pub fn matches_topic(&self, topic: &str) -> bool {
-        self.config
-            .topics
-            .iter()
-            .any(|f| rumqttc::matches(topic, f))
-    }
-
-    /// The name of channel `id`.
-    pub fn channel_name(&self, id: u32) -> &str {
+    /// The name of channel `id` (shared, so outputs carry it without a copy).
+    pub fn channel_name(&self, id: u32) -> &Arc<str> {
         &self.channels[id as usize].name
     }
 
@@ -168,15 +161,15 @@ impl Pipeline {
             if self
                 .allowed
                 .as_ref()
-                .is_some_and(|a| !a.contains(&state.name))
+                .is_some_and(|a| !a.contains(&*state.name))
             {
                 continue;
             }
-            match self.ids.get(&state.name) {
+            match self.ids.get(&*state.name) {
                 Some(id) => self.channels[*id as usize] = state,
                 None => {
                     self.ids
-                        .insert(state.name.clone(), self.channels.len() as u32);
+                        .insert(state.name.to_string(), self.channels.len() as u32);
                     self.channels.push(state);
                 }
             }
@@ -216,7 +209,7 @@ impl Pipeline {
         }
         let id = self.channels.len() as u32;
         self.channels.push(ChannelState {
-            name: name.to_string(),
+            name: Arc::from(name),
             windows: ChannelWindows::new(&self.config.window, self.config.features),
             scorer: ChannelScorer::new(&self.config.scoring, self.config.features),
             last_t_ns: None,

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::ingest::mqtt::qos;
-use crate::score::{AnomalyEvent, EventKind, Score};
+use crate::score::{AnomalyEvent, Score};
 use crate::status::StatusBoard;
 use crate::watchdog::Stage;
 
@@ -101,12 +101,8 @@ pub fn event_id(model: &str, channel: &str, e: &AnomalyEvent) -> String {
 
 /// The JSON of one anomaly event (the events topic's payload, and `gsinfer eval --json`).
 pub fn event_json(model: &str, channel: &str, e: &AnomalyEvent) -> Value {
-    let kind = match e.event {
-        EventKind::AnomalyStart => "anomaly_start",
-        EventKind::AnomalyEnd => "anomaly_end",
-    };
     let mut v = json!({
-        "type": "event", "event": kind, "id": event_id(model, channel, e),
+        "type": "event", "event": e.event.as_str(), "id": event_id(model, channel, e),
         "model": model, "channel": channel,
         "start": e.start, "end": e.end, "start_t": e.start_t_ns, "end_t": e.end_t_ns,
         "max_score": e.max_score, "threshold": e.threshold,
@@ -117,8 +113,33 @@ pub fn event_json(model: &str, channel: &str, e: &AnomalyEvent) -> Value {
     v
 }
 
+/// An anomaly event as the events topic carries it: a model's on one
+/// channel, or an ensemble's with the members that voted in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelEvent {
+    /// The model, or the ensemble's name.
+    pub model: Arc<str>,
+    /// The channel.
+    pub channel: Arc<str>,
+    /// The event.
+    pub event: AnomalyEvent,
+    /// An ensemble's member models on the channel; `None` for a model's own event.
+    pub members: Option<Vec<String>>,
+}
+
+impl ModelEvent {
+    /// The payload: [`event_json`], with `members` for an ensemble's event.
+    pub fn to_json(&self) -> Value {
+        let mut value = event_json(&self.model, &self.channel, &self.event);
+        if let Some(members) = &self.members {
+            value["members"] = members.as_slice().into();
+        }
+        value
+    }
+}
+
 /// One message for the publisher task.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
     /// A channel's score.
     Score {
@@ -129,8 +150,8 @@ pub enum Outgoing {
         /// The score.
         score: Score,
     },
-    /// An anomaly event, already rendered.
-    Event(Value),
+    /// An anomaly event, rendered here, once, as it is published.
+    Event(ModelEvent),
 }
 
 /// Publishes everything received on `rx` until it closes; scores are
@@ -173,10 +194,10 @@ pub async fn run_publisher(
                     payload,
                 )
             }
-            Outgoing::Event(value) => (
+            Outgoing::Event(event) => (
                 events_topic.clone(),
                 qos(config.events_qos),
-                value.to_string(),
+                event.to_json().to_string(),
             ),
         };
         if let Err(e) = client.publish(topic, q, false, payload.into_bytes()).await {
@@ -189,6 +210,8 @@ pub async fn run_publisher(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::score::EventKind;
 
     #[test]
     fn event_json_carries_the_documented_keys() {
@@ -207,5 +230,15 @@ mod tests {
         assert_eq!(v["channel"], "A-1");
         assert_eq!(v["start"], 5);
         assert_eq!(v["end"], 9);
+        assert!(v.get("members").is_none());
+        let fused = ModelEvent {
+            model: Arc::from("majority"),
+            channel: Arc::from("A-1"),
+            event: e,
+            members: Some(vec!["lstm".into(), "vae".into()]),
+        };
+        let v = fused.to_json();
+        assert_eq!(v["model"], "majority");
+        assert_eq!(v["members"], serde_json::json!(["lstm", "vae"]));
     }
 }

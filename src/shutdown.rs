@@ -1,4 +1,5 @@
-//! A one-shot stop signal shared by the service's tasks and threads.
+//! A one-shot stop signal shared by the service's tasks and threads, and
+//! the task that gives it on SIGTERM or SIGINT.
 
 use tokio::sync::watch;
 
@@ -34,5 +35,21 @@ impl Stop {
     pub async fn wait(&self) {
         let mut rx = self.rx.clone();
         let _ = rx.wait_for(|v| *v).await;
+    }
+
+    /// Gives the signal on SIGTERM or SIGINT (run as a task).
+    pub async fn on_signals(self) {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        self.trigger();
     }
 }

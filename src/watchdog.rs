@@ -120,6 +120,14 @@ impl Stage {
     }
 }
 
+/// Messages queued in the bounded channel of `tx`, a sender kept weak so
+/// that the probe does not hold the channel open (0 once every real sender
+/// is gone): a [`Stage::with_backlog`] probe.
+pub fn queued<T>(tx: &tokio::sync::mpsc::WeakSender<T>) -> usize {
+    tx.upgrade()
+        .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+}
+
 /// Work in a stage's hands; finishing it (dropping the guard) is progress.
 #[derive(Debug)]
 #[must_use = "the work counts as finished when the guard drops"]

@@ -1,7 +1,8 @@
 //! Telemetry ingest: the stage that turns bytes from MQTT and serial
 //! links into timestamped samples, rejecting bad input by reason instead
-//! of failing.
+//! of failing. Every source hands the router the same [`SampleBatch`].
 
+pub mod batch;
 pub mod ccsds;
 pub mod decode;
 pub mod framing;
@@ -10,6 +11,7 @@ pub mod mqtt;
 pub mod serial;
 pub mod tls;
 
+pub use batch::{now_ns, Decoding, Origin, SampleBatch};
 pub use decode::{decode, DecodeLimits, Decoded, PayloadFormat, RawSample, Reject, RejectReason};
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +42,17 @@ fn default_max_samples() -> usize {
 }
 fn default_queue() -> usize {
     8192
+}
+
+impl IngestConfig {
+    /// The decode limits of a pipeline of `features` values per sample.
+    pub fn limits(&self, features: usize) -> DecodeLimits {
+        DecodeLimits {
+            max_payload_bytes: self.max_payload_bytes,
+            max_samples: self.max_samples_per_payload,
+            features,
+        }
+    }
 }
 
 impl Default for IngestConfig {

@@ -1,16 +1,19 @@
-//! The MQTT side: connection options, and the one task that polls the
-//! rumqttc event loop forever.
+//! The MQTT side: connection options, which pipelines a topic is for
+//! ([`TopicRoutes`]), and the one task that polls the rumqttc event loop
+//! forever.
 //!
 //! The event loop must be polled continuously (rumqttc misses keep-alives
-//! otherwise), so this task never waits on anything downstream: incoming
-//! telemetry is handed over with `try_send` and counted when the ingest
-//! queue is full; subscriptions and the retained status are requested with
+//! otherwise), so this task never waits on anything downstream: when the
+//! ingest queue has room, a message is decoded (once per distinct format
+//! and limits among the pipelines its topic matches) and handed over as a
+//! [`SampleBatch`]; when the queue is full, it is dropped undecoded and
+//! counted. Subscriptions and the retained status are requested with
 //! `try_*` calls. After a lost connection it sleeps a capped, jittered,
 //! exponential backoff and polls again, which reconnects.
 //!
 //! Acknowledgements are manual (MQTT 3.1.1 §4.3.2): a QoS 1 message is
-//! acknowledged only once the pipeline has taken its samples (see
-//! [`Inbound::ack`]), so a message still queued inside gsinfer when the
+//! acknowledged only once the router has taken its samples (see
+//! [`SampleBatch::ack`]), so a message still queued inside gsinfer when the
 //! process stops is redelivered by the broker to the next run of the same
 //! persistent session instead of being lost. A message dropped because the
 //! ingest queue is full is acknowledged at once (and counted): holding it
@@ -27,6 +30,8 @@ use rumqttc::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::batch::{now_ns, Decoding, Origin, SampleBatch};
+use super::decode::{decode, DecodeLimits, PayloadFormat};
 use super::tls::{self, TlsConfig, TlsError};
 use crate::secrets::{read_secret_line, Secret, SecretFileError};
 use crate::shutdown::Stop;
@@ -189,6 +194,83 @@ pub fn offline_payload() -> Vec<u8> {
         .into_bytes()
 }
 
+/// The channel a telemetry topic carries: its last level
+/// (`telemetry/SMAP/A-1` → `A-1`).
+pub fn channel_of(topic: &str) -> &str {
+    topic.rsplit('/').next().unwrap_or("")
+}
+
+/// One pipeline as the MQTT side sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicRoute {
+    /// Its topic filters (`[[pipeline]] topics`).
+    pub filters: Vec<String>,
+    /// Its payload format.
+    pub format: PayloadFormat,
+    /// Its decode limits.
+    pub limits: DecodeLimits,
+}
+
+impl TopicRoute {
+    /// Whether `topic` matches one of the filters.
+    pub fn matches(&self, topic: &str) -> bool {
+        self.filters.iter().any(|f| rumqttc::matches(topic, f))
+    }
+}
+
+/// Which pipelines a message is for and how to decode it for them: every
+/// pipeline's [`TopicRoute`], in config order. No I/O and no clock.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TopicRoutes {
+    routes: Vec<TopicRoute>,
+}
+
+impl TopicRoutes {
+    /// Routes for the pipelines `routes`, in config order (a pipeline's
+    /// index is its place here).
+    pub fn new(routes: Vec<TopicRoute>) -> Self {
+        Self { routes }
+    }
+
+    /// Decodes `msg`, received at `received_ns` (ns since the Unix epoch),
+    /// once per distinct (format, limits) among the pipelines whose filters
+    /// match its topic; samples are tagged with the topic's channel
+    /// ([`channel_of`]). A topic no filter matches gives a batch with no
+    /// decoding, which the router rejects as `unknown_channel`.
+    pub fn batch(&self, msg: Inbound, received_ns: i64) -> SampleBatch {
+        let channel: Arc<str> = Arc::from(channel_of(&msg.topic));
+        let mut decoded: Vec<((PayloadFormat, DecodeLimits), Decoding)> = Vec::new();
+        for (ix, route) in self.routes.iter().enumerate() {
+            if !route.matches(&msg.topic) {
+                continue;
+            }
+            let key = (route.format, route.limits);
+            if let Some((_, d)) = decoded.iter_mut().find(|(k, _)| *k == key) {
+                d.pipelines.push(ix);
+                continue;
+            }
+            let out = decode(route.format, &msg.payload, &route.limits);
+            let samples = out.samples.into_iter();
+            let d = Decoding {
+                pipelines: vec![ix],
+                samples: samples.map(|s| (Arc::clone(&channel), s)).collect(),
+                rejects: out.rejects,
+            };
+            decoded.push((key, d));
+        }
+        SampleBatch {
+            origin: Origin::Mqtt {
+                topic: Arc::from(msg.topic),
+            },
+            received: msg.received,
+            received_ns,
+            bytes: msg.payload.len(),
+            decoded: decoded.into_iter().map(|(_, d)| d).collect(),
+            ack: msg.ack,
+        }
+    }
+}
+
 /// One MQTT message as received.
 #[derive(Debug, Clone)]
 pub struct Inbound {
@@ -221,11 +303,10 @@ impl Inbound {
     }
 }
 
-/// Acknowledges `msg` to the broker (nothing for QoS 0), waiting for room in
-/// the client's request queue when it is full. Call once the message's
-/// samples are in the pipeline.
-pub async fn acknowledge(client: &AsyncClient, msg: &Inbound) {
-    let Some(header) = &msg.ack else { return };
+/// Acknowledges the message of packet `header` ([`SampleBatch::ack`]) to
+/// the broker, waiting for room in the client's request queue when it is
+/// full. Call once the message's samples are in the pipelines.
+pub async fn acknowledge(client: &AsyncClient, header: &rumqttc::Publish) {
     if client.try_ack(header).is_err() {
         // Full (the event loop is reconnecting) or closed (shutting down):
         // an acknowledgement lost here only means the broker redelivers.
@@ -256,8 +337,10 @@ pub struct EventLoopTask {
     pub client: AsyncClient,
     /// Topic filters to subscribe on every new session.
     pub subscriptions: Vec<(String, QoS)>,
-    /// Where telemetry goes.
-    pub inbound: mpsc::Sender<Inbound>,
+    /// Which pipelines a message is for, and how to decode it.
+    pub topics: TopicRoutes,
+    /// Where telemetry goes, decoded.
+    pub inbound: mpsc::Sender<SampleBatch>,
     /// Retained status topic and its `online` payload.
     pub status: Option<(String, Vec<u8>)>,
     /// Reconnect backoff bounds.
@@ -305,9 +388,9 @@ impl EventLoopTask {
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let msg = Inbound::from_publish(p, Instant::now());
-                    match self.inbound.try_send(msg) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(msg)) => {
+                    match self.inbound.try_reserve() {
+                        Ok(room) => room.send(self.topics.batch(msg, now_ns())),
+                        Err(mpsc::error::TrySendError::Full(())) => {
                             self.board.metrics.ingest_overflow.inc();
                             // Dropped by the overload policy: acknowledge now so the
                             // broker's in-flight window for this client stays open.
@@ -317,7 +400,7 @@ impl EventLoopTask {
                         }
                         // Shutting down: left unacknowledged, the broker keeps it
                         // for the next run of this persistent session.
-                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                        Err(mpsc::error::TrySendError::Closed(())) => {}
                     }
                 }
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
@@ -359,5 +442,72 @@ impl EventLoopTask {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::RejectReason;
+
+    fn route(filter: &str, format: PayloadFormat, features: usize) -> TopicRoute {
+        TopicRoute {
+            filters: vec![filter.into()],
+            format,
+            limits: DecodeLimits::new(features),
+        }
+    }
+
+    fn message(topic: &str, payload: &str, qos: QoS) -> Inbound {
+        let mut p = rumqttc::Publish::new(topic, qos, payload.as_bytes().to_vec());
+        p.pkid = 7;
+        Inbound::from_publish(p, Instant::now())
+    }
+
+    #[test]
+    fn pipelines_sharing_a_format_share_one_decoding() {
+        let routes = TopicRoutes::new(vec![
+            route("telemetry/+", PayloadFormat::Json, 2),
+            route("other/#", PayloadFormat::Json, 2),
+            route("telemetry/A-1", PayloadFormat::Json, 2),
+        ]);
+        let msg = message("telemetry/A-1", r#"{"v": [1, 2]}"#, QoS::AtLeastOnce);
+        let batch = routes.batch(msg, 5);
+        assert_eq!(batch.decoded.len(), 1);
+        assert_eq!(batch.decoded[0].pipelines, vec![0, 2]);
+        let (channel, sample) = &batch.decoded[0].samples[0];
+        assert_eq!((&**channel, sample.t_ns), ("A-1", None));
+        assert_eq!(batch.received_ns, 5);
+        assert_eq!(batch.origin.to_string(), "telemetry/A-1");
+        assert_eq!(batch.ack.as_ref().map(|a| a.pkid), Some(7));
+    }
+
+    #[test]
+    fn other_formats_or_limits_decode_again() {
+        let routes = TopicRoutes::new(vec![
+            route("t/+", PayloadFormat::Json, 2),
+            route("t/+", PayloadFormat::Json, 3),
+            route("t/+", PayloadFormat::Csv, 2),
+            route("t/+", PayloadFormat::Json, 2),
+        ]);
+        let batch = routes.batch(message("t/c", r#"{"v": [1, 2]}"#, QoS::AtMostOnce), 0);
+        let pipelines: Vec<_> = batch.decoded.iter().map(|d| d.pipelines.clone()).collect();
+        assert_eq!(pipelines, vec![vec![0, 3], vec![1], vec![2]]);
+        // Each decoding rejects by its own rules.
+        assert_eq!(batch.decoded[0].samples.len(), 1);
+        assert_eq!(
+            batch.decoded[1].rejects[0].reason,
+            RejectReason::WrongLength
+        );
+        assert_eq!(batch.decoded[2].rejects[0].reason, RejectReason::Malformed);
+        assert!(batch.ack.is_none());
+    }
+
+    #[test]
+    fn a_topic_no_filter_matches_is_for_no_pipeline() {
+        let routes = TopicRoutes::new(vec![route("telemetry/+", PayloadFormat::Json, 1)]);
+        let batch = routes.batch(message("elsewhere/A-1", "{}", QoS::AtLeastOnce), 0);
+        assert!(batch.decoded.is_empty());
+        assert_eq!(batch.bytes, 2);
     }
 }

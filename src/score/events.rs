@@ -12,6 +12,17 @@ pub enum EventKind {
     AnomalyEnd,
 }
 
+impl EventKind {
+    /// The stable name in payloads, logs and the `kind` metric label:
+    /// `anomaly_start` or `anomaly_end`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::AnomalyStart => "anomaly_start",
+            EventKind::AnomalyEnd => "anomaly_end",
+        }
+    }
+}
+
 /// One anomaly event of a channel; `start`/`end` are sample indices of the
 /// channel's stream (inclusive), `*_t_ns` their time stamps (ns since epoch).
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -15,6 +15,7 @@ use super::metrics::{ModelBucketLabels, ModelKindLabels, ModelLabel, ModelSource
 use super::rate::RateMeter;
 use super::stats::InferStats;
 use super::{Metrics, StatusConfig};
+use crate::publish::ModelEvent;
 use crate::score::Score;
 
 /// Lifecycle of one model's engine.
@@ -99,7 +100,7 @@ struct Inner {
     models: BTreeMap<String, ModelStatus>,
     sources: BTreeMap<String, SourceEntry>,
     channels: BTreeMap<(String, String), ChannelStatus>,
-    events: VecDeque<Value>,
+    events: VecDeque<ModelEvent>,
 }
 
 /// See the module docs. Shared as `Arc<StatusBoard>`.
@@ -388,20 +389,20 @@ impl StatusBoard {
             .observe(micros as f64 / 1e6);
     }
 
-    /// Counts one accepted sample of `channel`.
-    pub fn record_sample(&self, model: &str, channel: &str) {
-        Metrics::add(&self.metrics.samples, model, 1);
+    /// Counts `n` accepted samples of `channel`.
+    pub fn record_samples(&self, model: &str, channel: &str, n: u64) {
+        Metrics::add(&self.metrics.samples, model, n);
         let mut inner = self.lock();
         match inner
             .channels
             .get_mut(&(model.to_string(), channel.to_string()))
         {
-            Some(c) => c.samples += 1,
+            Some(c) => c.samples += n,
             None => {
                 inner.channels.insert(
                     (model.into(), channel.into()),
                     ChannelStatus {
-                        samples: 1,
+                        samples: n,
                         ..Default::default()
                     },
                 );
@@ -425,18 +426,18 @@ impl StatusBoard {
         c.last = Some(score.clone());
     }
 
-    /// Records an anomaly event (its MQTT payload).
-    pub fn record_event(&self, model: &str, kind: &str, payload: Value) {
+    /// Records an anomaly event (`/api/status` shows it as its MQTT payload).
+    pub fn record_event(&self, event: &ModelEvent) {
         self.metrics
             .events
             .get_or_create(&ModelKindLabels {
-                model: model.into(),
-                kind: kind.into(),
+                model: event.model.to_string(),
+                kind: event.event.event.as_str().into(),
             })
             .inc();
         let keep = self.config.recent_events;
         let mut inner = self.lock();
-        inner.events.push_back(payload);
+        inner.events.push_back(event.clone());
         while inner.events.len() > keep {
             inner.events.pop_front();
         }
@@ -564,7 +565,7 @@ impl StatusBoard {
             "sources": sources,
             "models": models,
             "channels": channels,
-            "events": inner.events,
+            "events": inner.events.iter().map(ModelEvent::to_json).collect::<Vec<_>>(),
             "rejected": rejected,
             "process": process,
         })

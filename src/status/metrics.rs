@@ -386,13 +386,13 @@ impl Metrics {
         }
     }
 
-    /// Counts one rejected input of `reason` (e.g. `"malformed"`).
-    pub fn reject(&self, reason: &str) {
+    /// Counts `n` rejected inputs of `reason` (e.g. `"malformed"`).
+    pub fn reject(&self, reason: &str, n: u64) {
         self.rejected
             .get_or_create(&ReasonLabel {
                 reason: reason.into(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// Rejected inputs of `reason` so far.
@@ -575,8 +575,8 @@ mod tests {
     #[test]
     fn rejected_inputs_are_labelled_by_reason_in_both_formats() {
         let m = Metrics::new();
-        m.reject("malformed");
-        m.reject("malformed");
+        m.reject("malformed", 1);
+        m.reject("malformed", 1);
         let (ct, text) = m.render("*/*");
         assert_eq!(ct, TEXT_CONTENT_TYPE);
         assert!(

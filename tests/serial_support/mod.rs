@@ -183,8 +183,10 @@ impl Link {
         let (s, r) = (Arc::clone(&samples), Arc::clone(&rejects));
         rt.spawn(async move {
             while let Some(batch) = rx.recv().await {
-                s.lock().unwrap().extend(batch.samples);
-                r.lock().unwrap().extend(batch.rejects);
+                for decoded in batch.decoded {
+                    s.lock().unwrap().extend(decoded.samples);
+                    r.lock().unwrap().extend(decoded.rejects);
+                }
             }
         });
         Link {

@@ -16,5 +16,5 @@ pub mod stats;
 
 pub use config::{validate, FlowControl, Parity, SerialConfig, SerialPayload};
 pub use decoder::{DecodedBatch, SerialDecoder};
-pub use source::{open, SerialBatch, SerialError, SerialSource};
+pub use source::{open, SerialError, SerialSource};
 pub use stats::SerialStats;

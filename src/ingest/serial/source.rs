@@ -1,5 +1,6 @@
 //! The task that owns one serial device: open it, read it, decode what
-//! arrives, hand the samples to the pipeline task; when the device goes
+//! arrives, hand the samples to the pipeline task as a [`SampleBatch`]
+//! bound for the link's pipeline; when the device goes
 //! away (unplugged, the pty closed), reopen it with a capped, jittered
 //! exponential backoff until it is back or the service stops.
 //!
@@ -20,26 +21,12 @@ use tokio_serial::SerialPortBuilderExt;
 use super::config::{FlowControl, Parity, SerialConfig};
 use super::decoder::{DecodedBatch, SerialDecoder};
 use super::stats::SerialStats;
-use crate::ingest::decode::{DecodeLimits, RawSample, Reject};
+use crate::ingest::batch::{now_ns, Decoding, Origin, SampleBatch};
+use crate::ingest::decode::DecodeLimits;
 use crate::shutdown::Stop;
 
 /// Bytes asked for per read.
 const READ_CHUNK: usize = 16 * 1024;
-
-/// What a serial link hands to the pipeline task after a read.
-#[derive(Debug)]
-pub struct SerialBatch {
-    /// Index of the pipeline fed.
-    pub pipeline: usize,
-    /// The link's name, for logs.
-    pub source: Arc<str>,
-    /// Samples with their channel, in link order.
-    pub samples: Vec<(Arc<str>, RawSample)>,
-    /// Frames and packets that yielded no sample.
-    pub rejects: Vec<Reject>,
-    /// When the bytes were read.
-    pub received: Instant,
-}
 
 /// Errors opening a serial device.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +87,7 @@ pub struct SerialSource {
     pipeline: usize,
     name: Arc<str>,
     decoder: SerialDecoder,
-    tx: mpsc::Sender<SerialBatch>,
+    tx: mpsc::Sender<SampleBatch>,
 }
 
 /// How a session with an open device ended.
@@ -116,7 +103,7 @@ impl SerialSource {
         config: &SerialConfig,
         pipeline: usize,
         limits: DecodeLimits,
-        tx: mpsc::Sender<SerialBatch>,
+        tx: mpsc::Sender<SampleBatch>,
     ) -> (SerialSource, Arc<SerialStats>) {
         let stats = Arc::new(SerialStats::new(config));
         let source = SerialSource {
@@ -185,19 +172,25 @@ impl SerialSource {
                 },
                 _ = stop.wait() => return Ended::Stopped,
             };
-            let received = Instant::now();
+            let (received, received_ns) = (Instant::now(), now_ns());
             let mut out = DecodedBatch::default();
-            self.decoder
-                .push(&buf[..n], crate::service::now_ns(), &mut out);
+            self.decoder.push(&buf[..n], received_ns, &mut out);
             if out.is_empty() {
                 continue;
             }
-            let batch = SerialBatch {
-                pipeline: self.pipeline,
-                source: Arc::clone(&self.name),
-                samples: out.samples,
-                rejects: out.rejects,
+            let batch = SampleBatch {
+                origin: Origin::Serial {
+                    link: Arc::clone(&self.name),
+                },
                 received,
+                received_ns,
+                bytes: n,
+                decoded: vec![Decoding {
+                    pipelines: vec![self.pipeline],
+                    samples: out.samples,
+                    rejects: out.rejects,
+                }],
+                ack: None,
             };
             tokio::select! {
                 r = self.tx.send(batch) => if r.is_err() { return Ended::Stopped },

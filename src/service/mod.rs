@@ -1,0 +1,196 @@
+//! `gsinfer run`: builds the stages, spawns them, and drains them in order
+//! at stop (docs/architecture.md walks through it).
+//!
+//! ```text
+//! MQTT event loop task: decode ──SampleBatch (bounded, drop+count when full)──┐
+//! serial link tasks: deframe, decode ──SampleBatch (bounded, the link waits)──┴▶ pipeline task
+//! pipeline task: Router ──windows──▶ BatchHandle (bounded, replace oldest of channel) ──▶ engine threads
+//! HTTP workers ──KServe request items (all or none, 503 when full)──▶ the same BatchHandle
+//! engine threads ──BatchResult (bounded, blocking)──▶ pipeline task: Router ──Outgoing (bounded, waits)──▶ publisher task
+//! engine threads ──item results (one per item)──▶ the waiting HTTP worker
+//! ```
+//! The pipeline task owns the [`router::Router`], which owns the pipelines'
+//! state; it acknowledges each QoS 1/2 message to the broker once the router
+//! has taken its samples (manual acknowledgements, see
+//! [`crate::ingest::mqtt`]).
+//!
+//! Shutdown (SIGTERM or SIGINT): stop taking telemetry (messages still in the
+//! ingest queue stay unacknowledged, so the broker redelivers them to the
+//! next run of the persistent session), close the batch queues so the
+//! engines drain what is queued, score and publish it, set the retained
+//! status to offline, disconnect.
+
+mod account;
+mod models;
+pub mod router;
+mod sources;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::infer::BatchResult;
+use crate::ingest::{mqtt, SampleBatch};
+use crate::pipeline::Pipeline;
+use crate::publish::{run_publisher, Outgoing};
+use crate::repository::ModelRepository;
+use crate::shutdown::Stop;
+use crate::status::board::MQTT_SOURCE;
+use crate::status::http::StatusServer;
+use crate::status::kserve::ServedModels;
+use crate::status::StatusBoard;
+use crate::watchdog::{queued, Notifier, Stage};
+use account::deliver;
+use router::Router;
+use sources::Sources;
+
+/// Capacity of the engine → pipeline results channel, in batches.
+const RESULTS_CAPACITY: usize = 64;
+/// Capacity of the pipeline → publisher channel, in messages.
+const OUTGOING_CAPACITY: usize = 16_384;
+/// Capacity of the serial links → pipeline channel, in read batches.
+const SERIAL_CAPACITY: usize = 1024;
+/// Longest a graceful shutdown spends scoring queued windows and handing
+/// their results to the broker.
+const DRAIN_BUDGET: Duration = Duration::from_secs(15);
+/// Longest a graceful shutdown then waits for the broker to take the last
+/// messages (the offline status). With [`DRAIN_BUDGET`], under systemd's
+/// `TimeoutStopSec=30s`.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the service until SIGTERM or SIGINT.
+///
+/// # Errors
+/// Start-up failures (status address, repository, models, broker options)
+/// with context; once running, faults are logged and counted, not returned.
+pub async fn run(config: Config) -> Result<()> {
+    let board = StatusBoard::new(config.status.clone());
+    let broker = format!("{}:{}", config.broker.host, config.broker.port);
+    let budgets = config.pipelines.iter().map(|p| p.batch.latency_budget_us);
+    let max_budget = Duration::from_micros(budgets.max().unwrap_or(0));
+    let notifier = Notifier::start(Arc::clone(&board), broker.clone(), max_budget);
+    let repo = ModelRepository::open(&config.repository.path).context("model repository")?;
+    let kserve = Arc::new(ServedModels::new(Some(repo.clone())));
+    let http = StatusServer::start(&config.status, Arc::clone(&board), Arc::clone(&kserve))?;
+    log::info!(target: "gsinfer", "status on http://{}/", config.status.listen);
+    board.register_source(MQTT_SOURCE, "mqtt", &broker);
+
+    // The pipeline task's queues (docs/architecture.md lists every queue).
+    let (mqtt_tx, mut mqtt_rx) = mpsc::channel::<SampleBatch>(config.ingest.queue_capacity);
+    let (serial_tx, mut serial_rx) = mpsc::channel::<SampleBatch>(SERIAL_CAPACITY);
+    let (results_tx, mut results_rx) = mpsc::channel::<BatchResult>(RESULTS_CAPACITY);
+    let (out_tx, out_rx) = mpsc::channel::<Outgoing>(OUTGOING_CAPACITY);
+    let pipeline_stage = {
+        let (m, s, r) = (
+            mqtt_tx.downgrade(),
+            serial_tx.downgrade(),
+            results_tx.downgrade(),
+        );
+        Stage::with_backlog("pipeline", move || queued(&m) + queued(&s) + queued(&r))
+    };
+    notifier.supervise(pipeline_stage.clone());
+
+    let engines = models::load(&config, &repo, &board, &kserve, &notifier, &results_tx)?;
+    drop(results_tx);
+    let pipelines = config.pipelines.iter().map(Pipeline::new);
+    let lanes = pipelines.zip(engines.queues.iter().cloned()).collect();
+    let mut router = Router::new(lanes, &config.ensembles);
+
+    let mut sources = Sources::start(&config, &board, mqtt_tx, serial_tx)?;
+    let publisher_stage = {
+        let out = out_tx.downgrade();
+        Stage::with_backlog("publisher", move || queued(&out))
+    };
+    notifier.supervise(publisher_stage.clone());
+    let mut publisher = tokio::spawn(run_publisher(
+        sources.client.clone(),
+        out_rx,
+        config.publish.clone(),
+        Arc::clone(&board),
+        publisher_stage,
+    ));
+
+    let stop = Stop::default();
+    tokio::spawn(stop.clone().on_signals());
+    let mut serial_open = true;
+    loop {
+        tokio::select! {
+            batch = mqtt_rx.recv(), if !stop.is_triggered() => {
+                let Some(mut batch) = batch else { break };
+                let _busy = pipeline_stage.begin();
+                let ack = batch.ack.take();
+                deliver(router.on_batch(batch, Instant::now()), &board, &out_tx).await;
+                if let Some(header) = ack {
+                    // Taken: only now may the broker forget it (see ingest::mqtt).
+                    mqtt::acknowledge(&sources.client, &header).await;
+                }
+            }
+            batch = serial_rx.recv(), if serial_open && !stop.is_triggered() => match batch {
+                Some(batch) => {
+                    let _busy = pipeline_stage.begin();
+                    deliver(router.on_batch(batch, Instant::now()), &board, &out_tx).await;
+                }
+                None => serial_open = false, // no serial links
+            },
+            result = results_rx.recv() => {
+                let Some(result) = result else { break };
+                let _busy = pipeline_stage.begin();
+                deliver(router.on_results(result, Instant::now()), &board, &out_tx).await;
+            }
+            // Periodic work on the pipelines' state (a snapshot every few
+            // minutes, say) goes here, as one more arm on a
+            // `tokio::time::interval`, through `router.pipelines()`.
+            _ = stop.wait(), if !stop.is_triggered() => {}
+        }
+        if stop.is_triggered() {
+            break;
+        }
+    }
+
+    // Graceful drain: engines finish what is queued; results are scored and published.
+    log::info!(target: "gsinfer", "stopping: draining queued windows");
+    notifier.stop();
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping: draining queued windows"),
+    ]);
+    mqtt_rx.close();
+    serial_rx.close();
+    sources.stop_serial().await;
+    engines.close();
+    // Bounded: with the broker gone the publisher cannot empty its queue,
+    // and systemd's TimeoutStopSec (30 s) would end the drain by SIGKILL.
+    let deadline = tokio::time::Instant::now() + DRAIN_BUDGET;
+    let scored = tokio::time::timeout_at(deadline, async {
+        while let Some(result) = results_rx.recv().await {
+            deliver(router.on_results(result, Instant::now()), &board, &out_tx).await;
+        }
+    })
+    .await;
+    if scored.is_err() {
+        let left = engines.depth();
+        log::warn!(target: "gsinfer", "drain: not every queued window was scored within {DRAIN_BUDGET:?}; {left} windows left in the batch queues are dropped");
+    }
+    // Engine threads finish their current batch; with the results channel
+    // closed they stop instead of waiting for room.
+    drop(results_rx);
+    engines.join();
+    // Every window that will be scored is: the pipelines' state is final
+    // here, the place to save it on stop.
+    drop(out_tx);
+    if tokio::time::timeout_at(deadline, &mut publisher)
+        .await
+        .is_err()
+    {
+        log::warn!(target: "gsinfer", "drain: the broker did not take every result within {DRAIN_BUDGET:?}; the rest are dropped");
+        publisher.abort();
+    }
+    sources.disconnect(&board, DRAIN_TIMEOUT).await;
+    http.stop();
+    models::log_totals(&board);
+    log::info!(target: "gsinfer", "stopped");
+    Ok(())
+}
