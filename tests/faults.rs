@@ -79,7 +79,7 @@ fn status(port: u16) -> Value {
 }
 
 /// A publisher with a persistent session that keeps going through broker
-/// restarts: QoS 1, one sample every `pace`, one sample in flight at a time.
+/// restarts: QoS 1, sample `i` as `payload(i)`, one every `pace`, one sample in flight at a time.
 /// rumqttc republishes an unacknowledged sample itself when the broker kept
 /// the session; when the broker lost it (a SIGKILL before its autosave),
 /// rumqttc discards what it held, so the feed publishes that sample again.
@@ -90,7 +90,7 @@ struct Feed {
 }
 
 impl Feed {
-    fn start(port: u16, samples: usize, pace: Duration) -> Feed {
+    fn start(port: u16, samples: usize, pace: Duration, payload: fn(usize) -> Vec<u8>) -> Feed {
         let mut options = MqttOptions::new(
             format!("faults-feed-{}", std::process::id()),
             "127.0.0.1",
@@ -112,7 +112,7 @@ impl Feed {
                         let (acks, losses) =
                             (acked.load(Ordering::SeqCst), lost.load(Ordering::SeqCst));
                         client
-                            .publish(topic(), QoS::AtLeastOnce, false, sample(i))
+                            .publish(topic(), QoS::AtLeastOnce, false, payload(i))
                             .expect("queue a publish");
                         while acked.load(Ordering::SeqCst) == acks {
                             if done.load(Ordering::Relaxed) {
@@ -212,7 +212,7 @@ fn stream_through_restarts(
         &["gsinfer/smap_lstm/+/score"],
         &format!("faults-scores-{name}-{}", std::process::id()),
     );
-    let feed = Feed::start(broker.port, samples, Duration::from_millis(3));
+    let feed = Feed::start(broker.port, samples, Duration::from_millis(3), sample);
     // Restart while the feed runs, each time once results have flowed since
     // the last one (or, before the first window, once samples have).
     for r in 0..restarts {
@@ -340,8 +340,10 @@ fn sigterm_drains_queued_windows_and_leaves_the_status_offline() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     // A long latency budget keeps windows queued until SIGTERM drains them.
+    // No channel state: its saves would dispatch the queued windows early.
     let cfg = config(dir.path(), broker.port, port, "drain", |t| {
         t.replace("latency_budget_us = 20000", "latency_budget_us = 5000000")
+            .replace("[publish]", "[state]\nenabled = false\n\n[publish]")
     });
     let mut service = Service::run(&cfg, dir.path());
     assert!(
@@ -515,6 +517,7 @@ fn with_every_model_broken_the_service_exits_with_one_line() {
     let out = Command::new(bin())
         .args(["run", "--config"])
         .arg(&cfg)
+        .env("STATE_DIRECTORY", cfg.parent().unwrap())
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -523,5 +526,341 @@ fn with_every_model_broken_the_service_exits_with_one_line() {
     assert!(
         last.contains("no model could be loaded"),
         "last line: {last}\n{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// gsinfer itself restarted: channel state survives (src/state.rs).
+
+/// Sample `i` of the restart tests: [`sample`], with a spike on the first
+/// feature over `SPIKE`, so an anomaly is open across the restart.
+fn spiked(i: usize) -> Vec<u8> {
+    if !SPIKE.contains(&i) {
+        return sample(i);
+    }
+    let mut v = vec![0.0f32; FEATURES];
+    v[0] = 4.0;
+    let t = gsinfer::eval::DEFAULT_START_NS + i as i64 * gsinfer::eval::DEFAULT_STEP_NS;
+    serde_json::json!({ "t": t, "seq": i, "v": v })
+        .to_string()
+        .into_bytes()
+}
+
+/// Samples of the restart tests before the first stop.
+const FIRST: usize = WINDOW + 350;
+/// The spike: opens an anomaly before the first stop that ends after it.
+const SPIKE: std::ops::Range<usize> = FIRST - 40..FIRST + 10;
+
+/// `<dir>/data/test/F-9.npy` holding what [`spiked`] publishes for samples
+/// `0..n`, for `gsinfer eval`; returns the data folder.
+fn write_data(dir: &Path, n: usize) -> PathBuf {
+    use npyz::WriterBuilder;
+    let data = dir.join("data");
+    std::fs::create_dir_all(data.join("test")).unwrap();
+    let mut values = Vec::with_capacity(n * FEATURES);
+    for i in 0..n {
+        let v: Value = serde_json::from_slice(&spiked(i)).unwrap();
+        values.extend(
+            v["v"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32),
+        );
+    }
+    let mut file = std::fs::File::create(data.join("test").join(format!("{CHANNEL}.npy"))).unwrap();
+    let mut w = npyz::WriteOptions::<f32>::new()
+        .default_dtype()
+        .shape(&[n as u64, FEATURES as u64])
+        .writer(&mut file)
+        .begin_nd()
+        .unwrap();
+    w.extend(values).unwrap();
+    w.finish().unwrap();
+    data
+}
+
+/// What `gsinfer eval` computes offline for samples `0..n`: the scores by
+/// sample index, and the events, as the service publishes them.
+fn reference(cfg: &Path, dir: &Path, n: usize) -> (BTreeMap<u64, Value>, Vec<Value>) {
+    let data = write_data(dir, n);
+    let lines = common::gsinfer::eval_json(&["--channel", CHANNEL], cfg, &data);
+    let scores = lines
+        .iter()
+        .filter(|l| l["type"] == "score")
+        .map(|l| (l["index"].as_u64().unwrap(), l.clone()))
+        .collect();
+    let events = lines.into_iter().filter(|l| l["type"] == "event").collect();
+    (scores, events)
+}
+
+/// Sends SIGTERM to the service and waits for it to exit; its exit status.
+fn terminate(service: &mut Service) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(service.child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + GUARD;
+    loop {
+        if let Some(code) = service.child.try_wait().unwrap() {
+            return code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gsinfer did not exit after SIGTERM"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn publish_samples(port: u16, range: std::ops::Range<usize>) {
+    let messages: Vec<(String, Vec<u8>)> = range.map(|i| (topic(), spiked(i))).collect();
+    let refs: Vec<(&str, &[u8])> = messages
+        .iter()
+        .map(|(t, p)| (t.as_str(), p.as_slice()))
+        .collect();
+    publish_all(port, &refs);
+}
+
+fn ready(port: u16, service: &Service) {
+    assert!(
+        wait_until(|| http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)),
+        "gsinfer never became ready:\n{}",
+        service.log()
+    );
+}
+
+/// Every score of samples `WINDOW..n` received exactly as `gsinfer eval`
+/// computes it, none missing; the events equal eval's too.
+fn assert_as_offline(sub: &Subscriber, events: &Subscriber, cfg: &Path, dir: &Path, n: usize) {
+    let by = scores_by_sample(sub);
+    let want: Vec<u64> = (WINDOW as u64..n as u64).collect();
+    assert_eq!(
+        by.keys().copied().collect::<Vec<_>>(),
+        want,
+        "scored samples"
+    );
+    let (scores, offline_events) = reference(cfg, dir, n);
+    for (i, (payload, _)) in &by {
+        let got: Value = serde_json::from_slice(payload).unwrap();
+        let mut want = scores[i].clone();
+        want.as_object_mut().unwrap().remove("type");
+        let mut got = got;
+        got.as_object_mut().unwrap().remove("type");
+        assert_eq!(
+            got, want,
+            "sample {i}: service (across the restart) vs gsinfer eval"
+        );
+    }
+    let mut got: Vec<Value> = events
+        .snapshot()
+        .iter()
+        .map(|(_, p)| serde_json::from_slice(p).unwrap())
+        .collect();
+    got.dedup();
+    assert_eq!(
+        got, offline_events,
+        "events across the restart vs gsinfer eval"
+    );
+    assert!(
+        got.iter().any(|e| e["event"] == "anomaly_end"),
+        "the spike's anomaly was closed: {got:?}"
+    );
+}
+
+#[test]
+fn a_sigterm_restart_leaves_no_sample_blind_and_scores_as_if_it_never_stopped() {
+    if !mosquitto_available() {
+        return;
+    }
+    const TOTAL: usize = FIRST + 400;
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = config(dir.path(), broker.port, port, "restart", |t| t);
+    let sub = Subscriber::start(broker.port, &["gsinfer/smap_lstm/+/score"]);
+    let events = Subscriber::start(broker.port, &["gsinfer/events"]);
+    let mut service = Service::run(&cfg, dir.path());
+    ready(port, &service);
+    publish_samples(broker.port, 0..FIRST);
+    assert!(wait_until(|| scores_by_sample(&sub).len() == FIRST - WINDOW));
+    assert!(terminate(&mut service).success(), "{}", service.log());
+    assert!(
+        service.log().contains("channel state saved"),
+        "{}",
+        service.log()
+    );
+    let opened: Vec<Value> = events
+        .snapshot()
+        .iter()
+        .map(|(_, p)| serde_json::from_slice(p).unwrap())
+        .collect();
+    assert!(
+        opened.last().is_some_and(|e| e["event"] == "anomaly_start"),
+        "an anomaly is open at the stop: {opened:?}"
+    );
+
+    let service = Service::run(&cfg, dir.path());
+    ready(port, &service);
+    let s = status(port);
+    assert_eq!(
+        s["models"][0]["channel_state"]["restore"], "continued",
+        "{s}"
+    );
+    assert_eq!(s["channels"][0]["restored"], true, "{s}");
+    publish_samples(broker.port, FIRST..TOTAL);
+    assert!(
+        wait_until(|| scores_by_sample(&sub).len() == TOTAL - WINDOW),
+        "{} of {} scores:\n{}",
+        scores_by_sample(&sub).len(),
+        TOTAL - WINDOW,
+        service.log()
+    );
+    assert_as_offline(&sub, &events, &cfg, dir.path(), TOTAL);
+    // The first sample after the restart was scored: no blind sample.
+    assert!(scores_by_sample(&sub).contains_key(&(FIRST as u64)));
+    eprintln!(
+        "SIGTERM after {FIRST} samples, {} more after the restart: {} scores, all equal to gsinfer eval; \
+         last save {}",
+        TOTAL - FIRST,
+        TOTAL - WINDOW,
+        status(port)["models"][0]["channel_state"]
+    );
+}
+
+#[test]
+fn a_sigkill_mid_stream_loses_no_delivered_sample_and_repeats_none() {
+    if !mosquitto_available() {
+        return;
+    }
+    const TOTAL: usize = FIRST + 700;
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = config(dir.path(), broker.port, port, "sigkill", |t| {
+        t.replace("[publish]", "[state]\nsave_interval_ms = 200\n\n[publish]")
+    });
+    let sub = Subscriber::start(broker.port, &["gsinfer/smap_lstm/+/score"]);
+    let events = Subscriber::start(broker.port, &["gsinfer/events"]);
+    let mut service = Service::run(&cfg, dir.path());
+    ready(port, &service);
+    let feed = Feed::start(broker.port, TOTAL, Duration::from_millis(2), spiked);
+    // Kill once the spike's anomaly is open, mid-stream.
+    assert!(wait_until(|| status(port)["models"][0]["samples"]
+        .as_u64()
+        .unwrap_or(0)
+        > FIRST as u64 - 5));
+    service.child.kill().unwrap();
+    service.child.wait().unwrap();
+    let service = Service::run(&cfg, dir.path());
+    ready(port, &service);
+    assert!(wait_until(|| feed.finished()), "the feed never finished");
+    drop(feed);
+    assert!(
+        wait_until(|| scores_by_sample(&sub).contains_key(&(TOTAL as u64 - 1))),
+        "the last sample was never scored:\n{}",
+        service.log()
+    );
+    // Scores published after the last save and before the kill come again
+    // (byte-identical, checked by scores_by_sample); none is missing.
+    assert_as_offline(&sub, &events, &cfg, dir.path(), TOTAL);
+    let s = status(port);
+    assert_eq!(
+        s["models"][0]["channel_state"]["restore"], "continued",
+        "{s}"
+    );
+    let repeated = scores_by_sample(&sub)
+        .values()
+        .filter(|(_, n)| *n > 1)
+        .count();
+    eprintln!(
+        "SIGKILL at sample ~{FIRST}: {} scores received, none missing, all equal to gsinfer eval; \
+         {repeated} published again identically after the restart; the restarted run took {} \
+         samples, rejected {}",
+        TOTAL - WINDOW,
+        s["models"][0]["samples"],
+        s["rejected"]
+    );
+}
+
+#[test]
+fn a_corrupt_or_mismatched_state_is_discarded_with_one_line_and_the_service_runs() {
+    if !mosquitto_available() {
+        return;
+    }
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = config(dir.path(), broker.port, port, "corrupt", |t| t);
+    let sub = Subscriber::start(broker.port, &["gsinfer/smap_lstm/+/score"]);
+    let mut service = Service::run(&cfg, dir.path());
+    ready(port, &service);
+    publish_samples(broker.port, 0..WINDOW + 20);
+    assert!(wait_until(|| scores_by_sample(&sub).len() == 20));
+    assert!(terminate(&mut service).success());
+    let file = dir.path().join("state").join("smap_lstm.state");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let mut service = Service::run(&cfg, dir.path());
+    ready(port, &service);
+    assert_eq!(
+        status(port)["models"][0]["channel_state"]["restore"],
+        "discarded"
+    );
+    let log = service.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("smap_lstm.state"))
+        .unwrap_or_else(|| panic!("no line about the state file:\n{log}"));
+    assert!(
+        line.contains("corrupt") && line.contains("checksum"),
+        "{line}"
+    );
+    // Fresh channel: the time line goes on, a window later it scores.
+    publish_samples(broker.port, WINDOW + 20..2 * WINDOW + 40);
+    assert!(
+        wait_until(|| scores_by_sample(&sub).len() == 40),
+        "{}",
+        service.log()
+    );
+    assert!(terminate(&mut service).success());
+
+    // A new version of the model: the state saved for version 1 is not continued.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("model_repository");
+    let repo = dir.path().join("repo").join("smap_lstm");
+    for v in ["1", "2"] {
+        std::fs::create_dir_all(repo.join(v)).unwrap();
+        std::fs::copy(
+            root.join("smap_lstm/1/model.onnx"),
+            repo.join(v).join("model.onnx"),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        root.join("smap_lstm/config.pbtxt"),
+        repo.join("config.pbtxt"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("path = {:?}", root.display().to_string()),
+        &format!("path = {:?}", repo.parent().unwrap().display().to_string()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let service = Service::run(&cfg, dir.path());
+    ready(port, &service);
+    let s = status(port);
+    assert_eq!(
+        s["models"][0]["channel_state"]["restore"], "discarded",
+        "{s}"
+    );
+    assert!(
+        s["models"][0]["channel_state"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("version 1 → 2"),
+        "{s}"
     );
 }

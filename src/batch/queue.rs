@@ -196,6 +196,16 @@ impl<T> BatchQueue<T> {
             .map_or(max, |(b, _)| *b)
     }
 
+    /// Makes every item queued now due at `now` (its deadline brought
+    /// forward), so the next [`Self::next_batch`] dispatches them without
+    /// waiting out the budget; items queued later wait as usual. Used by a
+    /// channel-state save, which waits for the windows in flight.
+    pub fn expedite(&mut self, now: Instant) {
+        for e in &mut self.entries {
+            e.deadline = e.deadline.min(now);
+        }
+    }
+
     /// From now on dispatch everything at once, ignoring deadlines (used on
     /// shutdown to drain the queue).
     pub fn drain(&mut self) {
@@ -424,6 +434,26 @@ mod tests {
         assert_eq!(got, vec![1, 2, 3]);
         assert_eq!(bucket, 4);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn expedited_items_go_at_once_and_later_ones_wait_their_budget() {
+        let t0 = Instant::now();
+        let mut q = BatchQueue::new(16, vec![1, 2, 4, 8], Duration::from_millis(20));
+        for i in 0..3 {
+            q.push(i, i, t0);
+        }
+        assert!(matches!(q.next_batch(t0), Next::WaitUntil(_)));
+        q.expedite(t0);
+        match q.next_batch(t0) {
+            Next::Dispatch(b) => assert_eq!(b.items, vec![0, 1, 2]),
+            other => panic!("{other:?}"),
+        }
+        q.push(9, 9, t0);
+        assert!(
+            matches!(q.next_batch(t0), Next::WaitUntil(d) if d == t0 + Duration::from_millis(20)),
+            "one queued after the save waits its budget"
+        );
     }
 
     #[test]

@@ -89,6 +89,14 @@ impl<T> BatchHandle<T> {
         self.inner.0.lock().expect("batch queue lock").queue.len()
     }
 
+    /// Dispatches everything queued now without waiting out the budget
+    /// ([`BatchQueue::expedite`]).
+    pub fn expedite(&self, now: Instant) {
+        let (lock, cvar) = &*self.inner;
+        lock.lock().expect("batch queue lock").queue.expedite(now);
+        cvar.notify_all();
+    }
+
     /// Stops accepting waits: everything queued is dispatched at once, then
     /// [`BatchHandle::next_blocking`] returns `None`.
     pub fn close(&self) {

@@ -130,6 +130,7 @@ mod tests {
             end_t_ns: None,
             max_score: 2.0,
             threshold: 1.0,
+            closed: None,
         };
         let routed = Routed {
             facts: vec![

@@ -22,6 +22,7 @@
 
 mod account;
 mod models;
+mod persist;
 pub mod router;
 mod sources;
 
@@ -33,7 +34,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::infer::BatchResult;
-use crate::ingest::{mqtt, SampleBatch};
+use crate::ingest::{mqtt, now_ns, SampleBatch};
 use crate::pipeline::Pipeline;
 use crate::publish::{run_publisher, Outgoing};
 use crate::repository::ModelRepository;
@@ -44,6 +45,7 @@ use crate::status::kserve::ServedModels;
 use crate::status::StatusBoard;
 use crate::watchdog::{queued, Notifier, Stage};
 use account::deliver;
+use persist::{checkpoint, Persistence};
 use router::Router;
 use sources::Sources;
 
@@ -98,6 +100,14 @@ pub async fn run(config: Config) -> Result<()> {
     let pipelines = config.pipelines.iter().map(Pipeline::new);
     let lanes = pipelines.zip(engines.queues.iter().cloned()).collect();
     let mut router = Router::new(lanes, &config.ensembles);
+    // Each channel goes on from its saved state, before any sample comes.
+    let mut state = Persistence::open(&config, &repo, Instant::now());
+    for ix in 0..config.pipelines.len() {
+        let restored = router.with_pipeline(ix, |p, out| {
+            state.restore(ix, p, &board, now_ns(), out);
+        });
+        deliver(restored, &board, &out_tx).await;
+    }
 
     let mut sources = Sources::start(&config, &board, mqtt_tx, serial_tx)?;
     let publisher_stage = {
@@ -116,6 +126,8 @@ pub async fn run(config: Config) -> Result<()> {
     let stop = Stop::default();
     tokio::spawn(stop.clone().on_signals());
     let mut serial_open = true;
+    let mut tick = tokio::time::interval(Duration::from_millis(config.state.save_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             batch = mqtt_rx.recv(), if !stop.is_triggered() => {
@@ -123,9 +135,18 @@ pub async fn run(config: Config) -> Result<()> {
                 let _busy = pipeline_stage.begin();
                 let ack = batch.ack.take();
                 deliver(router.on_batch(batch, Instant::now()), &board, &out_tx).await;
-                if let Some(header) = ack {
+                match ack {
+                    // Taken, and held until a saved state holds its samples.
+                    Some(header) if state.holds_acks() => state.hold(header),
                     // Taken: only now may the broker forget it (see ingest::mqtt).
-                    mqtt::acknowledge(&sources.client, &header).await;
+                    Some(header) => mqtt::acknowledge(&sources.client, &header).await,
+                    None => {}
+                }
+                if state.due(Instant::now()) {
+                    let acks = checkpoint(&mut router, &mut state, &mut results_rx, &board, &out_tx).await;
+                    for header in acks {
+                        mqtt::acknowledge(&sources.client, &header).await;
+                    }
                 }
             }
             batch = serial_rx.recv(), if serial_open && !stop.is_triggered() => match batch {
@@ -140,9 +161,13 @@ pub async fn run(config: Config) -> Result<()> {
                 let _busy = pipeline_stage.begin();
                 deliver(router.on_results(result, Instant::now()), &board, &out_tx).await;
             }
-            // Periodic work on the pipelines' state (a snapshot every few
-            // minutes, say) goes here, as one more arm on a
-            // `tokio::time::interval`, through `router.pipelines()`.
+            _ = tick.tick() => if state.due(Instant::now()) {
+                let _busy = pipeline_stage.begin();
+                let acks = checkpoint(&mut router, &mut state, &mut results_rx, &board, &out_tx).await;
+                for header in acks {
+                    mqtt::acknowledge(&sources.client, &header).await;
+                }
+            },
             _ = stop.wait(), if !stop.is_triggered() => {}
         }
         if stop.is_triggered() {
@@ -178,8 +203,12 @@ pub async fn run(config: Config) -> Result<()> {
     // closed they stop instead of waiting for room.
     drop(results_rx);
     engines.join();
-    // Every window that will be scored is: the pipelines' state is final
-    // here, the place to save it on stop.
+    // Every window that will be scored is: the pipelines' state is final.
+    // A window still in flight is settled as dropped when it is restored.
+    for header in state.save(router.pipelines(), &board, Instant::now(), now_ns()) {
+        mqtt::acknowledge(&sources.client, &header).await;
+    }
+    state.log_stop();
     drop(out_tx);
     if tokio::time::timeout_at(deadline, &mut publisher)
         .await

@@ -54,6 +54,8 @@ pub trait JobQueue {
     fn push(&self, channel: u32, job: Job, now: Instant) -> PushOutcome<Job>;
     /// Jobs queued now.
     fn depth(&self) -> usize;
+    /// Makes every job queued now due at `now`; see [`crate::batch::BatchQueue::expedite`].
+    fn expedite(&self, now: Instant);
 }
 
 impl JobQueue for BatchHandle<Job> {
@@ -63,6 +65,10 @@ impl JobQueue for BatchHandle<Job> {
 
     fn depth(&self) -> usize {
         BatchHandle::depth(self)
+    }
+
+    fn expedite(&self, now: Instant) {
+        BatchHandle::expedite(self, now);
     }
 }
 
@@ -213,6 +219,48 @@ impl<Q: JobQueue> Router<Q> {
     /// The pipelines, in config order (to restore their state).
     pub fn pipelines_mut(&mut self) -> impl Iterator<Item = &mut Pipeline> {
         self.lanes.iter_mut().map(|l| &mut l.pipeline)
+    }
+
+    /// Makes every window queued now due at `now` (a state save waits for
+    /// them; see [`JobQueue::expedite`]).
+    pub fn expedite(&self, now: Instant) {
+        for q in self.lanes.iter().filter_map(|l| l.queue.as_ref()) {
+            q.expedite(now);
+        }
+    }
+
+    /// Windows cut by any pipeline and not yet scored or dropped: 0 is a
+    /// point where every pipeline's state can be saved whole.
+    pub fn windows_in_flight(&self) -> u64 {
+        self.pipelines().map(Pipeline::windows_in_flight).sum()
+    }
+
+    /// Runs `f` on pipeline `ix` (restoring its saved state, closing the
+    /// anomalies a stale one left open) and returns what it produced as
+    /// messages, as for any other output. Counters the pipeline brings with
+    /// it were counted by the run that saved them, so they are not
+    /// reported again.
+    pub fn with_pipeline(
+        &mut self,
+        ix: usize,
+        f: impl FnOnce(&mut Pipeline, &mut Vec<ChannelOutput>),
+    ) -> Routed {
+        let mut routed = Routed::default();
+        let Some(lane) = self.lanes.get_mut(ix) else {
+            return routed;
+        };
+        let mut scored = Vec::new();
+        f(&mut lane.pipeline, &mut scored);
+        lane.reported = lane.pipeline.scorer_totals();
+        let fuser = &mut self.fuser;
+        forward(
+            &lane.pipeline,
+            &lane.model,
+            fuser,
+            scored,
+            &mut routed.outgoing,
+        );
+        routed
     }
 
     /// Takes `batch` at `now`: its decode rejects are reported, its samples
@@ -514,6 +562,9 @@ mod tests {
         }
         fn depth(&self) -> usize {
             self.borrow().len()
+        }
+        fn expedite(&self, now: Instant) {
+            self.borrow_mut().expedite(now);
         }
     }
 
