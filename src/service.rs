@@ -32,6 +32,7 @@ use crate::infer::{BatchResult, EngineThread, Job, Work};
 use crate::ingest::decode::{decode, DecodeLimits, RawSample, Reject, RejectReason};
 use crate::ingest::mqtt::{self, EventLoopTask, Inbound};
 use crate::ingest::serial::{SerialBatch, SerialSource};
+use crate::kserve::{ServedModel, ServedModels};
 use crate::pipeline::{ChannelOutput, Pipeline};
 use crate::publish::{event_json, run_publisher, Outgoing};
 use crate::repository::ModelRepository;
@@ -39,7 +40,6 @@ use crate::score::{AnomalyEvent, Fuser, ScoredOutput, WindowOutcome};
 use crate::shutdown::Stop;
 use crate::status::board::MQTT_SOURCE;
 use crate::status::http::StatusServer;
-use crate::status::kserve::{ServedModel, ServedModels};
 use crate::status::{Metrics, ModelState, StatusBoard};
 use crate::watchdog::{Notifier, Stage};
 

@@ -1,6 +1,9 @@
 //! The KServe v2 REST protocol ("Open Inference Protocol") as Triton
 //! Inference Server speaks it, so `tritonclient` and `perf_analyzer` work
-//! against gsinfer unchanged:
+//! against gsinfer unchanged. An input of its own, beside telemetry: its
+//! requests join the models' batch queues; the status server
+//! ([`crate::status::http`]) only carries its routes under `/v2`.
+//!
 //!
 //! | request | answer |
 //! | --- | --- |
@@ -27,13 +30,13 @@ use std::sync::{Arc, RwLock};
 
 use serde_json::{json, Value};
 
-use super::http::{HttpReply, HttpRequest};
-use super::StatusBoard;
 use crate::batch::BatchHandle;
 use crate::engine::TensorSpec;
 use crate::infer::Job;
 use crate::repository::{ModelConfig, ModelRepository};
+use crate::status::http::{HttpReply, HttpRequest};
 use crate::status::stats::InferStats;
+use crate::status::StatusBoard;
 
 /// One model as the inference endpoints serve it.
 #[derive(Debug)]
