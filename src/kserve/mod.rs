@@ -1,9 +1,12 @@
-//! The KServe v2 REST protocol ("Open Inference Protocol") as Triton
-//! Inference Server speaks it, so `tritonclient` and `perf_analyzer` work
-//! against gsinfer unchanged. An input of its own, beside telemetry: its
-//! requests join the models' batch queues; the status server
-//! ([`crate::status::http`]) only carries its routes under `/v2`.
+//! The KServe v2 protocol ("Open Inference Protocol") as Triton Inference
+//! Server speaks it, so `tritonclient` and `perf_analyzer` work against
+//! gsinfer unchanged. An input of its own, beside telemetry: its requests
+//! join the models' batch queues. The status server
+//! ([`crate::status::http`]) carries the REST routes under `/v2`. What does
+//! not depend on the transport (finding a model, checking tensors, running
+//! an inference, metadata, the repository index, errors) is [`protocol`].
 //!
+//! The REST routes:
 //!
 //! | request | answer |
 //! | --- | --- |
@@ -24,6 +27,9 @@
 
 pub mod config_json;
 pub mod infer;
+pub mod protocol;
+
+pub use protocol::KserveError;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -103,7 +109,7 @@ impl ServedModels {
     }
 }
 
-/// What the routes need.
+/// What the routes and the gRPC methods need.
 #[derive(Debug)]
 pub struct Context<'a> {
     /// Live status (readiness, metrics).
@@ -116,6 +122,12 @@ pub struct Context<'a> {
 
 fn not_found(what: String) -> HttpReply {
     HttpReply::error(404, what)
+}
+
+/// The HTTP reply to a refused request: `{"error": ...}` with the status
+/// [`KserveError::http_status`] gives.
+pub fn error_reply(e: &KserveError) -> HttpReply {
+    HttpReply::error(e.http_status(), e.to_string())
 }
 
 fn method_not_allowed(path: &str, allowed: &str) -> HttpReply {
@@ -174,7 +186,10 @@ pub fn route(req: &HttpRequest, ctx: &Context<'_>) -> HttpReply {
                 .collect();
             HttpReply::json(200, &json!({ "model_stats": stats }))
         }
-        "/v2/repository/index" if post => repository_index(ctx),
+        "/v2/repository/index" if post => match protocol::repository_index(ctx) {
+            Ok(index) => HttpReply::json(200, &json!(index)),
+            Err(e) => error_reply(&e),
+        },
         "/v2" | "/v2/" | "/v2/health/live" | "/v2/health/ready" | "/v2/models/stats" => {
             method_not_allowed(path, "GET")
         }
@@ -190,11 +205,9 @@ pub fn route(req: &HttpRequest, ctx: &Context<'_>) -> HttpReply {
 
 fn server_metadata() -> Value {
     json!({
-        "name": "gsinfer",
+        "name": protocol::SERVER_NAME,
         "version": env!("CARGO_PKG_VERSION"),
-        // Only what is implemented in full; `POST /v2/repository/index` is
-        // served too, but not the rest of the model_repository extension.
-        "extensions": ["binary_tensor_data", "statistics", "model_configuration"],
+        "extensions": protocol::EXTENSIONS,
     })
 }
 
@@ -208,23 +221,13 @@ fn model_route(req: &HttpRequest, rest: &str, ctx: &Context<'_>) -> HttpReply {
         [m, v, ver, a] if v == "versions" => (m, Some(ver.as_str()), a.as_str()),
         _ => return not_found(format!("no endpoint {}", req.path)),
     };
-    let Some(model) = ctx.models.get(name) else {
-        let served: Vec<String> = ctx.models.all().iter().map(|m| m.name.clone()).collect();
-        return not_found(format!(
-            "unknown model `{name}`; this server serves {served:?} (POST /v2/repository/index lists the repository)"
-        ));
+    let model = match protocol::find_model(ctx.models, name, version) {
+        Ok(model) => model,
+        Err(e) => return error_reply(&e),
     };
-    if let Some(v) = version.filter(|v| !v.is_empty()) {
-        if v.parse::<u64>().ok() != Some(model.version) {
-            return not_found(format!(
-                "model `{name}` version {v} is not served; version {} is",
-                model.version
-            ));
-        }
-    }
     let get = matches!(req.method.as_str(), "GET" | "HEAD");
     match action {
-        "" if get => HttpReply::json(200, &model_metadata(&model)),
+        "" if get => HttpReply::json(200, &json!(protocol::model_metadata(&model))),
         "ready" if get => HttpReply::empty(if ctx.board.is_model_ready(name) {
             200
         } else {
@@ -235,80 +238,16 @@ fn model_route(req: &HttpRequest, rest: &str, ctx: &Context<'_>) -> HttpReply {
             200,
             &json!({ "model_stats": [model.stats.to_json(&model.name, model.version)] }),
         ),
-        "infer" if req.method == "POST" => {
-            if !ctx.board.is_model_ready(name) {
-                return HttpReply::error(
-                    503,
-                    format!("model `{name}` is not ready; GET /v2/models/{name}/ready says when"),
-                );
-            }
-            infer::infer(req, &model, ctx)
-        }
+        "infer" if req.method == "POST" => match protocol::require_ready(ctx, &model) {
+            Ok(()) => infer::infer(req, &model, ctx),
+            Err(e) => error_reply(&e),
+        },
         "" | "ready" | "config" | "stats" => method_not_allowed(&req.path, "GET"),
         "infer" => method_not_allowed(&req.path, "POST"),
         other => not_found(format!(
             "no endpoint `{other}` for model `{name}`; use ready, config, infer or stats"
         )),
     }
-}
-
-/// Shape with the batch dimension (`-1`) in front when the model batches.
-fn full_shape(config: &ModelConfig, dims: &[usize]) -> Vec<i64> {
-    let batch = (config.max_batch_size > 0).then_some(-1);
-    batch
-        .into_iter()
-        .chain(dims.iter().map(|d| *d as i64))
-        .collect()
-}
-
-fn model_metadata(model: &ServedModel) -> Value {
-    let tensor = |spec: &TensorSpec| {
-        json!({
-            "name": spec.name, "datatype": "FP32", "shape": full_shape(&model.config, &spec.dims),
-        })
-    };
-    json!({
-        "name": model.name,
-        "versions": [model.version.to_string()],
-        "platform": model.config.platform.triton_name(),
-        "inputs": [tensor(&model.input)],
-        "outputs": model.outputs.iter().map(tensor).collect::<Vec<_>>(),
-    })
-}
-
-/// `POST /v2/repository/index`: one entry per model folder of the
-/// repository (Triton's `RepositoryIndexResponse` in JSON).
-fn repository_index(ctx: &Context<'_>) -> HttpReply {
-    let mut names: Vec<String> = match &ctx.models.repository {
-        Some(repo) => match repo.model_names() {
-            Ok(names) => names,
-            Err(e) => return HttpReply::error(500, format!("cannot list the repository: {e}")),
-        },
-        None => Vec::new(),
-    };
-    for m in ctx.models.all() {
-        if !names.contains(&m.name) {
-            names.push(m.name.clone());
-        }
-    }
-    names.sort();
-    let index: Vec<Value> = names
-        .iter()
-        .map(|name| match ctx.models.get(name) {
-            Some(m) if ctx.board.is_model_ready(name) => {
-                json!({"name": name, "version": m.version.to_string(), "state": "READY", "reason": ""})
-            }
-            Some(m) => json!({
-                "name": name, "version": m.version.to_string(), "state": "UNAVAILABLE",
-                "reason": "the engine is loading, rebuilding or failed; see /api/status",
-            }),
-            None => json!({
-                "name": name, "state": "UNAVAILABLE",
-                "reason": "in the repository but served by no [[pipeline]] of the configuration",
-            }),
-        })
-        .collect();
-    HttpReply::json(200, &Value::Array(index))
 }
 
 #[cfg(test)]
