@@ -25,7 +25,7 @@ pub const HTTP_CHANNEL: u32 = u32::MAX;
 pub enum RequestSource {
     /// KServe v2 over HTTP/REST ([`crate::kserve::infer`]).
     Http,
-    /// KServe v2 over gRPC.
+    /// KServe v2 over gRPC ([`crate::kserve::grpc`]).
     Grpc,
 }
 

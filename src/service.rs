@@ -127,6 +127,12 @@ pub async fn run(config: Config) -> Result<()> {
     let kserve = Arc::new(ServedModels::new(Some(repo.clone())));
     let http = StatusServer::start(&config.status, Arc::clone(&board), Arc::clone(&kserve))?;
     log::info!(target: "gsinfer", "status on http://{}/", config.status.listen);
+    let grpc = crate::kserve::grpc::GrpcServer::start(
+        &config.grpc,
+        &config.status,
+        Arc::clone(&board),
+        Arc::clone(&kserve),
+    )?;
     board.register_source(MQTT_SOURCE, "mqtt", &broker);
 
     let (results_tx, mut results_rx) = mpsc::channel::<BatchResult>(RESULTS_CAPACITY);
@@ -460,6 +466,7 @@ pub async fn run(config: Config) -> Result<()> {
     stop_loop.trigger();
     let _ = event_loop.await;
     http.stop();
+    grpc.stop().await;
     log_totals(&board);
     log::info!(target: "gsinfer", "stopped");
     Ok(())

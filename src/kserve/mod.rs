@@ -1,10 +1,11 @@
 //! The KServe v2 protocol ("Open Inference Protocol") as Triton Inference
-//! Server speaks it, so `tritonclient` and `perf_analyzer` work against
-//! gsinfer unchanged. An input of its own, beside telemetry: its requests
-//! join the models' batch queues. The status server
-//! ([`crate::status::http`]) carries the REST routes under `/v2`. What does
-//! not depend on the transport (finding a model, checking tensors, running
-//! an inference, metadata, the repository index, errors) is [`protocol`].
+//! Server speaks it, over HTTP/REST and gRPC, so `tritonclient` (HTTP and
+//! gRPC) and `perf_analyzer` work against gsinfer unchanged. An input of
+//! its own, beside telemetry: its requests join the models' batch queues.
+//! The status server ([`crate::status::http`]) carries the REST routes
+//! under `/v2`; [`grpc`] serves the gRPC API on an address of its own. What
+//! both share (finding a model, checking tensors, running an inference,
+//! metadata, the repository index, errors) is [`protocol`].
 //!
 //! The REST routes:
 //!
@@ -26,6 +27,7 @@
 //! REST spec; Triton's `docs/protocol/extension_*.md`.
 
 pub mod config_json;
+pub mod grpc;
 pub mod infer;
 pub mod protocol;
 
@@ -139,7 +141,8 @@ fn method_not_allowed(path: &str, allowed: &str) -> HttpReply {
 }
 
 /// Whether `path` (without the query) is a KServe endpoint that changes or
-/// runs something and so may require the bearer token.
+/// runs something and so may require the bearer token. The gRPC front end
+/// applies the same rule to its methods ([`grpc::needs_token`]).
 pub fn needs_token(path: &str) -> bool {
     path == "/v2/repository/index" || (path.starts_with("/v2/models/") && path.ends_with("/infer"))
 }
@@ -251,8 +254,47 @@ fn model_route(req: &HttpRequest, rest: &str, ctx: &Context<'_>) -> HttpReply {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::batch::BatchQueue;
+    use std::time::Duration;
+
+    /// A served model for tests, as the fuzz targets build it: batched
+    /// (`max_batch_size: 4`, input `window` [2, 3], outputs `forecast` [2]
+    /// and `score` [1]) or not (input [3], output `forecast` [2]), named
+    /// `m`, version 1, with a batch queue nothing takes from.
+    pub(crate) fn model(batched: bool) -> ServedModel {
+        let text = if batched {
+            "platform: \"onnxruntime_onnx\" max_batch_size: 4 \
+             input [ { name: \"window\" data_type: TYPE_FP32 dims: [ 2, 3 ] } ] \
+             output [ { name: \"forecast\" data_type: TYPE_FP32 dims: [ 2 ] }, \
+                      { name: \"score\" data_type: TYPE_FP32 dims: [ 1 ] } ]"
+        } else {
+            "platform: \"onnxruntime_onnx\" max_batch_size: 0 \
+             input [ { name: \"window\" data_type: TYPE_FP32 dims: [ 3 ] } ] \
+             output [ { name: \"forecast\" data_type: TYPE_FP32 dims: [ 2 ] } ]"
+        };
+        let (config, _) = ModelConfig::parse(text).expect("the test model's config.pbtxt");
+        let spec = |t: &crate::repository::TensorConfig| TensorSpec {
+            name: t.name.clone(),
+            dims: t.dims.iter().map(|&d| d as usize).collect(),
+        };
+        let max_batch = if batched { 4 } else { 1 };
+        ServedModel {
+            name: "m".into(),
+            version: 1,
+            input: spec(&config.inputs[0]),
+            outputs: config.outputs.iter().map(spec).collect(),
+            config,
+            handle: BatchHandle::new(BatchQueue::new(
+                8,
+                vec![max_batch],
+                Duration::from_millis(1),
+            )),
+            max_batch,
+            stats: Arc::default(),
+        }
+    }
 
     #[test]
     fn path_segments_are_percent_decoded() {

@@ -1,8 +1,9 @@
-//! The KServe v2 protocol's operations, apart from how they travel: a
-//! front end (HTTP/JSON: [`super::route`], [`super::infer`]) decodes a
-//! request into these calls and encodes what they return. A model is found, a tensor checked against it, an
+//! The KServe v2 protocol's operations, apart from how they travel: both
+//! front ends, HTTP/JSON ([`super::route`], [`super::infer`]) and gRPC
+//! ([`super::grpc`]), decode a request into these calls and encode what
+//! they return. A model is found, a tensor checked against it, an
 //! inference queued on its batcher and waited for, and every refusal
-//! named, in this one place, so that another front end cannot drift apart from it.
+//! named, in this one place, so the two front ends cannot drift apart.
 //!
 //! References: the KServe "Open Inference Protocol (V2)" (server and model
 //! metadata, inference); Triton's `docs/protocol/extension_*.md`
