@@ -263,7 +263,7 @@ impl Metrics {
         let grpc_responses = Family::default();
         r.register(
             "grpc_responses",
-            "KServe gRPC responses by status code (OK, INVALID_ARGUMENT, ...).",
+            "KServe gRPC responses by status code name (OK, NOT_FOUND, ...)",
             grpc_responses.clone(),
         );
         let late_forecasts = Family::default();

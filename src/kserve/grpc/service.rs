@@ -143,7 +143,9 @@ impl KserveGrpc {
         let given = request
             .metadata()
             .get("authorization")
-            .and_then(|v| v.to_str().ok());
+            .and_then(|v| v.to_str().ok())
+            // As HTTP header values are: perf_analyzer's `-H "authorization: Bearer x"` sends " Bearer x".
+            .map(str::trim);
         if needs_token(method) && !bearer_matches(given, token.expose()) {
             return Err(Status::unauthenticated(format!(
                 "{method} needs the metadata `authorization: Bearer <token>` with the token of status.token_file"
@@ -667,10 +669,18 @@ mod tests {
                 "{e:?}"
             );
         }
-        // With the token it gets as far as the shape check.
-        let e =
-            block_on(svc.model_infer(with_token(infer_request("m", vec![9, 2, 3], &[]), TOKEN)))
-                .unwrap_err();
+        // With the token it gets as far as the shape check; the value is
+        // trimmed as an HTTP header's is (perf_analyzer -H sends " Bearer x").
+        for token in [TOKEN.to_string(), format!("{TOKEN} ")] {
+            let request = with_token(infer_request("m", vec![9, 2, 3], &[]), &token);
+            let e = block_on(svc.model_infer(request)).unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument);
+        }
+        let mut spaced = Request::new(infer_request("m", vec![9, 2, 3], &[]));
+        spaced
+            .metadata_mut()
+            .insert("authorization", format!(" Bearer {TOKEN}").parse().unwrap());
+        let e = block_on(svc.model_infer(spaced)).unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         let index = proto::RepositoryIndexRequest::default();
         assert_eq!(
