@@ -17,6 +17,7 @@ pub use crate::ingest::decode::PayloadFormat;
 pub use crate::ingest::mqtt::BrokerConfig;
 pub use crate::ingest::serial::SerialConfig;
 pub use crate::ingest::IngestConfig;
+pub use crate::kserve::grpc::GrpcConfig;
 pub use crate::publish::PublishConfig;
 pub use crate::score::{ScoringConfig, ThresholdConfig};
 pub use crate::status::StatusConfig;
@@ -79,9 +80,12 @@ pub struct Config {
     /// MQTT broker connection.
     #[serde(default)]
     pub broker: BrokerConfig,
-    /// HTTP status server.
+    /// HTTP status server (and the KServe v2 HTTP API).
     #[serde(default)]
     pub status: StatusConfig,
+    /// KServe v2 gRPC API.
+    #[serde(default)]
+    pub grpc: GrpcConfig,
     /// Where the models are.
     pub repository: RepositoryConfig,
     /// Input limits and queues.
@@ -335,6 +339,9 @@ impl Config {
             if let Err(e) = crate::status::limits::read_token(token) {
                 bad(e.key().into(), &e.detail());
             }
+        }
+        for (key, message) in self.grpc.problems(&self.status.listen) {
+            bad(key, &message);
         }
         if self.ingest.max_payload_bytes == 0
             || self.ingest.queue_capacity == 0
@@ -661,6 +668,42 @@ scoring = { kind = "forecast", threshold = { method = "static", value = 0.3 } }
         let c = c.unwrap();
         assert_eq!(c.broker.port, 1884);
         assert_eq!(c.status.listen, "127.0.0.1:9090");
+    }
+
+    #[test]
+    fn grpc_is_on_by_default_and_the_environment_moves_or_turns_it_off() {
+        let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), MINIMAL);
+        assert_eq!(Config::load(&path).unwrap().grpc, GrpcConfig::default());
+        let example = Config::load(&example_path()).unwrap();
+        assert_eq!(example.grpc.listen, "127.0.0.1:8001");
+        assert!(
+            example.to_toml().contains("[grpc]"),
+            "{}",
+            example.to_toml()
+        );
+        for (value, expected) in [("127.0.0.1:9001", "127.0.0.1:9001"), ("", "")] {
+            std::env::set_var("GSINFER__GRPC__LISTEN", value);
+            let c = Config::load(&path);
+            std::env::remove_var("GSINFER__GRPC__LISTEN");
+            let c = c.unwrap_or_else(|e| panic!("{value:?}: {e}"));
+            assert_eq!(c.grpc.listen, expected);
+            assert_eq!(c.grpc.enabled(), !expected.is_empty());
+        }
+        let text = format!("[grpc]\nlisten = \"nowhere\"\nmax_mesage_bytes = 1\n{MINIMAL}");
+        let err = Config::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("grpc") && err.contains("max_mesage_bytes"),
+            "{err}"
+        );
+        let text = format!("[grpc]\nlisten = \"nowhere\"\n{MINIMAL}");
+        let err = Config::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("grpc.listen: `nowhere`"), "{err}");
     }
 
     #[test]

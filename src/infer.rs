@@ -1,5 +1,5 @@
 //! Running batches on an engine: what the batcher queues ([`Job`]: a
-//! telemetry window or one item of an HTTP inference request), padding to
+//! telemetry window or one item of a KServe inference request), padding to
 //! the bucket, splitting outputs per item, and the engine threads of the
 //! service, which route each item's result back where it came from.
 
@@ -14,9 +14,30 @@ use crate::status::stats::{InferStats, Timing};
 use crate::status::StatusBoard;
 use crate::watchdog::Stage;
 
-/// Channel id under which HTTP request items are queued: no telemetry
-/// channel has it, so the full-policy never replaces them by a window.
+/// Channel id under which KServe request items (HTTP and gRPC) are
+/// queued: no telemetry channel has it, so the full-policy never replaces
+/// them by a window.
 pub const HTTP_CHANNEL: u32 = u32::MAX;
+
+/// The front end an inference request came in by; the `source` label of
+/// its metrics (inputs, queue time, end-to-end time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestSource {
+    /// KServe v2 over HTTP/REST ([`crate::kserve::infer`]).
+    Http,
+    /// KServe v2 over gRPC ([`crate::kserve::grpc`]).
+    Grpc,
+}
+
+impl RequestSource {
+    /// The metric label: `http` or `grpc`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestSource::Http => "http",
+            RequestSource::Grpc => "grpc",
+        }
+    }
+}
 
 /// One entry of a model's batch queue.
 #[derive(Debug)]
@@ -32,8 +53,8 @@ pub struct Job {
 pub enum Work {
     /// A telemetry window; its result goes to the pipeline task.
     Window(WindowItem),
-    /// One item (batch row) of an HTTP inference request; its result goes
-    /// back to the waiting HTTP worker.
+    /// One item (batch row) of a KServe inference request (HTTP or gRPC);
+    /// its result goes back to the waiting request.
     Request(RequestItem),
 }
 
@@ -61,6 +82,8 @@ pub struct RequestItem {
     pub row: usize,
     /// Its input, `item_len` values.
     pub values: Vec<f32>,
+    /// The front end it came in by.
+    pub source: RequestSource,
     /// Where its result goes.
     pub reply: crossbeam_channel::Sender<ItemResult>,
 }
@@ -211,7 +234,7 @@ impl EngineThread {
         for job in &items {
             let source = match job.work {
                 Work::Window(_) => "telemetry",
-                Work::Request(_) => "http",
+                Work::Request(ref r) => r.source.as_str(),
             };
             let waited = dispatched.saturating_duration_since(job.queued);
             self.board

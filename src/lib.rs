@@ -3,7 +3,8 @@
 //! Telemetry arrives over MQTT, is cut into per-channel windows
 //! ([`window`]), micro-batched under a fixed latency budget ([`batch`]), run
 //! on an engine ([`engine`]), scored ([`score`]) and published ([`publish`]),
-//! while [`status`] shows what is happening. [`service`] wires the stages;
+//! while [`status`] shows what is happening; [`kserve`] takes inference
+//! requests from KServe v2 clients into the same batchers. [`service`] wires the stages;
 //! [`eval`] runs the same [`pipeline`] offline; [`replay`] feeds recorded
 //! telemetry to a running service.
 #![deny(missing_docs)]
@@ -16,6 +17,7 @@ pub mod engine;
 pub mod eval;
 pub mod infer;
 pub mod ingest;
+pub mod kserve;
 pub mod labels;
 pub mod logging;
 pub mod model;

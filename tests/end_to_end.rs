@@ -26,7 +26,7 @@ fn write_config(dir: &Path, broker_port: u16, status_port: u16, threshold: &str)
     // repository; scores at QoS 1 so the comparison can demand every one, and
     // a batch queue longer than the channel so the full-speed replay below is
     // never subject to the overload policy (that has its own tests).
-    let text = example
+    let text = common::gsinfer::any_grpc_port(&example)
         .replace("port = 1883", &format!("port = {broker_port}"))
         .replace(
             "listen = \"127.0.0.1:8080\"",

@@ -38,7 +38,7 @@ fn setup(dir: &Path, status_port: u16, broker_port: u16) -> PathBuf {
     );
     std::fs::write(model.join("config.pbtxt"), pbtxt).unwrap();
     let example = std::fs::read_to_string(root.join("config/gsinfer.example.toml")).unwrap();
-    let text = common::gsinfer::counting_example(&example)
+    let text = common::gsinfer::any_grpc_port(&common::gsinfer::counting_example(&example))
         .replace("path = \"../model_repository\"", "path = \"repo\"")
         .replace(
             "# engine_dir = \"/var/lib/gsinfer/engines\"",

@@ -22,6 +22,7 @@ fn write_config(dir: &Path, broker_port: u16, status_port: u16) -> PathBuf {
     let mut text = format!(
         "[broker]\nhost = \"127.0.0.1\"\nport = {broker_port}\nclient_id = \"gsinfer-ensemble-{pid}\"\n\n\
          [status]\nlisten = \"127.0.0.1:{status_port}\"\n\n\
+         [grpc]\nlisten = \"127.0.0.1:0\"\n\n\
          [repository]\npath = {repo:?}\n\n\
          [publish]\nevents_qos = 1\n",
         pid = std::process::id(),

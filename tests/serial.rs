@@ -373,7 +373,7 @@ fn the_link_comes_back_when_the_device_does() {
 fn e2e_config(dir: &Path, broker: u16, status: u16, device: &Path) -> std::path::PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = std::fs::read_to_string(root.join("config/gsinfer.example.toml")).unwrap();
-    let mut text = common::gsinfer::counting_example(&example)
+    let mut text = common::gsinfer::any_grpc_port(&common::gsinfer::counting_example(&example))
         .replace("port = 1883", &format!("port = {broker}"))
         .replace(
             "listen = \"127.0.0.1:8080\"",

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs Triton's perf_analyzer against a running gsinfer over the KServe v2
-# HTTP protocol, at concurrency 1, 2, 4, 8 and 16 on one model, and prints a
+# HTTP protocol (or gRPC, with --protocol grpc and the gRPC address as
+# --url), at concurrency 1, 2, 4, 8 and 16 on one model, and prints a
 # Markdown table of throughput and p50/p99 latency per concurrency (the
 # BENCHMARKS.md table). Raw CSVs are kept in $OUT_DIR.
 #
 #   gsinfer run --config config/gsinfer.example.toml &
 #   tools/perf_analyzer.sh [--url 127.0.0.1:8080] [--model smap_lstm] [--token-file FILE] [--batch 1]
+#   tools/perf_analyzer.sh --protocol grpc --url 127.0.0.1:8001 [...]
 #
 # Where perf_analyzer comes from: $PERF_ANALYZER, else `perf_analyzer` on
 # PATH, else PyPI. The `perf-analyzer` package on PyPI is only a placeholder
@@ -17,6 +19,7 @@
 set -euo pipefail
 
 URL=127.0.0.1:8080
+PROTOCOL=http
 MODEL=smap_lstm
 TOKEN_FILE=
 BATCH=1
@@ -26,6 +29,7 @@ CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/gsinfer/perf_analyzer
 while [ $# -gt 0 ]; do
   case "$1" in
     --url) URL=$2; shift 2 ;;
+    --protocol) PROTOCOL=$2; shift 2 ;;
     --model) MODEL=$2; shift 2 ;;
     --token-file) TOKEN_FILE=$2; shift 2 ;;
     --batch) BATCH=$2; shift 2 ;;
@@ -70,12 +74,14 @@ if ldd "$PA" | grep -q 'libcudart.*not found'; then
 fi
 
 HEADER=()
-if [ -n "$TOKEN_FILE" ]; then HEADER=(-H "Authorization: Bearer $(head -n1 "$TOKEN_FILE")"); fi
+# Lowercase: gRPC metadata keys must be (perf_analyzer sends -H as metadata
+# over gRPC); HTTP header names are case-insensitive.
+if [ -n "$TOKEN_FILE" ]; then HEADER=(-H "authorization: Bearer $(head -n1 "$TOKEN_FILE")"); fi
 
 mkdir -p "$OUT_DIR"
 for c in $CONCURRENCY; do
   echo "perf_analyzer: concurrency $c" >&2
-  "$PA" -m "$MODEL" -u "$URL" -i http -b "$BATCH" \
+  "$PA" -m "$MODEL" -u "$URL" -i "$PROTOCOL" -b "$BATCH" \
     --concurrency-range "$c:$c" --measurement-interval 4000 \
     --stability-percentage 25 --max-trials 8 \
     "${HEADER[@]}" -f "$OUT_DIR/concurrency_$c.csv" >"$OUT_DIR/concurrency_$c.log" 2>&1 \

@@ -1,5 +1,5 @@
 //! The body of a KServe v2 inference request (`POST /v2/models/<m>/infer`,
-//! `status::kserve::infer::decode_request`): JSON tensors, or a JSON
+//! `kserve::infer::decode_request`): JSON tensors, or a JSON
 //! header followed by binary tensor data. The first byte picks the model
 //! (batched, `max_batch_size: 4` and dims [2, 3], or unbatched, dims [3]),
 //! whether an `Inference-Header-Content-Length` header is sent (its value
@@ -18,8 +18,8 @@ use gsinfer::batch::{BatchHandle, BatchQueue};
 use gsinfer::engine::TensorSpec;
 use gsinfer::repository::ModelConfig;
 use gsinfer::status::http::HttpRequest;
-use gsinfer::status::kserve::infer::{decode_request, DecodedRequest, HEADER_LENGTH};
-use gsinfer::status::kserve::ServedModel;
+use gsinfer::kserve::infer::{decode_request, DecodedRequest, HEADER_LENGTH};
+use gsinfer::kserve::ServedModel;
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 

@@ -1,4 +1,4 @@
-//! The KServe v2 router (`status::kserve::route`): request paths under
+//! The KServe v2 router (`kserve::route`): request paths under
 //! `/v2` (split into segments, percent-decoded, matched to a model,
 //! version and action) with any method and body, against a server with
 //! one model, `m` version 1, that is still loading. The first byte picks
@@ -15,7 +15,7 @@ use gsinfer::batch::{BatchHandle, BatchQueue};
 use gsinfer::engine::TensorSpec;
 use gsinfer::repository::ModelConfig;
 use gsinfer::status::http::HttpRequest;
-use gsinfer::status::kserve::{self, Context, ServedModel, ServedModels};
+use gsinfer::kserve::{self, Context, ServedModel, ServedModels};
 use gsinfer::status::{ModelState, StatusBoard, StatusConfig};
 use libfuzzer_sys::fuzz_target;
 

@@ -41,7 +41,7 @@ use crate::repository::ModelRepository;
 use crate::shutdown::Stop;
 use crate::status::board::MQTT_SOURCE;
 use crate::status::http::StatusServer;
-use crate::status::kserve::ServedModels;
+use crate::kserve::ServedModels;
 use crate::status::StatusBoard;
 use crate::watchdog::{queued, Notifier, Stage};
 use account::deliver;
@@ -78,6 +78,12 @@ pub async fn run(config: Config) -> Result<()> {
     let kserve = Arc::new(ServedModels::new(Some(repo.clone())));
     let http = StatusServer::start(&config.status, Arc::clone(&board), Arc::clone(&kserve))?;
     log::info!(target: "gsinfer", "status on http://{}/", config.status.listen);
+    let grpc = crate::kserve::grpc::GrpcServer::start(
+        &config.grpc,
+        &config.status,
+        Arc::clone(&board),
+        Arc::clone(&kserve),
+    )?;
     board.register_source(MQTT_SOURCE, "mqtt", &broker);
 
     // The pipeline task's queues (docs/architecture.md lists every queue).
@@ -219,6 +225,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
     sources.disconnect(&board, DRAIN_TIMEOUT).await;
     http.stop();
+    grpc.stop().await;
     models::log_totals(&board);
     log::info!(target: "gsinfer", "stopped");
     Ok(())

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::engine::plans::{CpuEngine, EngineSet};
 use crate::infer::{BatchResult, EngineThread, Job};
 use crate::repository::ModelRepository;
-use crate::status::kserve::{ServedModel, ServedModels};
+use crate::kserve::{ServedModel, ServedModels};
 use crate::status::{ModelState, StatusBoard};
 use crate::watchdog::{Notifier, Stage};
 

@@ -1,7 +1,7 @@
 //! The HTTP server, on tiny_http worker threads of its own: the status page
 //! (`/`, [`super::page`]), `/api/status` (JSON), `/metrics` (Prometheus),
 //! `/healthz`, `/readyz`, and the KServe v2 endpoints under `/v2`
-//! ([`super::kserve`]).
+//! ([`crate::kserve`]).
 //!
 //! Each request is read into an [`HttpRequest`] within the limits of
 //! [`super::limits`] (body size, socket timeouts, bearer token where
@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use tiny_http::{Header, Request, Response, Server};
 
-use super::kserve::{self, ServedModels};
 use super::limits::{bearer_matches, read_body, read_token, BodyError, SocketTimeouts};
 use super::metrics::CodeLabel;
 use super::{page, StatusBoard, StatusConfig};
+use crate::kserve::{self, ServedModels};
 use crate::secrets::{Secret, SecretFileError};
 
 /// One request, read in full.

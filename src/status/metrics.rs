@@ -93,7 +93,7 @@ pub struct ModelStateLabels {
 /// Label `code`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
-    /// HTTP status code.
+    /// Status code: HTTP (`404`) or gRPC (`NOT_FOUND`).
     pub code: String,
 }
 
@@ -144,6 +144,9 @@ pub struct Metrics {
     pub events: Family<ModelKindLabels, Counter>,
     /// HTTP responses, by status code.
     pub http_responses: Family<CodeLabel, Counter>,
+    /// KServe gRPC responses, by gRPC status code name (`OK`,
+    /// `INVALID_ARGUMENT`, ...).
+    pub grpc_responses: Family<CodeLabel, Counter>,
     /// 1 while connected to the MQTT broker.
     pub mqtt_connected: Gauge,
     /// Connections to the broker that were lost.
@@ -267,6 +270,12 @@ impl Metrics {
             "HTTP responses by status code.",
             http_responses.clone(),
         );
+        let grpc_responses = Family::default();
+        r.register(
+            "grpc_responses",
+            "KServe gRPC responses by status code name (OK, NOT_FOUND, ...)",
+            grpc_responses.clone(),
+        );
         let late_forecasts = Family::default();
         r.register(
             "late_forecasts",
@@ -371,6 +380,7 @@ impl Metrics {
             scores,
             events,
             http_responses,
+            grpc_responses,
             mqtt_connected,
             mqtt_disconnects,
             ingest_overflow,

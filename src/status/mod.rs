@@ -1,11 +1,10 @@
 //! What gsinfer is doing, for people, scrapers and inference clients: the
 //! shared status board every stage writes to, Prometheus metrics, Triton-style
-//! inference statistics, the status page, the KServe v2 endpoints, and the
-//! HTTP server that serves them all.
+//! inference statistics, the status page, and the HTTP server that serves
+//! them and, under `/v2`, the KServe v2 endpoints of [`crate::kserve`].
 
 pub mod board;
 pub mod http;
-pub mod kserve;
 pub mod limits;
 pub mod metrics;
 pub mod page;

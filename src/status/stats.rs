@@ -60,26 +60,38 @@ impl Timing {
     }
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    last_inference_ms: u64,
-    inference_count: u64,
-    execution_count: u64,
-    success: Duration64,
-    fail: Duration64,
-    queue: Duration64,
-    compute_input: Duration64,
-    compute_infer: Duration64,
-    compute_output: Duration64,
-    /// bucket → (compute_input, compute_infer, compute_output).
-    batches: BTreeMap<usize, [Duration64; 3]>,
+/// One model's statistics at one moment: Triton's `ModelStatistics`
+/// without the name and version, which both KServe front ends encode.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// The last engine run, ms since the Unix epoch (0: none yet).
+    pub last_inference_ms: u64,
+    /// Batch items run (windows and request items), padding not counted.
+    pub inference_count: u64,
+    /// Engine runs.
+    pub execution_count: u64,
+    /// Requests that succeeded, and their total time.
+    pub success: Duration64,
+    /// Requests that failed, and their time until they failed.
+    pub fail: Duration64,
+    /// Time in the batch queue.
+    pub queue: Duration64,
+    /// Gathering batch inputs.
+    pub compute_input: Duration64,
+    /// Engine runs.
+    pub compute_infer: Duration64,
+    /// Splitting outputs.
+    pub compute_output: Duration64,
+    /// Bucket (the batch size the engine ran) → its (compute_input,
+    /// compute_infer, compute_output).
+    pub batches: BTreeMap<usize, [Duration64; 3]>,
 }
 
 /// One model's statistics; shared as `Arc<InferStats>` by its engine
-/// threads and the HTTP workers.
+/// threads and the KServe front ends.
 #[derive(Debug, Default)]
 pub struct InferStats {
-    inner: Mutex<Inner>,
+    inner: Mutex<StatsSnapshot>,
 }
 
 fn now_ms() -> u64 {
@@ -89,7 +101,7 @@ fn now_ms() -> u64 {
 }
 
 impl InferStats {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatsSnapshot> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -126,9 +138,15 @@ impl InferStats {
         (s.success.count, s.fail.count)
     }
 
-    /// The `model_stats` entry of `name` version `version`.
+    /// The statistics now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        self.lock().clone()
+    }
+
+    /// The `model_stats` entry of `name` version `version`, in the JSON form
+    /// of Triton's statistics extension.
     pub fn to_json(&self, name: &str, version: u64) -> Value {
-        let s = self.lock();
+        let s = self.snapshot();
         let zero = Duration64::default().json();
         let batch_stats: Vec<Value> = s
             .batches

@@ -43,13 +43,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The shipped example's gRPC address.
+pub const EXAMPLE_GRPC_LISTEN: &str = "listen = \"127.0.0.1:8001\"";
+
+/// The example's text with its gRPC server on a port of the OS's choosing,
+/// so that services run by tests at once never fight over 8001.
+pub fn any_grpc_port(example: &str) -> String {
+    assert!(
+        example.contains(EXAMPLE_GRPC_LISTEN),
+        "the example's [grpc] listen line changed"
+    );
+    example.replace(EXAMPLE_GRPC_LISTEN, "listen = \"127.0.0.1:0\"")
+}
+
 /// Writes `gsinfer.toml` into `dir`: the shipped example with this test's
-/// broker and status ports, the absolute repository path, a unique client
-/// id, and `status_extra` lines appended to `[status]`.
+/// broker and status ports, gRPC on any free port ([`any_grpc_port`]), the
+/// absolute repository path, a unique client id, and `status_extra` lines
+/// appended to `[status]`.
 pub fn write_config(dir: &Path, broker_port: u16, status_port: u16, status_extra: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = std::fs::read_to_string(root.join("config/gsinfer.example.toml")).unwrap();
-    let text = counting_example(&example)
+    let text = any_grpc_port(&counting_example(&example))
         .replace("port = 1883", &format!("port = {broker_port}"))
         .replace(
             "listen = \"127.0.0.1:8080\"",
@@ -135,11 +149,18 @@ pub struct Service(pub Child);
 impl Service {
     /// Starts `gsinfer run --config <config>`, its log on the test's stderr.
     pub fn run(config: &Path) -> Service {
+        Self::run_with_env(config, &[])
+    }
+
+    /// [`Service::run`] with `env` added to its environment (e.g.
+    /// `GSINFER__<SECTION>__<KEY>` overrides).
+    pub fn run_with_env(config: &Path, env: &[(&str, &str)]) -> Service {
         Service(
             Command::new(bin())
                 .args(["run", "--config"])
                 .arg(config)
                 .env("STATE_DIRECTORY", config.parent().unwrap())
+                .envs(env.iter().copied())
                 .stderr(Stdio::inherit())
                 .spawn()
                 .unwrap(),

@@ -1,6 +1,13 @@
-//! The KServe v2 REST protocol ("Open Inference Protocol") as Triton
-//! Inference Server speaks it, so `tritonclient` and `perf_analyzer` work
-//! against gsinfer unchanged:
+//! The KServe v2 protocol ("Open Inference Protocol") as Triton Inference
+//! Server speaks it, over HTTP/REST and gRPC, so `tritonclient` (HTTP and
+//! gRPC) and `perf_analyzer` work against gsinfer unchanged. An input of
+//! its own, beside telemetry: its requests join the models' batch queues.
+//! The status server ([`crate::status::http`]) carries the REST routes
+//! under `/v2`; [`grpc`] serves the gRPC API on an address of its own. What
+//! both share (finding a model, checking tensors, running an inference,
+//! metadata, the repository index, errors) is [`protocol`].
+//!
+//! The REST routes:
 //!
 //! | request | answer |
 //! | --- | --- |
@@ -20,20 +27,24 @@
 //! REST spec; Triton's `docs/protocol/extension_*.md`.
 
 pub mod config_json;
+pub mod grpc;
 pub mod infer;
+pub mod protocol;
+
+pub use protocol::KserveError;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use serde_json::{json, Value};
 
-use super::http::{HttpReply, HttpRequest};
-use super::StatusBoard;
 use crate::batch::BatchHandle;
 use crate::engine::TensorSpec;
 use crate::infer::Job;
 use crate::repository::{ModelConfig, ModelRepository};
+use crate::status::http::{HttpReply, HttpRequest};
 use crate::status::stats::InferStats;
+use crate::status::StatusBoard;
 
 /// One model as the inference endpoints serve it.
 #[derive(Debug)]
@@ -100,7 +111,7 @@ impl ServedModels {
     }
 }
 
-/// What the routes need.
+/// What the routes and the gRPC methods need.
 #[derive(Debug)]
 pub struct Context<'a> {
     /// Live status (readiness, metrics).
@@ -115,6 +126,12 @@ fn not_found(what: String) -> HttpReply {
     HttpReply::error(404, what)
 }
 
+/// The HTTP reply to a refused request: `{"error": ...}` with the status
+/// [`KserveError::http_status`] gives.
+pub fn error_reply(e: &KserveError) -> HttpReply {
+    HttpReply::error(e.http_status(), e.to_string())
+}
+
 fn method_not_allowed(path: &str, allowed: &str) -> HttpReply {
     HttpReply::error(
         405,
@@ -124,7 +141,8 @@ fn method_not_allowed(path: &str, allowed: &str) -> HttpReply {
 }
 
 /// Whether `path` (without the query) is a KServe endpoint that changes or
-/// runs something and so may require the bearer token.
+/// runs something and so may require the bearer token. The gRPC front end
+/// applies the same rule to its methods ([`grpc::needs_token`]).
 pub fn needs_token(path: &str) -> bool {
     path == "/v2/repository/index" || (path.starts_with("/v2/models/") && path.ends_with("/infer"))
 }
@@ -171,7 +189,10 @@ pub fn route(req: &HttpRequest, ctx: &Context<'_>) -> HttpReply {
                 .collect();
             HttpReply::json(200, &json!({ "model_stats": stats }))
         }
-        "/v2/repository/index" if post => repository_index(ctx),
+        "/v2/repository/index" if post => match protocol::repository_index(ctx) {
+            Ok(index) => HttpReply::json(200, &json!(index)),
+            Err(e) => error_reply(&e),
+        },
         "/v2" | "/v2/" | "/v2/health/live" | "/v2/health/ready" | "/v2/models/stats" => {
             method_not_allowed(path, "GET")
         }
@@ -187,11 +208,9 @@ pub fn route(req: &HttpRequest, ctx: &Context<'_>) -> HttpReply {
 
 fn server_metadata() -> Value {
     json!({
-        "name": "gsinfer",
+        "name": protocol::SERVER_NAME,
         "version": env!("CARGO_PKG_VERSION"),
-        // Only what is implemented in full; `POST /v2/repository/index` is
-        // served too, but not the rest of the model_repository extension.
-        "extensions": ["binary_tensor_data", "statistics", "model_configuration"],
+        "extensions": protocol::EXTENSIONS,
     })
 }
 
@@ -205,23 +224,13 @@ fn model_route(req: &HttpRequest, rest: &str, ctx: &Context<'_>) -> HttpReply {
         [m, v, ver, a] if v == "versions" => (m, Some(ver.as_str()), a.as_str()),
         _ => return not_found(format!("no endpoint {}", req.path)),
     };
-    let Some(model) = ctx.models.get(name) else {
-        let served: Vec<String> = ctx.models.all().iter().map(|m| m.name.clone()).collect();
-        return not_found(format!(
-            "unknown model `{name}`; this server serves {served:?} (POST /v2/repository/index lists the repository)"
-        ));
+    let model = match protocol::find_model(ctx.models, name, version) {
+        Ok(model) => model,
+        Err(e) => return error_reply(&e),
     };
-    if let Some(v) = version.filter(|v| !v.is_empty()) {
-        if v.parse::<u64>().ok() != Some(model.version) {
-            return not_found(format!(
-                "model `{name}` version {v} is not served; version {} is",
-                model.version
-            ));
-        }
-    }
     let get = matches!(req.method.as_str(), "GET" | "HEAD");
     match action {
-        "" if get => HttpReply::json(200, &model_metadata(&model)),
+        "" if get => HttpReply::json(200, &json!(protocol::model_metadata(&model))),
         "ready" if get => HttpReply::empty(if ctx.board.is_model_ready(name) {
             200
         } else {
@@ -232,15 +241,10 @@ fn model_route(req: &HttpRequest, rest: &str, ctx: &Context<'_>) -> HttpReply {
             200,
             &json!({ "model_stats": [model.stats.to_json(&model.name, model.version)] }),
         ),
-        "infer" if req.method == "POST" => {
-            if !ctx.board.is_model_ready(name) {
-                return HttpReply::error(
-                    503,
-                    format!("model `{name}` is not ready; GET /v2/models/{name}/ready says when"),
-                );
-            }
-            infer::infer(req, &model, ctx)
-        }
+        "infer" if req.method == "POST" => match protocol::require_ready(ctx, &model) {
+            Ok(()) => infer::infer(req, &model, ctx),
+            Err(e) => error_reply(&e),
+        },
         "" | "ready" | "config" | "stats" => method_not_allowed(&req.path, "GET"),
         "infer" => method_not_allowed(&req.path, "POST"),
         other => not_found(format!(
@@ -249,68 +253,48 @@ fn model_route(req: &HttpRequest, rest: &str, ctx: &Context<'_>) -> HttpReply {
     }
 }
 
-/// Shape with the batch dimension (`-1`) in front when the model batches.
-fn full_shape(config: &ModelConfig, dims: &[usize]) -> Vec<i64> {
-    let batch = (config.max_batch_size > 0).then_some(-1);
-    batch
-        .into_iter()
-        .chain(dims.iter().map(|d| *d as i64))
-        .collect()
-}
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::batch::BatchQueue;
+    use std::time::Duration;
 
-fn model_metadata(model: &ServedModel) -> Value {
-    let tensor = |spec: &TensorSpec| {
-        json!({
-            "name": spec.name, "datatype": "FP32", "shape": full_shape(&model.config, &spec.dims),
-        })
-    };
-    json!({
-        "name": model.name,
-        "versions": [model.version.to_string()],
-        "platform": model.config.platform.triton_name(),
-        "inputs": [tensor(&model.input)],
-        "outputs": model.outputs.iter().map(tensor).collect::<Vec<_>>(),
-    })
-}
-
-/// `POST /v2/repository/index`: one entry per model folder of the
-/// repository (Triton's `RepositoryIndexResponse` in JSON).
-fn repository_index(ctx: &Context<'_>) -> HttpReply {
-    let mut names: Vec<String> = match &ctx.models.repository {
-        Some(repo) => match repo.model_names() {
-            Ok(names) => names,
-            Err(e) => return HttpReply::error(500, format!("cannot list the repository: {e}")),
-        },
-        None => Vec::new(),
-    };
-    for m in ctx.models.all() {
-        if !names.contains(&m.name) {
-            names.push(m.name.clone());
+    /// A served model for tests, as the fuzz targets build it: batched
+    /// (`max_batch_size: 4`, input `window` [2, 3], outputs `forecast` [2]
+    /// and `score` [1]) or not (input [3], output `forecast` [2]), named
+    /// `m`, version 1, with a batch queue nothing takes from.
+    pub(crate) fn model(batched: bool) -> ServedModel {
+        let text = if batched {
+            "platform: \"onnxruntime_onnx\" max_batch_size: 4 \
+             input [ { name: \"window\" data_type: TYPE_FP32 dims: [ 2, 3 ] } ] \
+             output [ { name: \"forecast\" data_type: TYPE_FP32 dims: [ 2 ] }, \
+                      { name: \"score\" data_type: TYPE_FP32 dims: [ 1 ] } ]"
+        } else {
+            "platform: \"onnxruntime_onnx\" max_batch_size: 0 \
+             input [ { name: \"window\" data_type: TYPE_FP32 dims: [ 3 ] } ] \
+             output [ { name: \"forecast\" data_type: TYPE_FP32 dims: [ 2 ] } ]"
+        };
+        let (config, _) = ModelConfig::parse(text).expect("the test model's config.pbtxt");
+        let spec = |t: &crate::repository::TensorConfig| TensorSpec {
+            name: t.name.clone(),
+            dims: t.dims.iter().map(|&d| d as usize).collect(),
+        };
+        let max_batch = if batched { 4 } else { 1 };
+        ServedModel {
+            name: "m".into(),
+            version: 1,
+            input: spec(&config.inputs[0]),
+            outputs: config.outputs.iter().map(spec).collect(),
+            config,
+            handle: BatchHandle::new(BatchQueue::new(
+                8,
+                vec![max_batch],
+                Duration::from_millis(1),
+            )),
+            max_batch,
+            stats: Arc::default(),
         }
     }
-    names.sort();
-    let index: Vec<Value> = names
-        .iter()
-        .map(|name| match ctx.models.get(name) {
-            Some(m) if ctx.board.is_model_ready(name) => {
-                json!({"name": name, "version": m.version.to_string(), "state": "READY", "reason": ""})
-            }
-            Some(m) => json!({
-                "name": name, "version": m.version.to_string(), "state": "UNAVAILABLE",
-                "reason": "the engine is loading, rebuilding or failed; see /api/status",
-            }),
-            None => json!({
-                "name": name, "state": "UNAVAILABLE",
-                "reason": "in the repository but served by no [[pipeline]] of the configuration",
-            }),
-        })
-        .collect();
-    HttpReply::json(200, &Value::Array(index))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     #[test]
     fn path_segments_are_percent_decoded() {

@@ -6,20 +6,19 @@
 //! outputs asked for with `parameters.binary_data` (or the request's
 //! `binary_data_output`) come back the same way.
 //!
-//! Each batch item of the request becomes one entry of the model's batch
-//! queue, all or none (a full queue answers 503 rather than displace
-//! telemetry windows); the worker then waits for every item's result, up
-//! to `status.infer_timeout_ms`.
-
-use std::time::Instant;
+//! The tensors are checked, and the inference run, by [`super::protocol`],
+//! which the gRPC front end shares: each batch item of the request becomes
+//! one entry of the model's batch queue, all or none (a full queue answers
+//! 503 rather than displace telemetry windows); the worker then waits for
+//! every item's result, up to `status.infer_timeout_ms`.
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{Context, ServedModel};
-use crate::infer::{ItemResult, Job, RequestItem, Work, HTTP_CHANNEL};
+use super::protocol::{self, InputHeader};
+use super::{error_reply, Context, ServedModel};
+use crate::infer::RequestSource;
 use crate::status::http::{HttpReply, HttpRequest};
-use crate::status::stats::Timing;
 
 /// The header naming the JSON part's length in a binary request or reply.
 pub const HEADER_LENGTH: &str = "Inference-Header-Content-Length";
@@ -76,44 +75,17 @@ fn input_values(
     model: &ServedModel,
 ) -> Result<(usize, Vec<f32>), HttpReply> {
     let spec = &model.input;
-    let [input] = req.inputs.as_slice() else {
-        return Err(bad(format!(
-            "model `{}` takes exactly one input, `{}`; the request has {}",
-            model.name,
-            spec.name,
-            req.inputs.len()
-        )));
-    };
-    if input.name != spec.name {
-        return Err(bad(format!(
-            "unknown input `{}` for model `{}`; its input is `{}`",
-            input.name, model.name, spec.name
-        )));
-    }
-    if input.datatype != "FP32" {
-        return Err(bad(format!(
-            "input `{}` is FP32, the request says {}; send FP32",
-            spec.name, input.datatype
-        )));
-    }
-    let batched = model.config.max_batch_size > 0;
-    let (batch, dims) = match (batched, input.shape.split_first()) {
-        (true, Some((b, rest))) => (*b, rest),
-        _ => (1, input.shape.as_slice()),
-    };
-    let want: Vec<i64> = spec.dims.iter().map(|d| *d as i64).collect();
-    if dims != want.as_slice() || batch < 1 || batch as usize > model.max_batch {
-        let expected = if batched {
-            format!("[n, {}] with n from 1 to {}", join(&want), model.max_batch)
-        } else {
-            format!("[{}]", join(&want))
-        };
-        return Err(bad(format!(
-            "input `{}` has shape {:?}; model `{}` takes {expected}",
-            spec.name, input.shape, model.name
-        )));
-    }
-    let batch = batch as usize;
+    let headers: Vec<InputHeader<'_>> = req
+        .inputs
+        .iter()
+        .map(|i| InputHeader {
+            name: &i.name,
+            datatype: &i.datatype,
+            shape: &i.shape,
+        })
+        .collect();
+    let batch = protocol::check_inputs(model, &headers).map_err(|e| error_reply(&e))?;
+    let input = &req.inputs[0];
     let count = batch * spec.item_len();
     let values = match (input.parameters.get("binary_data_size"), &input.data) {
         (Some(size), _) => {
@@ -129,10 +101,7 @@ fn input_values(
                     count * 4
                 )));
             }
-            binary[..size]
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
+            protocol::f32_from_le(&binary[..size])
         }
         (None, Some(data)) => {
             let mut values = Vec::with_capacity(count);
@@ -169,13 +138,6 @@ fn input_values(
     Ok((batch, values))
 }
 
-fn join(dims: &[i64]) -> String {
-    dims.iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn flag(parameters: &Map<String, Value>, key: &str) -> bool {
     parameters
         .get(key)
@@ -195,22 +157,9 @@ fn requested_outputs(
     outputs
         .iter()
         .map(|o| {
-            if o.parameters.contains_key("classification") {
-                return Err(bad(
-                    "the classification extension is not supported; ask for the raw output",
-                ));
-            }
-            let ix = model
-                .outputs
-                .iter()
-                .position(|s| s.name == o.name)
-                .ok_or_else(|| {
-                    let names: Vec<&str> = model.outputs.iter().map(|s| s.name.as_str()).collect();
-                    bad(format!(
-                        "unknown output `{}` for model `{}`; its outputs are {names:?}",
-                        o.name, model.name
-                    ))
-                })?;
+            let classification = o.parameters.contains_key("classification");
+            let ix = protocol::output_index(model, &o.name, classification)
+                .map_err(|e| error_reply(&e))?;
             Ok((ix, all_binary || flag(&o.parameters, "binary_data")))
         })
         .collect()
@@ -282,16 +231,26 @@ pub fn decode_request(req: &HttpRequest, model: &ServedModel) -> Result<DecodedR
     })
 }
 
-/// Serves one inference request on `model`.
+/// Serves one inference request on `model` through its batcher
+/// ([`protocol::infer`]).
 pub fn infer(req: &HttpRequest, model: &ServedModel, ctx: &Context<'_>) -> HttpReply {
-    ctx.board.metrics.input("http", req.body.len());
+    ctx.board
+        .metrics
+        .input(RequestSource::Http.as_str(), req.body.len());
     let request = match decode_request(req, model) {
         Ok(r) => r,
         Err(reply) => return reply,
     };
-    let rows = match run(model, ctx, request.batch, request.values, req.received) {
+    let rows = match protocol::infer(
+        ctx,
+        model,
+        RequestSource::Http,
+        request.batch,
+        request.values,
+        req.received,
+    ) {
         Ok(rows) => rows,
-        Err(reply) => return reply,
+        Err(e) => return error_reply(&e),
     };
     let reply = encode(
         request.id.as_deref(),
@@ -302,92 +261,10 @@ pub fn infer(req: &HttpRequest, model: &ServedModel, ctx: &Context<'_>) -> HttpR
     );
     ctx.board.record_end_to_end(
         &model.name,
-        "http",
+        RequestSource::Http.as_str(),
         req.received.elapsed().as_micros() as u64,
     );
     reply
-}
-
-/// Queues the request's items and waits for their results; each row's
-/// outputs, in row order.
-fn run(
-    model: &ServedModel,
-    ctx: &Context<'_>,
-    batch: usize,
-    values: Vec<f32>,
-    received: Instant,
-) -> Result<Vec<Vec<Vec<f32>>>, HttpReply> {
-    let item_len = model.input.item_len();
-    let (tx, rx) = crossbeam_channel::bounded::<ItemResult>(batch);
-    let now = Instant::now();
-    let jobs: Vec<Job> = values
-        .chunks_exact(item_len)
-        .enumerate()
-        .map(|(row, v)| Job {
-            queued: now,
-            work: Work::Request(RequestItem {
-                row,
-                values: v.to_vec(),
-                reply: tx.clone(),
-            }),
-        })
-        .collect();
-    drop(tx);
-    let fail = |status: u16, message: String| {
-        model.stats.record_failure(received.elapsed());
-        HttpReply::error(status, message)
-    };
-    if model
-        .handle
-        .push_all_if_room(HTTP_CHANNEL, jobs, now)
-        .is_err()
-    {
-        ctx.board.metrics.dropped(
-            &model.name,
-            crate::batch::DropReason::QueueFull,
-            batch as u64,
-        );
-        return Err(fail(
-            503,
-            format!(
-                "model `{}`'s batch queue has no room for {batch} more items (or is shutting down); retry later",
-                model.name
-            ),
-        ));
-    }
-    ctx.board
-        .metrics
-        .set_queue_depth(&model.name, model.handle.depth());
-    let deadline = now + ctx.infer_timeout;
-    let mut rows: Vec<Option<Vec<Vec<f32>>>> = vec![None; batch];
-    let mut timing = Timing::default();
-    for _ in 0..batch {
-        match rx.recv_deadline(deadline) {
-            Ok(ItemResult {
-                row,
-                outputs: Ok(o),
-                timing: t,
-            }) => {
-                rows[row] = Some(o);
-                timing = timing.max(t);
-            }
-            Ok(ItemResult {
-                outputs: Err(e), ..
-            }) => return Err(fail(500, e)),
-            Err(_) => {
-                return Err(fail(
-                    503,
-                    format!(
-                        "no result from model `{}` within {} ms (status.infer_timeout_ms); the engine is overloaded",
-                        model.name,
-                        ctx.infer_timeout.as_millis()
-                    ),
-                ))
-            }
-        }
-    }
-    model.stats.record_success(received.elapsed(), &timing);
-    Ok(rows.into_iter().map(|r| r.unwrap_or_default()).collect())
 }
 
 /// The response: JSON, or JSON header plus binary outputs.
@@ -403,12 +280,10 @@ fn encode(
         .iter()
         .map(|&(ix, as_binary)| {
             let spec = &model.outputs[ix];
-            let mut shape: Vec<i64> = spec.dims.iter().map(|d| *d as i64).collect();
-            if model.config.max_batch_size > 0 {
-                shape.insert(0, batch as i64);
-            }
+            let shape = protocol::with_batch(model, &spec.dims, batch as i64);
             let values = rows.iter().flat_map(|r| r[ix].iter().copied());
-            let mut t = json!({ "name": spec.name, "datatype": "FP32", "shape": shape });
+            let mut t =
+                json!({ "name": spec.name, "datatype": protocol::DATATYPE, "shape": shape });
             if as_binary {
                 let start = binary.len();
                 binary.extend(values.flat_map(f32::to_le_bytes));
