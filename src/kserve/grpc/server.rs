@@ -111,7 +111,7 @@ impl GrpcServer {
     }
 
     /// Stops taking connections, lets calls in flight finish for up to
-    /// [`STOP_TIMEOUT`], then drops what is left.
+    /// 5 s, then drops what is left.
     pub async fn stop(self) {
         let Some(Running { stop, mut task, .. }) = self.running else {
             return;
