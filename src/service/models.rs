@@ -16,8 +16,8 @@ use crate::batch::{BatchHandle, BatchQueue};
 use crate::config::Config;
 use crate::engine::plans::{CpuEngine, EngineSet};
 use crate::infer::{BatchResult, EngineThread, Job};
-use crate::repository::ModelRepository;
 use crate::kserve::{ServedModel, ServedModels};
+use crate::repository::ModelRepository;
 use crate::status::{ModelState, StatusBoard};
 use crate::watchdog::{Notifier, Stage};
 
