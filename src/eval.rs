@@ -699,35 +699,7 @@ fn report_channel(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::score::{AnomalyEvent, EventKind, Score};
-
-    fn score(index: u64) -> ScoredOutput {
-        ScoredOutput::Score(Score {
-            index,
-            t_ns: index as i64,
-            error: 0.0,
-            score: 0.0,
-            threshold: 1.0,
-            anomalous: false,
-        })
-    }
-
-    fn event(start: u64, end: Option<u64>) -> ScoredOutput {
-        ScoredOutput::Event(AnomalyEvent {
-            event: if end.is_some() {
-                EventKind::AnomalyEnd
-            } else {
-                EventKind::AnomalyStart
-            },
-            start,
-            start_t_ns: start as i64,
-            end,
-            end_t_ns: end.map(|e| e as i64),
-            max_score: 2.0,
-            threshold: 1.0,
-            closed: None,
-        })
-    }
+    use crate::score::testing::{event, score};
 
     #[test]
     fn drop_prefix_shifts_scores_and_clips_events_that_span_the_cut() {

@@ -877,3 +877,130 @@ fn a_corrupt_or_mismatched_state_is_discarded_with_one_line_and_the_service_runs
         "{s}"
     );
 }
+
+/// `unshare` arguments that give a child its own mount namespace (a user
+/// namespace too, so no privilege is needed), or `None` (skipped with a
+/// note) where the kernel refuses both.
+fn private_mounts() -> Option<&'static [&'static str]> {
+    for args in [&["-Urm"][..], &["-m"][..]] {
+        let ok = Command::new("unshare")
+            .args(args)
+            .args(["sh", "-c", "mount -t tmpfs -o size=4k gsinfer-probe /tmp"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(args);
+        }
+    }
+    common::skip(
+        "`unshare -Urm` / `unshare -m` cannot mount a tmpfs here (the full-disk test needs one)",
+    );
+    None
+}
+
+/// The service with its state folder (`dir/state`) on a 256 KiB tmpfs of
+/// its own mount namespace, all but 16 KiB of it taken by `state/filler`:
+/// the smallest channel state does not fit until the filler is removed
+/// (through `/proc/<pid>/root`, the service's view of its mounts).
+fn on_full_disk(unshare: &[&str], cfg: &Path, dir: &Path) -> Service {
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut command = Command::new("unshare");
+    command
+        .args(unshare)
+        .args([
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=256k gsinfer-test \"$1\" && head -c 240k /dev/zero > \"$1/filler\" \
+             && shift && exec \"$@\"",
+            "sh",
+        ])
+        .arg(&state)
+        .arg(bin())
+        .args(["run", "--config"])
+        .arg(cfg);
+    Service::spawn(command, cfg, dir)
+}
+
+fn state_save_errors(port: u16) -> u64 {
+    let (_, text) = http_get(port, "/metrics").unwrap();
+    text.lines()
+        .find(|l| l.starts_with("gsinfer_state_save_errors_total{model=\"smap_lstm\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_full_state_disk_costs_the_saves_and_nothing_else() {
+    if !mosquitto_available() {
+        return;
+    }
+    let Some(unshare) = private_mounts() else {
+        return;
+    };
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = config(dir.path(), broker.port, port, "fulldisk", |t| {
+        t.replace("[publish]", "[state]\nsave_interval_ms = 200\n\n[publish]")
+    });
+    let sub = Subscriber::start(broker.port, &["gsinfer/smap_lstm/+/score"]);
+
+    // A disk full from the start to the stop: every sample is still scored
+    // (QoS 1 acks are not held back for a save that fails), the error is
+    // logged once however often the save is retried, and the stop says the
+    // state was not saved.
+    let mut service = on_full_disk(unshare, &cfg, dir.path());
+    ready(port, &service);
+    publish_samples(broker.port, 0..WINDOW + 100);
+    assert!(
+        wait_until(|| scores_by_sample(&sub).len() == 100),
+        "{}",
+        service.log()
+    );
+    assert!(
+        wait_until(|| state_save_errors(port) >= 3),
+        "{}",
+        service.log()
+    );
+    let last = &status(port)["models"][0]["channel_state"]["last_save"];
+    assert_eq!(last["ok"], false, "{last}");
+    assert!(
+        last["error"].as_str().unwrap().contains("No space left"),
+        "{last}"
+    );
+    assert!(terminate(&mut service).success(), "{}", service.log());
+    let log = service.log();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("channel state not saved"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one line for the failing saves:\n{log}");
+    assert!(
+        errors[0].contains("No space left on device"),
+        "{}",
+        errors[0]
+    );
+    assert!(log.contains("smap_lstm not saved at stop"), "{log}");
+
+    // Space comes back mid-run: the next save succeeds and says so.
+    let service = on_full_disk(unshare, &cfg, dir.path());
+    ready(port, &service);
+    publish_samples(broker.port, 0..WINDOW + 10);
+    assert!(
+        wait_until(|| state_save_errors(port) >= 1),
+        "{}",
+        service.log()
+    );
+    let filler = PathBuf::from(format!("/proc/{}/root", service.child.id()))
+        .join(dir.path().join("state/filler").strip_prefix("/").unwrap());
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        wait_until(|| service.log().contains("channel state saved again")),
+        "{}",
+        service.log()
+    );
+    let last = &status(port)["models"][0]["channel_state"]["last_save"];
+    assert_eq!(last["ok"], true, "{last}");
+    assert!(filler.with_file_name("smap_lstm.state").is_file());
+}

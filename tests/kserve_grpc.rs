@@ -14,38 +14,12 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::gsinfer::{free_port, http_get, wait_until, write_config, Service, GUARD};
-use gsinfer::engine::tract::TractEngine;
-use gsinfer::engine::{Engine, TensorSpec};
-use rand::{Rng, SeedableRng};
-
-/// A bucket of the example model, so the server runs the batch unpadded, as the reference does.
-const BATCH: usize = 4;
-
-fn python_has(modules: &str) -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", &format!("import {modules}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let message = format!(
-            "python3 cannot import {modules}; python3 -m pip install 'tritonclient[grpc,http]'"
-        );
-        assert!(std::env::var_os("CI").is_none(), "{message}");
-        common::skip(&message);
-    }
-    ok
-}
-
-fn f32_file(path: &Path, values: &[f32]) {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(path, bytes).unwrap();
-}
+use common::gsinfer::{free_port, http_get, wait_until, Service, GUARD};
+use common::kserve::{python_has, reference_batch, token_config, BATCH};
 
 fn grpc_port_open(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -53,48 +27,21 @@ fn grpc_port_open(port: u16) -> bool {
 
 #[test]
 fn tritonclient_grpc_accepts_gsinfer() {
-    if !python_has("numpy, tritonclient.grpc, tritonclient.http") {
+    if !python_has(
+        "numpy, tritonclient.grpc, tritonclient.http",
+        "'tritonclient[grpc,http]'",
+    ) {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
 
-    // gsinfer bench's seeded random input, and tract's output on it.
-    let spec = TensorSpec {
-        name: "window".into(),
-        dims: vec![250, 25],
-    };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let input: Vec<f32> = (0..BATCH * spec.item_len())
-        .map(|_| rng.random_range(-1.0..1.0))
-        .collect();
-    let mut engine = TractEngine::load(
-        &root.join("model_repository/smap_lstm/1/model.onnx"),
-        &spec,
-        &["forecast".into()],
-    )
-    .unwrap();
-    // tract's first run of a batch size differs from its later ones by up
-    // to ~1.3e-4 on this model; both sides warm up once (see kserve_clients.rs).
-    engine.infer(BATCH, &[&input]).unwrap();
-    let expected = engine.infer(BATCH, &[&input]).unwrap().remove(0);
-    f32_file(&dir.path().join("input.f32"), &input);
-    f32_file(&dir.path().join("expected.f32"), &expected);
+    reference_batch(dir.path(), 7);
     let fdset = dir.path().join("grpc_service.fdset");
     std::fs::write(&fdset, gsinfer::kserve::grpc::proto::FILE_DESCRIPTOR_SET).unwrap();
 
-    let token = dir.path().join("token");
-    std::fs::write(&token, "grpc-test-token\n").unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    // No broker is needed for KServe inference; nothing listens on this port.
-    let status_port = free_port();
+    let (config, status_port) = token_config(dir.path(), "grpc-test-token");
     let grpc_port = free_port();
-    let config = write_config(
-        dir.path(),
-        free_port(),
-        status_port,
-        &format!("token_file = {:?}", token.display().to_string()),
-    );
     let grpc_listen = format!("127.0.0.1:{grpc_port}");
     let mut service = Service::run_with_env(&config, &[("GSINFER__GRPC__LISTEN", &grpc_listen)]);
     assert!(

@@ -12,53 +12,17 @@
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use gsinfer::batch::{BatchHandle, BatchQueue};
-use gsinfer::engine::TensorSpec;
-use gsinfer::repository::ModelConfig;
 use gsinfer::status::http::HttpRequest;
 use gsinfer::kserve::infer::{decode_request, DecodedRequest, HEADER_LENGTH};
-use gsinfer::kserve::ServedModel;
+use gsinfer::kserve::{test_model, ServedModel};
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 
-fn model(batched: bool) -> ServedModel {
-    let text = if batched {
-        "platform: \"onnxruntime_onnx\" max_batch_size: 4 \
-         input [ { name: \"window\" data_type: TYPE_FP32 dims: [ 2, 3 ] } ] \
-         output [ { name: \"forecast\" data_type: TYPE_FP32 dims: [ 2 ] }, \
-                  { name: \"score\" data_type: TYPE_FP32 dims: [ 1 ] } ]"
-    } else {
-        "platform: \"onnxruntime_onnx\" max_batch_size: 0 \
-         input [ { name: \"window\" data_type: TYPE_FP32 dims: [ 3 ] } ] \
-         output [ { name: \"forecast\" data_type: TYPE_FP32 dims: [ 2 ] } ]"
-    };
-    let (config, _) = ModelConfig::parse(text).expect("the fuzz model's config.pbtxt");
-    let spec = |t: &gsinfer::repository::TensorConfig| TensorSpec {
-        name: t.name.clone(),
-        dims: t.dims.iter().map(|&d| d as usize).collect(),
-    };
-    let max_batch = if batched { 4 } else { 1 };
-    ServedModel {
-        name: "m".into(),
-        version: 1,
-        input: spec(&config.inputs[0]),
-        outputs: config.outputs.iter().map(spec).collect(),
-        config,
-        handle: BatchHandle::new(BatchQueue::new(
-            8,
-            vec![max_batch],
-            Duration::from_millis(1),
-        )),
-        max_batch,
-        stats: Arc::default(),
-    }
-}
-
 fn models() -> &'static [ServedModel; 2] {
     static MODELS: OnceLock<[ServedModel; 2]> = OnceLock::new();
-    MODELS.get_or_init(|| [model(true), model(false)])
+    MODELS.get_or_init(|| [test_model(true), test_model(false)])
 }
 
 fn request(headers: Vec<(String, String)>, body: Vec<u8>) -> HttpRequest {

@@ -253,48 +253,47 @@ fn model_route(req: &HttpRequest, rest: &str, ctx: &Context<'_>) -> HttpReply {
     }
 }
 
+/// A served model for unit tests and fuzz targets: batched
+/// (`max_batch_size: 4`, input `window` [2, 3], outputs `forecast` [2]
+/// and `score` [1]) or not (input [3], output `forecast` [2]), named
+/// `m`, version 1, with a batch queue nothing takes from.
+#[doc(hidden)]
+pub fn test_model(batched: bool) -> ServedModel {
+    let text = if batched {
+        "platform: \"onnxruntime_onnx\" max_batch_size: 4 \
+         input [ { name: \"window\" data_type: TYPE_FP32 dims: [ 2, 3 ] } ] \
+         output [ { name: \"forecast\" data_type: TYPE_FP32 dims: [ 2 ] }, \
+                  { name: \"score\" data_type: TYPE_FP32 dims: [ 1 ] } ]"
+    } else {
+        "platform: \"onnxruntime_onnx\" max_batch_size: 0 \
+         input [ { name: \"window\" data_type: TYPE_FP32 dims: [ 3 ] } ] \
+         output [ { name: \"forecast\" data_type: TYPE_FP32 dims: [ 2 ] } ]"
+    };
+    let (config, _) = ModelConfig::parse(text).expect("the test model's config.pbtxt");
+    let spec = |t: &crate::repository::TensorConfig| TensorSpec {
+        name: t.name.clone(),
+        dims: t.dims.iter().map(|&d| d as usize).collect(),
+    };
+    let max_batch = if batched { 4 } else { 1 };
+    ServedModel {
+        name: "m".into(),
+        version: 1,
+        input: spec(&config.inputs[0]),
+        outputs: config.outputs.iter().map(spec).collect(),
+        config,
+        handle: BatchHandle::new(crate::batch::BatchQueue::new(
+            8,
+            vec![max_batch],
+            std::time::Duration::from_millis(1),
+        )),
+        max_batch,
+        stats: Arc::default(),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::batch::BatchQueue;
-    use std::time::Duration;
-
-    /// A served model for tests, as the fuzz targets build it: batched
-    /// (`max_batch_size: 4`, input `window` [2, 3], outputs `forecast` [2]
-    /// and `score` [1]) or not (input [3], output `forecast` [2]), named
-    /// `m`, version 1, with a batch queue nothing takes from.
-    pub(crate) fn model(batched: bool) -> ServedModel {
-        let text = if batched {
-            "platform: \"onnxruntime_onnx\" max_batch_size: 4 \
-             input [ { name: \"window\" data_type: TYPE_FP32 dims: [ 2, 3 ] } ] \
-             output [ { name: \"forecast\" data_type: TYPE_FP32 dims: [ 2 ] }, \
-                      { name: \"score\" data_type: TYPE_FP32 dims: [ 1 ] } ]"
-        } else {
-            "platform: \"onnxruntime_onnx\" max_batch_size: 0 \
-             input [ { name: \"window\" data_type: TYPE_FP32 dims: [ 3 ] } ] \
-             output [ { name: \"forecast\" data_type: TYPE_FP32 dims: [ 2 ] } ]"
-        };
-        let (config, _) = ModelConfig::parse(text).expect("the test model's config.pbtxt");
-        let spec = |t: &crate::repository::TensorConfig| TensorSpec {
-            name: t.name.clone(),
-            dims: t.dims.iter().map(|&d| d as usize).collect(),
-        };
-        let max_batch = if batched { 4 } else { 1 };
-        ServedModel {
-            name: "m".into(),
-            version: 1,
-            input: spec(&config.inputs[0]),
-            outputs: config.outputs.iter().map(spec).collect(),
-            config,
-            handle: BatchHandle::new(BatchQueue::new(
-                8,
-                vec![max_batch],
-                Duration::from_millis(1),
-            )),
-            max_batch,
-            stats: Arc::default(),
-        }
-    }
 
     #[test]
     fn path_segments_are_percent_decoded() {

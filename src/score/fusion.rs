@@ -311,7 +311,7 @@ impl Fuser {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::score::Score;
+    use crate::score::testing::{event, score};
 
     fn config(min_votes: usize) -> EnsembleConfig {
         EnsembleConfig {
@@ -322,41 +322,12 @@ mod tests {
         }
     }
 
-    fn score(index: u64) -> ScoredOutput {
-        ScoredOutput::Score(Score {
-            index,
-            t_ns: index as i64,
-            error: 0.0,
-            score: 0.0,
-            threshold: 1.0,
-            anomalous: false,
-        })
-    }
-
     fn start(s: u64) -> ScoredOutput {
-        ScoredOutput::Event(AnomalyEvent {
-            event: EventKind::AnomalyStart,
-            start: s,
-            start_t_ns: s as i64,
-            end: None,
-            end_t_ns: None,
-            max_score: 1.0,
-            threshold: 0.5,
-            closed: None,
-        })
+        event(s, None)
     }
 
     fn end(s: u64, e: u64) -> ScoredOutput {
-        ScoredOutput::Event(AnomalyEvent {
-            event: EventKind::AnomalyEnd,
-            start: s,
-            start_t_ns: s as i64,
-            end: Some(e),
-            end_t_ns: Some(e as i64),
-            max_score: 1.0,
-            threshold: 0.5,
-            closed: None,
-        })
+        event(s, Some(e))
     }
 
     /// A member's outputs for one anomaly `[s, e]` then quiet scores to `to`.

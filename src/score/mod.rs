@@ -91,3 +91,41 @@ fn default_hold() -> u32 {
 fn default_actuals() -> usize {
     16_384
 }
+
+/// Outputs for unit tests: a quiet score, and an event's start or end,
+/// each with its time stamp (ns) equal to its sample index.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{AnomalyEvent, EventKind, Score, ScoredOutput};
+
+    /// A score of 0 for sample `index`, threshold 1, not anomalous.
+    pub fn score(index: u64) -> ScoredOutput {
+        ScoredOutput::Score(Score {
+            index,
+            t_ns: index as i64,
+            error: 0.0,
+            score: 0.0,
+            threshold: 1.0,
+            anomalous: false,
+        })
+    }
+
+    /// An anomaly from sample `start`: its start, or with `end` its end
+    /// (max score 2, threshold 1).
+    pub fn event(start: u64, end: Option<u64>) -> ScoredOutput {
+        ScoredOutput::Event(AnomalyEvent {
+            event: if end.is_some() {
+                EventKind::AnomalyEnd
+            } else {
+                EventKind::AnomalyStart
+            },
+            start,
+            start_t_ns: start as i64,
+            end,
+            end_t_ns: end.map(|e| e as i64),
+            max_score: 2.0,
+            threshold: 1.0,
+            closed: None,
+        })
+    }
+}

@@ -229,10 +229,23 @@ impl Persistence {
         std::mem::take(&mut self.held)
     }
 
-    /// Logs the final save at stop.
+    /// Logs the final save at stop: which models' state the next start
+    /// will not find (their last save failed), or that all were saved.
     pub fn log_stop(&self) {
-        if self.store.is_some() {
+        if self.store.is_none() {
+            return;
+        }
+        let unsaved: Vec<&str> = self
+            .keys
+            .iter()
+            .zip(&self.failing)
+            .filter(|(_, failing)| **failing)
+            .filter_map(|(key, _)| key.as_ref().map(|(k, _)| k.model.as_str()))
+            .collect();
+        if unsaved.is_empty() {
             log::info!(target: "gsinfer::state", "channel state saved for the next start");
+        } else {
+            log::error!(target: "gsinfer::state", "channel state of {} not saved at stop (see the save error above): the next start continues from an older save or starts fresh", unsaved.join(", "));
         }
     }
 }

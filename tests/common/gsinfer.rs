@@ -186,11 +186,17 @@ pub struct LoggedService {
 impl LoggedService {
     /// Starts the service, its stderr going to `dir/gsinfer.log`.
     pub fn run(config: &Path, dir: &Path) -> LoggedService {
+        let mut command = Command::new(bin());
+        command.args(["run", "--config"]).arg(config);
+        Self::spawn(command, config, dir)
+    }
+
+    /// Starts `command`, which runs `gsinfer run --config <config>` (directly
+    /// or through a wrapper that `exec`s it), as [`LoggedService::run`] does.
+    pub fn spawn(mut command: Command, config: &Path, dir: &Path) -> LoggedService {
         let log = dir.join("gsinfer.log");
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin())
-            .args(["run", "--config"])
-            .arg(config)
+        let child = command
             .env("STATE_DIRECTORY", config.parent().unwrap())
             .stderr(Stdio::from(file))
             .spawn()

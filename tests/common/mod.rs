@@ -460,3 +460,4 @@ pub fn publish_all(port: u16, messages: &[(&str, &[u8])]) {
 }
 
 pub mod gsinfer;
+pub mod kserve;

@@ -387,7 +387,7 @@ pub fn repository_index(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kserve::tests::model;
+    use crate::kserve::test_model as model;
     use proto::model_infer_request::InferRequestedOutputTensor;
 
     fn raw(values: &[f32]) -> Vec<u8> {

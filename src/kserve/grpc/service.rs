@@ -464,7 +464,7 @@ mod tests {
     use super::*;
     use crate::batch::Batch;
     use crate::infer::{ItemResult, Job, Work};
-    use crate::kserve::tests::model;
+    use crate::kserve::test_model as model;
     use crate::status::stats::Timing;
     use crate::status::{ModelState, StatusConfig};
     use proto::model_infer_request::InferInputTensor;
