@@ -406,7 +406,10 @@ impl Config {
                     "must be at least 1 sample (1 scores every sample)",
                 );
             }
-            if p.batch.latency_budget_us == 0 || p.batch.latency_budget_us > 10_000_000 {
+            if p.batch
+                .latency_budget_us
+                .is_some_and(|us| us == 0 || us > crate::batch::MAX_BUDGET_US)
+            {
                 bad(
                     k("batch.latency_budget_us"),
                     "must be between 1 µs and 10 s (10000000)",

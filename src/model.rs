@@ -2,11 +2,13 @@
 //! the repository, check its config.pbtxt against the pipeline's windows,
 //! pick the batch buckets, and open the engine that runs it.
 
-use crate::batch::default_buckets;
+use crate::batch::{default_buckets, BudgetSource, MAX_BUDGET_US};
 use crate::config::PipelineConfig;
 use crate::engine::tract::TractEngine;
-use crate::engine::{Engine, EngineChoice, EngineSettings, TensorSpec};
-use crate::repository::{DataType, ModelEntry, ModelRepository, Platform};
+use crate::engine::{Engine, EngineChoice, EngineKind, EngineSettings, TensorSpec};
+use crate::repository::{
+    DataType, DynamicBatching, InstanceKind, ModelConfig, ModelEntry, ModelRepository, Platform,
+};
 use crate::score::ScoringKind;
 
 /// Errors preparing a pipeline's model.
@@ -44,6 +46,13 @@ pub struct PreparedModel {
     pub buckets: Vec<usize>,
     /// Engine instances to run (`instance_group` count).
     pub instances: usize,
+    /// The latency budget in effect, µs ([`crate::batch::BatchConfig::budget_us`]).
+    pub budget_us: u64,
+    /// Where [`PreparedModel::budget_us`] comes from.
+    pub budget_from: BudgetSource,
+    /// The pipeline set `batch.buckets` (config.pbtxt's
+    /// `preferred_batch_size` is then not in effect).
+    pub buckets_from_pipeline: bool,
 }
 
 /// What config.pbtxt's `parameters` say about how the model was trained that
@@ -157,12 +166,114 @@ pub fn prepare(
         dims,
     };
     let instances = cfg.instance_count.max(1) as usize;
+    let max_queue_delay = cfg.dynamic_batching.as_ref().map(|d| d.max_queue_delay_us);
+    let (budget_us, budget_from) = pipeline.batch.budget_us(max_queue_delay);
+    if budget_us > MAX_BUDGET_US {
+        return Err(mismatch(format!(
+            "dynamic_batching max_queue_delay_microseconds {budget_us} is over gsinfer's longest latency budget ({MAX_BUDGET_US} µs, 10 s); \
+             lower it, or set the pipeline's batch.latency_budget_us"
+        )));
+    }
     Ok(PreparedModel {
+        buckets_from_pipeline: !pipeline.batch.buckets.is_empty(),
         entry,
         input,
         buckets,
         instances,
+        budget_us,
+        budget_from,
     })
+}
+
+/// What a model is served with once its engines are open: its config.pbtxt
+/// rewritten to the settings in effect, as KServe's model config reports
+/// it, and one line for each field that is not in effect as written, with
+/// what gsinfer does instead (for the journal and the status page).
+///
+/// In effect: `max_batch_size` (capped at the largest bucket),
+/// `dynamic_batching` (the buckets as `preferred_batch_size`, the latency
+/// budget as `max_queue_delay_microseconds`; present whenever the model
+/// batches, since gsinfer always does), `instance_group` (`kind` from the
+/// engine that runs the model, `count` the instances opened),
+/// `optimization.cuda.graphs` (only on TensorRT). (Versions the policy allows
+/// but gsinfer does not serve are reported by the repository, at load.)
+pub fn in_effect(
+    model: &PreparedModel,
+    engine: EngineKind,
+    instances: usize,
+) -> (ModelConfig, Vec<String>) {
+    let declared = &model.entry.config;
+    let mut config = declared.clone();
+    let mut not = Vec::new();
+    let largest = model.buckets.last().copied().unwrap_or(1) as u32;
+    if declared.max_batch_size > largest {
+        not.push(format!(
+            "max_batch_size {} is not in effect: the largest batch is {largest}, the pipeline's batch.buckets {:?}",
+            declared.max_batch_size, model.buckets
+        ));
+        config.max_batch_size = largest;
+    }
+    if let Some(d) = &declared.dynamic_batching {
+        if d.max_queue_delay_us > 0
+            && d.max_queue_delay_us != model.budget_us
+            && model.budget_from == BudgetSource::Pipeline
+        {
+            not.push(format!(
+                "dynamic_batching max_queue_delay_microseconds {} is not in effect: the pipeline's batch.latency_budget_us {} is \
+                 (the TOML wins; remove it there to use config.pbtxt's)",
+                d.max_queue_delay_us, model.budget_us
+            ));
+        }
+        let preferred: Vec<usize> = d.preferred_batch_size.iter().map(|&b| b as usize).collect();
+        if !preferred.is_empty()
+            && model.buckets_from_pipeline
+            && !preferred.iter().all(|b| model.buckets.contains(b))
+        {
+            not.push(format!(
+                "dynamic_batching preferred_batch_size {preferred:?} is not in effect: the pipeline's batch.buckets {:?} are",
+                model.buckets
+            ));
+        }
+    }
+    if declared.max_batch_size > 0 {
+        config.dynamic_batching = Some(DynamicBatching {
+            preferred_batch_size: model.buckets.iter().map(|&b| b as u32).collect(),
+            max_queue_delay_us: model.budget_us,
+        });
+    }
+    let on_gpu = engine == EngineKind::TensorRt;
+    match (declared.instance_kind, on_gpu) {
+        (InstanceKind::Gpu, false)
+            if declared.tensorrt.is_none() && declared.platform == Platform::OnnxRuntimeOnnx =>
+        {
+            not.push(format!(
+                "instance_group kind KIND_GPU is not in effect: the model runs on the CPU ({engine}); gsinfer runs an ONNX model on the GPU \
+                 only through TensorRT: add optimization {{ execution_accelerators {{ gpu_execution_accelerator [ {{ name: \"tensorrt\" }} ] }} }}"
+            ));
+        }
+        (InstanceKind::Cpu, true) => not.push(
+            "instance_group kind KIND_CPU is not in effect: a tensorrt_plan runs on the GPU".into(),
+        ),
+        _ => {}
+    }
+    if declared.instance_kind == InstanceKind::Cpu && declared.tensorrt.is_some() {
+        not.push(
+            "the tensorrt execution accelerator is not in effect: instance_group kind KIND_CPU runs the model on the CPU, as in Triton".into(),
+        );
+    }
+    config.instance_kind = if on_gpu {
+        InstanceKind::Gpu
+    } else {
+        InstanceKind::Cpu
+    };
+    config.instance_count = instances as u32;
+    if declared.cuda_graphs && !on_gpu {
+        not.push(format!(
+            "optimization cuda graphs is not in effect: the model runs on the CPU ({engine})"
+        ));
+        config.cuda_graphs = false;
+    }
+    (config, not)
 }
 
 /// Batches of the largest bucket run at load, before any telemetry: an
@@ -303,5 +414,146 @@ mod tests {
         let note = training_note(&repo.load("lstm_A-1").unwrap()).expect("constant A-1");
         assert!(note.contains("constant signal"), "{note}");
         assert_eq!(training_note(&repo.load("lstm_A-2").unwrap()), None);
+    }
+
+    /// The example model prepared from a copy of the repository whose
+    /// config.pbtxt is edited by `edit`, for a pipeline edited by `pipeline`.
+    fn example(
+        edit: impl Fn(String) -> String,
+        pipeline: &str,
+    ) -> Result<PreparedModel, ModelError> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("model_repository");
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("smap_lstm");
+        std::fs::create_dir_all(model.join("1")).unwrap();
+        std::fs::copy(
+            root.join("smap_lstm/1/model.onnx"),
+            model.join("1/model.onnx"),
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(root.join("smap_lstm/config.pbtxt")).unwrap();
+        std::fs::write(model.join("config.pbtxt"), edit(text)).unwrap();
+        let config: PipelineConfig = toml::from_str(&format!(
+            "model = \"smap_lstm\"\ntopics = [\"t/+\"]\nfeatures = 25\nwindow = {{ length = 250 }}\nscoring = {{ kind = \"forecast\", threshold = {{ method = \"ndt\" }} }}\n{pipeline}"
+        ))
+        .unwrap();
+        let repo = ModelRepository::open(dir.path()).unwrap();
+        prepare(&repo, &config)
+    }
+
+    fn delay(us: u64) -> impl Fn(String) -> String {
+        move |t| {
+            t.replace(
+                "max_queue_delay_microseconds: 20000",
+                &format!("max_queue_delay_microseconds: {us}"),
+            )
+        }
+    }
+
+    #[test]
+    fn the_pipeline_budget_wins_over_max_queue_delay_and_says_so() {
+        let m = example(delay(100_000), "batch = { latency_budget_us = 20000 }").unwrap();
+        assert_eq!(
+            (m.budget_us, m.budget_from),
+            (20_000, BudgetSource::Pipeline)
+        );
+        let (config, not) = in_effect(&m, EngineKind::Tract, 1);
+        assert_eq!(config.dynamic_batching.unwrap().max_queue_delay_us, 20_000);
+        assert_eq!(not.len(), 1, "{not:?}");
+        assert!(
+            not[0].contains("max_queue_delay_microseconds 100000 is not in effect")
+                && not[0].contains("batch.latency_budget_us 20000"),
+            "{}",
+            not[0]
+        );
+    }
+
+    #[test]
+    fn without_a_pipeline_budget_max_queue_delay_is_the_budget() {
+        let m = example(delay(100_000), "").unwrap();
+        assert_eq!(
+            (m.budget_us, m.budget_from),
+            (100_000, BudgetSource::ConfigPbtxt)
+        );
+        let (config, not) = in_effect(&m, EngineKind::Tract, 1);
+        assert_eq!(config.dynamic_batching.unwrap().max_queue_delay_us, 100_000);
+        assert!(not.is_empty(), "{not:?}");
+        // Triton's 0 ("do not wait") is no deadline: gsinfer's default.
+        let m = example(delay(0), "").unwrap();
+        assert_eq!(
+            (m.budget_us, m.budget_from),
+            (20_000, BudgetSource::Default)
+        );
+        // Over gsinfer's 10 s: refused, naming the field.
+        let e = example(delay(60_000_000), "").unwrap_err().to_string();
+        assert!(e.contains("max_queue_delay_microseconds 60000000"), "{e}");
+    }
+
+    #[test]
+    fn kind_gpu_on_the_cpu_is_reported_and_config_says_where_it_runs() {
+        let m = example(|t| t.replace("KIND_CPU", "KIND_GPU"), "").unwrap();
+        let (config, not) = in_effect(&m, EngineKind::Onnxruntime, 1);
+        assert_eq!(config.instance_kind, InstanceKind::Cpu);
+        assert_eq!(not.len(), 1, "{not:?}");
+        assert!(
+            not[0].contains("KIND_GPU is not in effect")
+                && not[0].contains("onnxruntime")
+                && not[0].contains("gpu_execution_accelerator"),
+            "{}",
+            not[0]
+        );
+        // KIND_CPU as written: nothing to report.
+        let m = example(|t| t, "").unwrap();
+        let (config, not) = in_effect(&m, EngineKind::Tract, 2);
+        assert_eq!(
+            (config.instance_kind, config.instance_count),
+            (InstanceKind::Cpu, 2)
+        );
+        assert!(not.is_empty(), "{not:?}");
+    }
+
+    #[test]
+    fn buckets_and_graphs_not_in_effect_are_reported() {
+        let m = example(
+            |t| format!("{t}\noptimization {{ cuda {{ graphs: true }} }}\n"),
+            "batch = { buckets = [1, 8] }",
+        )
+        .unwrap();
+        let (config, not) = in_effect(&m, EngineKind::Tract, 1);
+        assert_eq!(config.max_batch_size, 8);
+        let d = config.dynamic_batching.unwrap();
+        assert_eq!(d.preferred_batch_size, [1, 8]);
+        assert!(!config.cuda_graphs);
+        let joined = not.join("\n");
+        for want in [
+            "max_batch_size 64 is not in effect: the largest batch is 8",
+            "preferred_batch_size [1, 2, 4, 8, 16, 32, 64] is not in effect",
+            "cuda graphs is not in effect",
+        ] {
+            assert!(joined.contains(want), "{want}:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn kind_cpu_keeps_an_onnx_model_off_tensorrt() {
+        let accelerator = |t: String| {
+            format!("{t}\noptimization {{ execution_accelerators {{ gpu_execution_accelerator : [ {{ name : \"tensorrt\" }} ] }} }}\n")
+        };
+        let m = example(accelerator, "").unwrap();
+        assert_eq!(
+            crate::engine::plans::wanted(&m),
+            crate::engine::plans::Wanted::Tract
+        );
+        let (_, not) = in_effect(&m, EngineKind::Tract, 1);
+        assert!(
+            not.iter()
+                .any(|l| l.contains("tensorrt execution accelerator is not in effect")),
+            "{not:?}"
+        );
+        let m = example(|t| accelerator(t.replace("KIND_CPU", "KIND_GPU")), "").unwrap();
+        assert!(matches!(
+            crate::engine::plans::wanted(&m),
+            crate::engine::plans::Wanted::TensorRtFromOnnx { .. }
+        ));
     }
 }

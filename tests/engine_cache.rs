@@ -31,8 +31,10 @@ fn setup(dir: &Path, status_port: u16, broker_port: u16) -> PathBuf {
         model.join("1/model.onnx"),
     )
     .unwrap();
-    let mut pbtxt =
-        std::fs::read_to_string(root.join("model_repository/smap_lstm/config.pbtxt")).unwrap();
+    // KIND_GPU: Triton's (and gsinfer's) KIND_CPU never uses a GPU accelerator.
+    let mut pbtxt = std::fs::read_to_string(root.join("model_repository/smap_lstm/config.pbtxt"))
+        .unwrap()
+        .replace("KIND_CPU", "KIND_GPU");
     pbtxt.push_str(
         "\noptimization { execution_accelerators { gpu_execution_accelerator : [ { name : \"tensorrt\" } ] } }\n",
     );

@@ -316,7 +316,7 @@ SERVING_PBTXT = """# Batch sizes worth dispatching at once (the batch-size bucke
 # longest a window waits for its batch to fill: 2 ms.
 dynamic_batching {
   preferred_batch_size: [ 1, 2, 4, 8, 16, 32, 64 ]
-  max_queue_delay_microseconds: 2000
+  max_queue_delay_microseconds: 20000
 }
 
 # One instance, on the CPU, so a fresh box without a GPU runs it.

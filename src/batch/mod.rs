@@ -49,9 +49,12 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Latency budget `L` in µs: a window waits at most this long in the
-    /// queue before its batch is dispatched.
-    #[serde(default = "default_budget_us")]
-    pub latency_budget_us: u64,
+    /// queue before its batch is dispatched. `None` (not set): the model's
+    /// `dynamic_batching.max_queue_delay_microseconds` when config.pbtxt
+    /// gives one above 0, else [`DEFAULT_BUDGET_US`]; see
+    /// [`BatchConfig::budget_us`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_budget_us: Option<u64>,
     /// Windows the queue holds before the full-policy replaces windows.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
@@ -93,8 +96,37 @@ impl BatchPolicy {
     }
 }
 
-fn default_budget_us() -> u64 {
-    20_000
+/// The latency budget when neither the pipeline nor config.pbtxt sets one, µs.
+pub const DEFAULT_BUDGET_US: u64 = 20_000;
+
+/// The longest latency budget accepted, µs (10 s).
+pub const MAX_BUDGET_US: u64 = 10_000_000;
+
+/// Where a model's latency budget comes from ([`BatchConfig::budget_us`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetSource {
+    /// The pipeline's `batch.latency_budget_us` (the TOML wins).
+    Pipeline,
+    /// config.pbtxt's `dynamic_batching.max_queue_delay_microseconds`.
+    ConfigPbtxt,
+    /// Neither sets one: [`DEFAULT_BUDGET_US`].
+    Default,
+}
+
+impl BatchConfig {
+    /// The latency budget in effect, in µs, and where it comes from: the
+    /// pipeline's `latency_budget_us` when set, else `max_queue_delay_us`
+    /// (config.pbtxt's `dynamic_batching.max_queue_delay_microseconds`, the
+    /// longest a request waits for a batch in Triton: the same meaning)
+    /// when above 0, else [`DEFAULT_BUDGET_US`]. Triton's own default of 0
+    /// ("do not wait") is not taken: gsinfer's batcher needs a deadline.
+    pub fn budget_us(&self, max_queue_delay_us: Option<u64>) -> (u64, BudgetSource) {
+        match (self.latency_budget_us, max_queue_delay_us) {
+            (Some(us), _) => (us, BudgetSource::Pipeline),
+            (None, Some(us)) if us > 0 => (us, BudgetSource::ConfigPbtxt),
+            _ => (DEFAULT_BUDGET_US, BudgetSource::Default),
+        }
+    }
 }
 
 fn default_queue_capacity() -> usize {
@@ -104,7 +136,7 @@ fn default_queue_capacity() -> usize {
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
-            latency_budget_us: default_budget_us(),
+            latency_budget_us: None,
             queue_capacity: default_queue_capacity(),
             buckets: Vec::new(),
             policy: BatchPolicy::Deadline,

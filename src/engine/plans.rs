@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::cache::{EngineCache, EngineKey, Lookup, ProfileSpec};
 use super::{Engine, EngineChoice, EngineKind, EngineSettings};
 use crate::model::{ModelError, PreparedModel};
-use crate::repository::Platform;
+use crate::repository::{InstanceKind, Platform};
 
 /// TensorRT settings (`[tensorrt]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +102,10 @@ pub fn wanted(model: &PreparedModel) -> Wanted {
     let cfg = &model.entry.config;
     match (cfg.platform, &cfg.tensorrt) {
         (Platform::TensorRtPlan, _) => Wanted::TensorRtPlan,
+        // Triton's rule: KIND_CPU instances never use a GPU accelerator.
+        (Platform::OnnxRuntimeOnnx, Some(_)) if cfg.instance_kind == InstanceKind::Cpu => {
+            Wanted::Tract
+        }
         (Platform::OnnxRuntimeOnnx, Some(t)) => Wanted::TensorRtFromOnnx {
             fp16: t.fp16,
             workspace_bytes: t.workspace_bytes,
@@ -708,7 +712,10 @@ mod tests {
         let dst = dir.path().join("smap_lstm");
         std::fs::create_dir_all(dst.join("1")).unwrap();
         std::fs::copy(src.join("1/model.onnx"), dst.join("1/model.onnx")).unwrap();
-        let mut pbtxt = std::fs::read_to_string(src.join("config.pbtxt")).unwrap();
+        // KIND_GPU: KIND_CPU never uses a GPU accelerator.
+        let mut pbtxt = std::fs::read_to_string(src.join("config.pbtxt"))
+            .unwrap()
+            .replace("KIND_CPU", "KIND_GPU");
         if accelerator {
             pbtxt.push_str(
                 "\noptimization { execution_accelerators { gpu_execution_accelerator : [ { name : \"tensorrt\" parameters { key: \"precision_mode\" value: \"FP16\" } } ] } }\n",

@@ -129,7 +129,7 @@ mod tests {
         assert_eq!(v["input"][0]["data_type"], "TYPE_FP32");
         assert_eq!(v["input"][0]["dims"], json!([250, 25]));
         assert_eq!(v["output"][0]["dims"], json!([10]));
-        assert_eq!(v["dynamic_batching"]["max_queue_delay_microseconds"], 2000);
+        assert_eq!(v["dynamic_batching"]["max_queue_delay_microseconds"], 20000);
         assert_eq!(v["instance_group"][0]["kind"], "KIND_CPU");
         assert_eq!(v["version_policy"]["latest"]["num_versions"], 1);
     }

@@ -570,7 +570,7 @@ mod tests {
         );
         let batching = config.dynamic_batching.as_ref().unwrap();
         assert_eq!(batching.preferred_batch_size, [1, 2, 4, 8, 16, 32, 64]);
-        assert_eq!(batching.max_queue_delay_us, 2000);
+        assert_eq!(batching.max_queue_delay_us, 20000);
         assert_eq!(
             (config.instance_count, config.instance_kind),
             (1, InstanceKind::Cpu)

@@ -71,7 +71,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(config: Config) -> Result<()> {
     let board = StatusBoard::new(config.status.clone());
     let broker = format!("{}:{}", config.broker.host, config.broker.port);
-    let budgets = config.pipelines.iter().map(|p| p.batch.latency_budget_us);
+    // A budget left to config.pbtxt is not known before the models load:
+    // the watchdog allows the longest one accepted.
+    let budgets = config.pipelines.iter().map(|p| {
+        p.batch
+            .latency_budget_us
+            .unwrap_or(crate::batch::MAX_BUDGET_US)
+    });
     let max_budget = Duration::from_micros(budgets.max().unwrap_or(0));
     let notifier = Notifier::start(Arc::clone(&board), broker.clone(), max_budget);
     let repo = ModelRepository::open(&config.repository.path).context("model repository")?;

@@ -67,17 +67,35 @@ pub fn load(
     let mut threads = Vec::new();
     let mut engines = EngineSet::new(&config.tensorrt);
     for (ix, p) in config.pipelines.iter().enumerate() {
-        let prepared = crate::model::prepare(repo, p)?;
+        let prepared = match crate::model::prepare(repo, p) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                // A config.pbtxt the repository refuses, or a model that does
+                // not fit its pipeline, is isolated like an engine that fails
+                // to load: marked failed, the others served.
+                log::error!(target: "gsinfer", "model {} is unavailable: {e}; serving the other models. Fix its config.pbtxt or the pipeline, then restart gsinfer", p.model);
+                board.set_model(
+                    &p.model,
+                    "none",
+                    ModelState::Failed(e.to_string()),
+                    0,
+                    0,
+                    &[],
+                );
+                queues.push(None);
+                continue;
+            }
+        };
         for w in &prepared.entry.warnings {
             log::warn!(target: "gsinfer::repository", "model {}: {w}", p.model);
         }
-        let budget = Duration::from_micros(p.batch.latency_budget_us);
+        let budget = Duration::from_micros(prepared.budget_us);
         board.set_model(
             &p.model,
             p.engine.name(),
             ModelState::Loading,
             prepared.entry.version,
-            p.batch.latency_budget_us,
+            prepared.budget_us,
             &prepared.buckets,
         );
         let queue = BatchQueue::new(p.batch.queue_capacity, prepared.buckets.clone(), budget)
@@ -98,7 +116,7 @@ pub fn load(
                 "tensorrt",
                 ModelState::Rebuilding { progress: done },
                 prepared.entry.version,
-                p.batch.latency_budget_us,
+                prepared.budget_us,
                 &prepared.buckets,
             );
         };
@@ -118,7 +136,7 @@ pub fn load(
                     "none",
                     ModelState::Failed(e.to_string()),
                     prepared.entry.version,
-                    p.batch.latency_budget_us,
+                    prepared.budget_us,
                     &prepared.buckets,
                 );
                 handle.close();
@@ -133,10 +151,26 @@ pub fn load(
         if let Some(note) = &opened.note {
             log::warn!(target: "gsinfer::engine", "model {}: {note}", p.model);
         }
-        let notes: Vec<&str> = [opened.note.as_deref(), trained.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect();
+        let (served_config, not_in_effect) =
+            crate::model::in_effect(&prepared, opened.kind, opened.engines.len());
+        for line in &not_in_effect {
+            log::warn!(target: "gsinfer::repository", "model {}: config.pbtxt: {line}", p.model);
+        }
+        let not_in_effect = (!not_in_effect.is_empty()).then(|| {
+            format!(
+                "config.pbtxt: {} setting(s) not in effect (see the journal and /v2/models/{}/config)",
+                not_in_effect.len(),
+                p.model
+            )
+        });
+        let notes: Vec<&str> = [
+            opened.note.as_deref(),
+            trained.as_deref(),
+            not_in_effect.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         if !notes.is_empty() {
             board.set_note(&p.model, &notes.join("; "));
         }
@@ -167,14 +201,14 @@ pub fn load(
             kind,
             ModelState::Ready,
             prepared.entry.version,
-            p.batch.latency_budget_us,
+            prepared.budget_us,
             &prepared.buckets,
         );
         board.set_device(&p.model, &opened.device);
         kserve.insert(ServedModel {
             name: p.model.clone(),
             version: prepared.entry.version,
-            config: prepared.entry.config.clone(),
+            config: served_config,
             input: prepared.input.clone(),
             outputs,
             handle: handle.clone(),
@@ -184,7 +218,7 @@ pub fn load(
         log::info!(
             target: "gsinfer",
             "model {} version {} ready on {detail} ({}): {} instance(s), buckets {:?}, latency budget {} µs",
-            p.model, prepared.entry.version, opened.device, prepared.instances, prepared.buckets, p.batch.latency_budget_us
+            p.model, prepared.entry.version, opened.device, prepared.instances, prepared.buckets, prepared.budget_us
         );
         queues.push(Some(handle));
     }

@@ -615,7 +615,7 @@ mod tests {
         else {
             panic!("no dynamic batching: {c:?}");
         };
-        assert_eq!(d.max_queue_delay_microseconds, 2000);
+        assert_eq!(d.max_queue_delay_microseconds, 20000);
         assert_eq!(
             c.instance_group[0].kind,
             proto::model_instance_group::Kind::Cpu as i32
