@@ -117,26 +117,21 @@ pub fn prepare(
             input.data_type.triton_name()
         )));
     }
-    if input.dims.iter().any(|d| *d <= 0) {
-        return Err(mismatch(format!(
-            "input {} has variable dims {:?}; give fixed dims in config.pbtxt",
-            input.name, input.dims
-        )));
-    }
-    let dims: Vec<usize> = input.dims.iter().map(|d| *d as usize).collect();
     let want = pipeline.window.length * pipeline.features;
-    let got: usize = dims.iter().product();
-    if got != want {
+    let Some(dims) = resolve_dims(&input.dims, pipeline.window.length, pipeline.features) else {
         return Err(mismatch(format!(
-            "input {} takes {dims:?} = {got} values per window, but the pipeline cuts window.length {} × features {} = {want}",
-            input.name, pipeline.window.length, pipeline.features
+            "input {} has dims {:?}, which cannot take the pipeline's window of window.length {} × features {} = {want} values \
+             (give fixed dims with that product, or -1 for the time axis, e.g. `dims: [ -1, {} ]`)",
+            input.name, input.dims, pipeline.window.length, pipeline.features, pipeline.features
         )));
-    }
+    };
     if let Some(output) = cfg.outputs.first() {
-        let out_len: i64 = output.dims.iter().product();
         let ok = match pipeline.scoring.kind {
-            ScoringKind::Forecast => out_len >= 1,
-            ScoringKind::Reconstruction => out_len == want as i64,
+            // A variable forecast length is the engine's to say.
+            ScoringKind::Forecast => output.dims.iter().all(|&d| d >= 1 || d == -1),
+            ScoringKind::Reconstruction => {
+                resolve_dims(&output.dims, pipeline.window.length, pipeline.features).is_some()
+            }
         };
         if !ok {
             return Err(mismatch(format!(
@@ -185,6 +180,34 @@ pub fn prepare(
     })
 }
 
+/// A tensor's dims (per batch item, `-1` variable) resolved to hold one
+/// window of `length × features` values: fixed dims must have that
+/// product; one `-1` takes what the fixed ones leave (so `[-1, 25]` is
+/// `[length, 25]`, the seed documents' variable time axis); `[-1, -1]` is
+/// `[length, features]`. `None` when the window does not fit.
+pub fn resolve_dims(dims: &[i64], length: usize, features: usize) -> Option<Vec<usize>> {
+    let want = length * features;
+    let variable = dims.iter().filter(|&&d| d == -1).count();
+    if dims.iter().any(|&d| d == 0 || d < -1) {
+        return None;
+    }
+    let fixed: usize = dims
+        .iter()
+        .filter(|&&d| d > 0)
+        .map(|&d| d as usize)
+        .product();
+    match variable {
+        0 => (fixed == want).then(|| dims.iter().map(|&d| d as usize).collect()),
+        1 => (fixed > 0 && want % fixed == 0 && want / fixed > 0).then(|| {
+            dims.iter()
+                .map(|&d| if d == -1 { want / fixed } else { d as usize })
+                .collect()
+        }),
+        2 if dims.len() == 2 => Some(vec![length, features]),
+        _ => None,
+    }
+}
+
 /// What a model is served with once its engines are open: its config.pbtxt
 /// rewritten to the settings in effect, as KServe's model config reports
 /// it, and one line for each field that is not in effect as written, with
@@ -205,6 +228,8 @@ pub fn in_effect(
     let declared = &model.entry.config;
     let mut config = declared.clone();
     let mut not = Vec::new();
+    // Variable dims are served as the window resolves them (resolve_dims).
+    config.inputs[0].dims = model.input.dims.iter().map(|&d| d as i64).collect();
     let largest = model.buckets.last().copied().unwrap_or(1) as u32;
     if declared.max_batch_size > largest {
         not.push(format!(
@@ -532,6 +557,31 @@ mod tests {
         ] {
             assert!(joined.contains(want), "{want}:\n{joined}");
         }
+    }
+
+    #[test]
+    fn variable_dims_take_the_window() {
+        assert_eq!(resolve_dims(&[-1, 25], 250, 25), Some(vec![250, 25]));
+        assert_eq!(resolve_dims(&[250, -1], 250, 25), Some(vec![250, 25]));
+        assert_eq!(resolve_dims(&[-1, -1], 50, 55), Some(vec![50, 55]));
+        assert_eq!(resolve_dims(&[250, 25], 250, 25), Some(vec![250, 25]));
+        assert_eq!(resolve_dims(&[-1], 250, 25), Some(vec![6250]));
+        assert_eq!(
+            resolve_dims(&[-1, 24], 250, 25),
+            None,
+            "6250 is not a multiple of 24"
+        );
+        assert_eq!(resolve_dims(&[-1, -1, 25], 250, 25), None);
+        assert_eq!(resolve_dims(&[250, 24], 250, 25), None);
+        let m = example(|t| t.replace("dims: [ 250, 25 ]", "dims: [ -1, 25 ]"), "").unwrap();
+        assert_eq!(m.input.dims, [250, 25]);
+        let (config, not) = in_effect(&m, EngineKind::Tract, 1);
+        assert_eq!(config.inputs[0].dims, [250, 25]);
+        assert!(not.is_empty(), "{not:?}");
+        let e = example(|t| t.replace("dims: [ 250, 25 ]", "dims: [ -1, 24 ]"), "")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dims: [ -1, 25 ]"), "{e}");
     }
 
     #[test]

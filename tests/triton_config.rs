@@ -41,7 +41,8 @@ scoring = {{ kind = "forecast", threshold = {{ method = "ndt" }} }}
 
 /// The example configuration over a repository of: `smap_lstm` as shipped;
 /// `lstm_triton` as a Triton user wrote it (a 100 ms queue delay, `KIND_GPU`
-/// with no accelerator) with no budget in its pipeline; `lstm_refused`,
+/// with no accelerator, a variable time axis `dims: [ -1, 25 ]`) with no
+/// budget in its pipeline; `lstm_refused`,
 /// whose config.pbtxt gsinfer refuses (a negative `max_batch_size`).
 fn setup(dir: &Path, status: u16) -> PathBuf {
     let repo = dir.join("repo");
@@ -52,6 +53,7 @@ fn setup(dir: &Path, status: u16) -> PathBuf {
             "max_queue_delay_microseconds: 100000",
         )
         .replace("KIND_CPU", "KIND_GPU")
+        .replace("dims: [ 250, 25 ]", "dims: [ -1, 25 ]")
     });
     copy_model(&repo, "lstm_refused", |t| {
         t.replace("max_batch_size: 64", "max_batch_size: -4")
@@ -121,6 +123,14 @@ fn config_pbtxt_fields_are_in_effect_or_reported_and_a_refused_one_isolates_its_
         100000
     );
     assert_eq!(c["instance_group"][0]["kind"], "KIND_CPU", "{c}");
+    // A variable time axis is served with the pipeline's window length.
+    assert_eq!(c["input"][0]["dims"], serde_json::json!([250, 25]), "{c}");
+    let meta = get_json(port, "/v2/models/lstm_triton");
+    assert_eq!(
+        meta["inputs"][0]["shape"],
+        serde_json::json!([-1, 250, 25]),
+        "{meta}"
+    );
     let gpu_lines: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("model lstm_triton") && l.contains("KIND_GPU is not in effect"))
