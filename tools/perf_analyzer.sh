@@ -81,11 +81,15 @@ if [ -n "$TOKEN_FILE" ]; then HEADER=(-H "authorization: Bearer $(head -n1 "$TOK
 mkdir -p "$OUT_DIR"
 for c in $CONCURRENCY; do
   echo "perf_analyzer: concurrency $c" >&2
-  "$PA" -m "$MODEL" -u "$URL" -i "$PROTOCOL" -b "$BATCH" \
+  # perf_analyzer 2.41 was seen not to exit after "Failed to obtain stable
+  # measurement" (HTTP, concurrency 16, on a busy 2-core box): a time limit
+  # turns that into a failure with its log rather than a hang.
+  timeout --kill-after 10 "${PA_TIMEOUT_S:-180}" \
+    "$PA" -m "$MODEL" -u "$URL" -i "$PROTOCOL" -b "$BATCH" \
     --concurrency-range "$c:$c" --measurement-interval 4000 \
     --stability-percentage 25 --max-trials 8 \
     "${HEADER[@]}" -f "$OUT_DIR/concurrency_$c.csv" >"$OUT_DIR/concurrency_$c.log" 2>&1 \
-    || { cat "$OUT_DIR/concurrency_$c.log" >&2; exit 1; }
+    || { cat "$OUT_DIR/concurrency_$c.log" >&2; echo "perf_analyzer failed or ran past ${PA_TIMEOUT_S:-180} s (PA_TIMEOUT_S)" >&2; exit 1; }
 done
 
 python3 - "$OUT_DIR" $CONCURRENCY <<'EOF'
