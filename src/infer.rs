@@ -10,8 +10,10 @@ use crate::batch::{Batch, BatchHandle};
 use crate::engine::{Engine, EngineError};
 use crate::pipeline::WindowItem;
 use crate::score::WindowOutcome;
-use crate::status::stats::{InferStats, Timing};
-use crate::status::StatusBoard;
+pub mod stats;
+
+use self::stats::{InferStats, Timing};
+use crate::events::{EventSink, StageEvent};
 use crate::watchdog::Stage;
 
 /// Channel id under which KServe request items (HTTP and gRPC) are
@@ -193,8 +195,8 @@ pub struct EngineThread {
     pub handle: BatchHandle<Job>,
     /// Where window results go (blocking when the pipeline task is behind).
     pub results: tokio::sync::mpsc::Sender<BatchResult>,
-    /// Status, metrics.
-    pub board: Arc<StatusBoard>,
+    /// Where the thread reports batches, queue times and failures.
+    pub events: Arc<dyn EventSink>,
     /// The model's inference statistics.
     pub stats: Arc<InferStats>,
     /// The engine stage's progress, for the watchdog: one unit per batch.
@@ -227,18 +229,21 @@ impl EngineThread {
         let n = items.len();
         // Engines whose time grows with the rows run the batch as it is.
         let bucket = if engine.pads_to_bucket() { bucket } else { n };
-        self.board
-            .metrics
-            .set_queue_depth(name, self.handle.depth());
+        self.events.emit(StageEvent::QueueDepth {
+            model: name,
+            depth: self.handle.depth(),
+        });
         let dispatched = Instant::now();
         for job in &items {
             let source = match job.work {
                 Work::Window(_) => "telemetry",
                 Work::Request(ref r) => r.source.as_str(),
             };
-            let waited = dispatched.saturating_duration_since(job.queued);
-            self.board
-                .record_queue_time(name, source, waited.as_micros() as u64);
+            self.events.emit(StageEvent::QueueWaited {
+                model: name,
+                source,
+                waited: dispatched.saturating_duration_since(job.queued),
+            });
         }
         gather(
             items.iter().map(Job::values),
@@ -258,11 +263,14 @@ impl EngineThread {
         let mut windows = Vec::new();
         match result {
             Ok(outputs) => {
-                self.board
-                    .record_batch(name, bucket, timing.compute_infer.as_micros() as u64);
                 // The batcher learns which batch size is worth waiting for.
-                let size = self.handle.record(bucket, timing.compute_infer);
-                self.board.metrics.set_dispatch_size(name, size);
+                let dispatch_size = self.handle.record(bucket, timing.compute_infer);
+                self.events.emit(StageEvent::BatchRan {
+                    model: name,
+                    bucket,
+                    infer: timing.compute_infer,
+                    dispatch_size,
+                });
                 for (i, job) in items.into_iter().enumerate() {
                     timing.queue = dispatched.saturating_duration_since(job.queued);
                     timing.compute_output = inferred.elapsed();
@@ -287,10 +295,11 @@ impl EngineThread {
                 self.stats.record_execution(bucket, n, &timing);
             }
             Err(e) => {
-                log::error!(target: "gsinfer::engine", "model {name}: batch of {n} failed: {e}");
-                self.board
-                    .metrics
-                    .dropped(name, crate::batch::DropReason::EngineError, n as u64);
+                self.events.emit(StageEvent::BatchFailed {
+                    model: name,
+                    items: n,
+                    error: &e,
+                });
                 for job in items {
                     match job.work {
                         Work::Window(item) => {
@@ -322,7 +331,20 @@ mod tests {
     use super::*;
     use crate::batch::BatchQueue;
     use crate::engine::TensorSpec;
-    use crate::status::{ModelState, StatusConfig};
+
+    /// Records the codes of the events it is sent, and each batch's size.
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<(&'static str, usize)>>);
+
+    impl EventSink for Recorder {
+        fn emit(&self, event: StageEvent<'_>) {
+            let size = match event {
+                StageEvent::BatchRan { bucket, .. } => bucket,
+                _ => 0,
+            };
+            self.0.lock().unwrap().push((event.code(), size));
+        }
+    }
 
     /// Returns each window's first value as its output; records the batch sizes it ran.
     struct Echo {
@@ -367,8 +389,7 @@ mod tests {
     #[test]
     fn batches_are_padded_only_for_engines_that_want_it() {
         for (pads, want) in [(true, 4), (false, 3)] {
-            let board = StatusBoard::new(StatusConfig::default());
-            board.set_model("m", "echo", ModelState::Ready, 1, 1000, &[1, 4]);
+            let events = Arc::new(Recorder::default());
             let handle = BatchHandle::new(BatchQueue::new(16, vec![1, 4], Duration::from_secs(60)));
             let (tx, mut rx) = tokio::sync::mpsc::channel(4);
             let ran = Arc::new(Mutex::new(Vec::new()));
@@ -399,13 +420,25 @@ mod tests {
                 pipeline: 0,
                 handle,
                 results: tx,
-                board: Arc::clone(&board),
-                stats: board.stats("m").unwrap(),
+                events: Arc::clone(&events) as Arc<dyn EventSink>,
+                stats: Arc::default(),
                 stage: Stage::new("engine"),
             }
             .spawn(Box::new(engine));
             thread.join().unwrap();
             assert_eq!(*ran.lock().unwrap(), vec![want]);
+            // One depth, one queue time per window, one batch of the size run.
+            let seen = events.0.lock().unwrap().clone();
+            assert_eq!(
+                seen,
+                [
+                    ("queue_depth", 0),
+                    ("queue_waited", 0),
+                    ("queue_waited", 0),
+                    ("queue_waited", 0),
+                    ("batch_ran", want)
+                ]
+            );
             let result = rx.try_recv().unwrap();
             let outputs: Vec<Vec<f32>> = result
                 .windows

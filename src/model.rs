@@ -198,7 +198,7 @@ pub fn resolve_dims(dims: &[i64], length: usize, features: usize) -> Option<Vec<
         .product();
     match variable {
         0 => (fixed == want).then(|| dims.iter().map(|&d| d as usize).collect()),
-        1 => (fixed > 0 && want % fixed == 0 && want / fixed > 0).then(|| {
+        1 => (fixed > 0 && want.is_multiple_of(fixed) && want / fixed > 0).then(|| {
             dims.iter()
                 .map(|&d| if d == -1 { want / fixed } else { d as usize })
                 .collect()

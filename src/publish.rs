@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use crate::events::{EventSink, StageEvent};
 use crate::ingest::mqtt::qos;
 use crate::score::{AnomalyEvent, Score};
-use crate::status::StatusBoard;
 use crate::watchdog::Stage;
 
 /// Result topics (`[publish]`).
@@ -161,7 +161,7 @@ pub async fn run_publisher(
     client: AsyncClient,
     mut rx: mpsc::Receiver<Outgoing>,
     config: PublishConfig,
-    board: Arc<StatusBoard>,
+    events: Arc<dyn EventSink>,
     stage: Stage,
 ) {
     let min_gap = (config.score_max_rate_hz > 0.0)
@@ -201,8 +201,7 @@ pub async fn run_publisher(
             ),
         };
         if let Err(e) = client.publish(topic, q, false, payload.into_bytes()).await {
-            board.metrics.publish_errors.inc();
-            log::warn!(target: "gsinfer::publish", "cannot publish: {e}");
+            events.emit(StageEvent::PublishFailed { error: &e });
         }
     }
 }

@@ -33,9 +33,9 @@ use tokio::sync::mpsc;
 use super::batch::{now_ns, Decoding, Origin, SampleBatch};
 use super::decode::{decode, DecodeLimits, PayloadFormat};
 use super::tls::{self, TlsConfig, TlsError};
+use crate::events::{EventSink, StageEvent};
 use crate::secrets::{read_secret_line, Secret, SecretFileError};
 use crate::shutdown::Stop;
-use crate::status::StatusBoard;
 
 /// MQTT broker connection (`[broker]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -345,8 +345,8 @@ pub struct EventLoopTask {
     pub status: Option<(String, Vec<u8>)>,
     /// Reconnect backoff bounds.
     pub backoff: (Duration, Duration),
-    /// Shared state.
-    pub board: Arc<StatusBoard>,
+    /// Where the task reports connections, losses and dropped messages.
+    pub events: Arc<dyn EventSink>,
 }
 
 impl EventLoopTask {
@@ -366,12 +366,13 @@ impl EventLoopTask {
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    log::info!(target: "gsinfer::mqtt", "connected to the broker (session present: {})", ack.session_present);
                     connected = true;
                     failures = 0;
                     last_warning = None;
                     delay = self.backoff.0;
-                    self.board.set_connected(true);
+                    self.events.emit(StageEvent::BrokerConnected {
+                        session_present: ack.session_present,
+                    });
                     for (filter, q) in &self.subscriptions {
                         if let Err(e) = self.client.try_subscribe(filter.clone(), *q) {
                             log::error!(target: "gsinfer::mqtt", "cannot subscribe to {filter}: {e}");
@@ -391,7 +392,7 @@ impl EventLoopTask {
                     match self.inbound.try_reserve() {
                         Ok(room) => room.send(self.topics.batch(msg, now_ns())),
                         Err(mpsc::error::TrySendError::Full(())) => {
-                            self.board.metrics.ingest_overflow.inc();
+                            self.events.emit(StageEvent::IngestOverflow);
                             // Dropped by the overload policy: acknowledge now so the
                             // broker's in-flight window for this client stays open.
                             if let Some(header) = &msg.ack {
@@ -412,26 +413,28 @@ impl EventLoopTask {
                 }
                 Ok(_) => {}
                 Err(_) if disconnecting => {
-                    log::info!(target: "gsinfer::mqtt", "disconnected from the broker");
-                    self.board.set_connected(false);
+                    self.events.emit(StageEvent::BrokerClosed);
                     break;
                 }
                 Err(e) => {
                     if connected {
-                        log::warn!(target: "gsinfer::mqtt", "lost the broker connection: {e}; reconnecting");
-                        self.board.metrics.mqtt_disconnects.inc();
-                        self.board.set_connected(false);
+                        self.events.emit(StageEvent::BrokerLost { error: &e });
                         connected = false;
                         failures = 0;
                     } else {
                         failures += 1;
                         // The first failure, then one line a minute while it lasts.
-                        if last_warning.is_none_or(|t: Instant| t.elapsed() >= CONNECT_WARN_EVERY) {
-                            log::warn!(target: "gsinfer::mqtt", "cannot connect to the broker ({failures} attempt(s) so far): {e}; retrying with backoff up to {:?}", self.backoff.1);
+                        let report =
+                            last_warning.is_none_or(|t: Instant| t.elapsed() >= CONNECT_WARN_EVERY);
+                        if report {
                             last_warning = Some(Instant::now());
-                        } else {
-                            log::debug!(target: "gsinfer::mqtt", "cannot connect to the broker: {e}");
                         }
+                        self.events.emit(StageEvent::BrokerUnreachable {
+                            attempts: failures,
+                            error: &e,
+                            backoff_max: self.backoff.1,
+                            report,
+                        });
                     }
                     let jitter = rand::rng().random_range(0.5..1.0);
                     tokio::select! {

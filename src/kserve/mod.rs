@@ -40,10 +40,10 @@ use serde_json::{json, Value};
 
 use crate::batch::BatchHandle;
 use crate::engine::TensorSpec;
+use crate::infer::stats::InferStats;
 use crate::infer::Job;
 use crate::repository::{ModelConfig, ModelRepository};
 use crate::status::http::{HttpReply, HttpRequest};
-use crate::status::stats::InferStats;
 use crate::status::StatusBoard;
 
 /// One model as the inference endpoints serve it.

@@ -15,8 +15,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{Context, ServedModel, ServedModels};
+use crate::infer::stats::Timing;
 use crate::infer::{ItemResult, Job, RequestItem, RequestSource, Work, HTTP_CHANNEL};
-use crate::status::stats::Timing;
 
 /// The server name in the server metadata.
 pub const SERVER_NAME: &str = "gsinfer";

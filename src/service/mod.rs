@@ -131,7 +131,7 @@ pub async fn run(config: Config) -> Result<()> {
         sources.client.clone(),
         out_rx,
         config.publish.clone(),
-        Arc::clone(&board),
+        Arc::clone(&board) as Arc<dyn crate::events::EventSink>,
         publisher_stage,
     ));
 

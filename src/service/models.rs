@@ -189,7 +189,7 @@ pub fn load(
                     pipeline: ix,
                     handle: handle.clone(),
                     results: results.clone(),
-                    board: Arc::clone(board),
+                    events: Arc::clone(board) as Arc<dyn crate::events::EventSink>,
                     stats: Arc::clone(&stats),
                     stage: engine_stage.clone(),
                 }

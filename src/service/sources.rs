@@ -86,7 +86,7 @@ impl Sources {
                     Duration::from_millis(broker.reconnect_min_ms),
                     Duration::from_millis(broker.reconnect_max_ms),
                 ),
-                board: Arc::clone(board),
+                events: Arc::clone(board) as Arc<dyn crate::events::EventSink>,
             }
             .run(eventloop, stop_loop.clone()),
         );

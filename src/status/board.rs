@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 
 use super::metrics::{ModelBucketLabels, ModelKindLabels, ModelLabel, ModelSourceLabels};
 use super::rate::RateMeter;
-use super::stats::InferStats;
 use super::{Metrics, StatusConfig};
+use crate::infer::stats::InferStats;
 use crate::publish::ModelEvent;
 use crate::score::Score;
 
@@ -569,6 +569,50 @@ impl StatusBoard {
             "rejected": rejected,
             "process": process,
         })
+    }
+}
+
+/// The status room as the stages' event sink: each event is logged
+/// ([`crate::events::log_event`]) and moves the counters, gauges and
+/// per-model figures it stands for.
+impl crate::events::EventSink for StatusBoard {
+    fn emit(&self, event: crate::events::StageEvent<'_>) {
+        use crate::events::StageEvent as E;
+        crate::events::log_event(&event);
+        match event {
+            E::BrokerConnected { .. } => self.set_connected(true),
+            E::BrokerLost { .. } => {
+                self.metrics.mqtt_disconnects.inc();
+                self.set_connected(false);
+            }
+            E::BrokerUnreachable { .. } => {}
+            E::BrokerClosed => self.set_connected(false),
+            E::IngestOverflow => {
+                self.metrics.ingest_overflow.inc();
+            }
+            E::PublishFailed { .. } => {
+                self.metrics.publish_errors.inc();
+            }
+            E::BatchRan {
+                model,
+                bucket,
+                infer,
+                dispatch_size,
+            } => {
+                self.record_batch(model, bucket, infer.as_micros() as u64);
+                self.metrics.set_dispatch_size(model, dispatch_size);
+            }
+            E::BatchFailed { model, items, .. } => {
+                self.metrics
+                    .dropped(model, crate::batch::DropReason::EngineError, items as u64)
+            }
+            E::QueueWaited {
+                model,
+                source,
+                waited,
+            } => self.record_queue_time(model, source, waited.as_micros() as u64),
+            E::QueueDepth { model, depth } => self.metrics.set_queue_depth(model, depth),
+        }
     }
 }
 

@@ -11,7 +11,6 @@ pub mod page;
 pub mod process;
 pub mod rate;
 pub mod sources;
-pub mod stats;
 
 pub use board::{ModelState, StatusBoard};
 pub use metrics::Metrics;

@@ -2,7 +2,7 @@
 //! packet errors and per-APID sequence accounting. Atomics, so the link's
 //! task updates them without locks and the status server reads them at
 //! any time; registered with the status board as a
-//! [`SourceStatus`](crate::status::SourceStatus).
+//! [`SourceStatus`](crate::report::SourceStatus).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::config::SerialConfig;
 use crate::ingest::ccsds::{PacketError, SeqEvent};
 use crate::ingest::framing::DeframeStats;
-use crate::status::{MetricFamilies, SourceStatus};
+use crate::report::{MetricFamilies, SourceStatus};
 
 /// Packet errors, in the order of [`SerialStats::packet_errors`].
 pub const PACKET_ERRORS: [&str; 6] = ["short", "version", "length", "segmented", "crc", "content"];

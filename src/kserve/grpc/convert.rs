@@ -16,10 +16,10 @@ use std::collections::HashMap;
 use super::proto;
 use super::proto::model_infer_request::InferInputTensor;
 use super::proto::model_infer_response::InferOutputTensor;
+use crate::infer::stats::{Duration64, StatsSnapshot};
 use crate::kserve::protocol::{self, IndexEntry, InputHeader, KserveError, ModelMetadata, Rows};
 use crate::kserve::ServedModel;
 use crate::repository::{InstanceKind, ModelConfig, TensorConfig, VersionPolicy};
-use crate::status::stats::{Duration64, StatsSnapshot};
 
 /// Parameter naming Triton's shared-memory extension, which gsinfer does
 /// not serve.

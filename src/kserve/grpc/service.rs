@@ -463,9 +463,9 @@ impl GrpcInferenceService for KserveGrpc {
 mod tests {
     use super::*;
     use crate::batch::Batch;
+    use crate::infer::stats::Timing;
     use crate::infer::{ItemResult, Job, Work};
     use crate::kserve::test_model as model;
-    use crate::status::stats::Timing;
     use crate::status::{ModelState, StatusConfig};
     use proto::model_infer_request::InferInputTensor;
 
