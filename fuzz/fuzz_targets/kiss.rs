@@ -1,37 +1,12 @@
 //! The kiss deframer on arbitrary bytes, fed in arbitrary chunks: it must
 //! never panic, never deliver a frame over its maximum, and every frame it
-//! delivers must survive an encode/decode round trip.
+//! delivers must survive an encode/decode round trip (shared/deframe.rs).
 #![no_main]
 
-use gsinfer::ingest::framing::{encode, Deframer, Framing};
+#[path = "shared/deframe.rs"]
+mod deframe;
+
+use gsinfer::ingest::framing::Framing;
 use libfuzzer_sys::fuzz_target;
 
-const MAX: usize = 64;
-
-fuzz_target!(|data: &[u8]| {
-    let Some((&cut, input)) = data.split_first() else {
-        return;
-    };
-    let cut = usize::from(cut).max(1);
-    let mut d = Deframer::new(Framing::Kiss, MAX, None);
-    let mut frames = Vec::new();
-    for chunk in input.chunks(cut) {
-        d.push(chunk, &mut |f| {
-            assert!(
-                f.len() <= MAX,
-                "frame of {} bytes over the maximum",
-                f.len()
-            );
-            frames.push(f.to_vec());
-        });
-    }
-    let stats = d.take_stats();
-    assert_eq!(stats.frames as usize, frames.len());
-    let mut wire = Vec::new();
-    for f in &frames {
-        encode(Framing::Kiss, f, &mut wire);
-    }
-    let mut again = Vec::new();
-    Deframer::new(Framing::Kiss, MAX, None).push(&wire, &mut |f| again.push(f.to_vec()));
-    assert_eq!(again, frames);
-});
+fuzz_target!(|data: &[u8]| deframe::check(Framing::Kiss, data));
