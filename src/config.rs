@@ -336,7 +336,7 @@ impl Config {
             );
         }
         if let Some(token) = &self.status.token_file {
-            if let Err(e) = crate::status::limits::read_token(token) {
+            if let Err(e) = crate::http::limits::read_token(token) {
                 bad(e.key().into(), &e.detail());
             }
         }

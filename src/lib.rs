@@ -16,6 +16,7 @@ pub mod detection;
 pub mod engine;
 pub mod eval;
 pub mod events;
+pub mod http;
 pub mod infer;
 pub mod ingest;
 pub mod kserve;

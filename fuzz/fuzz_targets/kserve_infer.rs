@@ -14,7 +14,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use gsinfer::status::http::HttpRequest;
+use gsinfer::http::HttpRequest;
 use gsinfer::kserve::infer::{decode_request, DecodedRequest, HEADER_LENGTH};
 use gsinfer::kserve::{test_model, ServedModel};
 use libfuzzer_sys::fuzz_target;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use gsinfer::batch::{BatchHandle, BatchQueue};
 use gsinfer::engine::TensorSpec;
 use gsinfer::repository::ModelConfig;
-use gsinfer::status::http::HttpRequest;
+use gsinfer::http::HttpRequest;
 use gsinfer::kserve::{self, Context, ServedModel, ServedModels};
 use gsinfer::status::{ModelState, StatusBoard, StatusConfig};
 use libfuzzer_sys::fuzz_target;

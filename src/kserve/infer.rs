@@ -17,8 +17,8 @@ use serde_json::{json, Map, Value};
 
 use super::protocol::{self, InputHeader};
 use super::{error_reply, Context, ServedModel};
+use crate::http::{HttpReply, HttpRequest};
 use crate::infer::RequestSource;
-use crate::status::http::{HttpReply, HttpRequest};
 
 /// The header naming the JSON part's length in a binary request or reply.
 pub const HEADER_LENGTH: &str = "Inference-Header-Content-Length";

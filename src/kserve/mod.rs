@@ -2,7 +2,7 @@
 //! Server speaks it, over HTTP/REST and gRPC, so `tritonclient` (HTTP and
 //! gRPC) and `perf_analyzer` work against gsinfer unchanged. An input of
 //! its own, beside telemetry: its requests join the models' batch queues.
-//! The status server ([`crate::status::http`]) carries the REST routes
+//! The status server ([`crate::http`]) carries the REST routes
 //! under `/v2`; [`grpc`] serves the gRPC API on an address of its own. What
 //! both share (finding a model, checking tensors, running an inference,
 //! metadata, the repository index, errors) is [`protocol`].
@@ -40,10 +40,10 @@ use serde_json::{json, Value};
 
 use crate::batch::BatchHandle;
 use crate::engine::TensorSpec;
+use crate::http::{HttpReply, HttpRequest};
 use crate::infer::stats::InferStats;
 use crate::infer::Job;
 use crate::repository::{ModelConfig, ModelRepository};
-use crate::status::http::{HttpReply, HttpRequest};
 use crate::status::StatusBoard;
 
 /// One model as the inference endpoints serve it.

@@ -33,6 +33,7 @@ use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::http::StatusServer;
 use crate::infer::BatchResult;
 use crate::ingest::{mqtt, now_ns, SampleBatch};
 use crate::kserve::ServedModels;
@@ -41,7 +42,6 @@ use crate::publish::{run_publisher, Outgoing};
 use crate::repository::ModelRepository;
 use crate::shutdown::Stop;
 use crate::status::board::MQTT_SOURCE;
-use crate::status::http::StatusServer;
 use crate::status::StatusBoard;
 use crate::watchdog::{queued, Notifier, Stage};
 use account::deliver;

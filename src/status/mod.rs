@@ -4,8 +4,6 @@
 //! them and, under `/v2`, the KServe v2 endpoints of [`crate::kserve`].
 
 pub mod board;
-pub mod http;
-pub mod limits;
 pub mod metrics;
 pub mod page;
 pub mod process;

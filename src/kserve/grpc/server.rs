@@ -11,10 +11,10 @@ use tokio::task::JoinHandle;
 use super::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use super::service::KserveGrpc;
 use super::GrpcConfig;
+use crate::http::limits::read_token;
 use crate::kserve::ServedModels;
 use crate::secrets::SecretFileError;
 use crate::shutdown::Stop;
-use crate::status::limits::read_token;
 use crate::status::{StatusBoard, StatusConfig};
 
 /// Longest [`GrpcServer::stop`] waits for calls in flight to finish and

@@ -22,11 +22,11 @@ use tonic::{Code, Request, Response, Status};
 use super::convert;
 use super::proto;
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
+use crate::http::limits::bearer_matches;
 use crate::infer::RequestSource;
 use crate::kserve::protocol::{self, KserveError};
 use crate::kserve::{Context, ServedModels};
 use crate::secrets::Secret;
-use crate::status::limits::bearer_matches;
 use crate::status::metrics::CodeLabel;
 use crate::status::StatusBoard;
 

@@ -1,10 +1,10 @@
 //! The HTTP server, on tiny_http worker threads of its own: the status page
-//! (`/`, [`super::page`]), `/api/status` (JSON), `/metrics` (Prometheus),
+//! (`/`, [`crate::status::page`]), `/api/status` (JSON), `/metrics` (Prometheus),
 //! `/healthz`, `/readyz`, and the KServe v2 endpoints under `/v2`
 //! ([`crate::kserve`]).
 //!
 //! Each request is read into an [`HttpRequest`] within the limits of
-//! [`super::limits`] (body size, socket timeouts, bearer token where
+//! [`limits`] (body size, socket timeouts, bearer token where
 //! required), then answered by a pure routing function, so the routes are
 //! tested without sockets.
 
@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 
 use tiny_http::{Header, Request, Response, Server};
 
-use super::limits::{bearer_matches, read_body, read_token, BodyError, SocketTimeouts};
-use super::metrics::CodeLabel;
-use super::{page, StatusBoard, StatusConfig};
+pub mod limits;
+
+use self::limits::{bearer_matches, read_body, read_token, BodyError, SocketTimeouts};
 use crate::kserve::{self, ServedModels};
 use crate::secrets::{Secret, SecretFileError};
+use crate::status::metrics::CodeLabel;
+use crate::status::{page, StatusBoard, StatusConfig};
 
 /// One request, read in full.
 #[derive(Debug, Clone)]
