@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gsinfer::config::{Config, EngineChoice, EngineSettings};
-use gsinfer::model::{open_engine, prepare};
+use gsinfer::engine::prepare::{open_engine, prepare};
 use gsinfer::repository::ModelRepository;
 use rand::{Rng, SeedableRng};
 

@@ -7,7 +7,7 @@ fn main() -> std::process::ExitCode {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(0);
-    match gsinfer::selftest::cuda_report(device) {
+    match gsinfer::cli::selftest::cuda_report(device) {
         Ok((report, ok)) => {
             print!("{report}");
             if ok {

@@ -102,7 +102,7 @@ pub struct Config {
     pub pipelines: Vec<PipelineConfig>,
     /// TensorRT: engine directory, start-up rebuild, device, libraries.
     #[serde(default)]
-    pub tensorrt: crate::engine::plans::TensorRtConfig,
+    pub tensorrt: crate::engine::config::TensorRtConfig,
     /// Channel state kept across restarts ([`crate::state`]).
     #[serde(default)]
     pub state: crate::state::StateConfig,

@@ -10,9 +10,8 @@
 #![deny(missing_docs)]
 
 pub mod batch;
-pub mod bench;
+pub mod cli;
 pub mod config;
-pub mod detection;
 pub mod engine;
 pub mod eval;
 pub mod events;
@@ -20,17 +19,13 @@ pub mod http;
 pub mod infer;
 pub mod ingest;
 pub mod kserve;
-pub mod labels;
 pub mod logging;
-pub mod model;
 pub mod pipeline;
 pub mod publish;
-pub mod replay;
 pub mod report;
 pub mod repository;
 pub mod score;
 pub mod secrets;
-pub mod selftest;
 pub mod service;
 pub mod shutdown;
 pub mod state;

@@ -252,7 +252,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let failed = gsinfer::engine::commands::build(&c, model.as_deref(), force)?;
+            let failed = gsinfer::cli::engine::build(&c, model.as_deref(), force)?;
             Ok(if failed == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -264,10 +264,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            print!(
-                "{}",
-                gsinfer::engine::commands::inspect(&c, model.as_deref())?
-            );
+            print!("{}", gsinfer::cli::engine::inspect(&c, model.as_deref())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Selftest {
@@ -279,7 +276,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let (report, ok) = gsinfer::selftest::run(&c, cuda, tolerance)?;
+            let (report, ok) = gsinfer::cli::selftest::run(&c, cuda, tolerance)?;
             print!("{report}");
             Ok(if ok {
                 ExitCode::SUCCESS
@@ -307,7 +304,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let opts = gsinfer::replay::ReplayOptions {
+            let opts = gsinfer::cli::replay::ReplayOptions {
                 data_dir,
                 channel,
                 rate: (!fast).then_some(rate),
@@ -320,16 +317,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let stats = match serial {
                 Some(device) => {
-                    let target = gsinfer::replay::SerialTarget {
+                    let target = gsinfer::cli::replay::SerialTarget {
                         device,
                         baud_rate: baud,
                         framing,
                         payload,
                         apid,
                     };
-                    runtime()?.block_on(gsinfer::replay::run_serial(&c, &opts, &target))?
+                    runtime()?.block_on(gsinfer::cli::replay::run_serial(&c, &opts, &target))?
                 }
-                None => runtime()?.block_on(gsinfer::replay::run(&c, &opts))?,
+                None => runtime()?.block_on(gsinfer::cli::replay::run(&c, &opts))?,
             };
             eprintln!(
                 "replayed {} samples of {} in {} messages in {:.1} s ({:.0} samples/s)",
@@ -354,14 +351,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let opts = gsinfer::bench::BenchOptions {
+            let opts = gsinfer::cli::bench::BenchOptions {
                 model,
                 batch: batch.max(1),
                 min_time: std::time::Duration::from_secs_f64(seconds),
                 engine,
                 threads,
             };
-            let r = gsinfer::bench::run(&c, &opts)?;
+            let r = gsinfer::cli::bench::run(&c, &opts)?;
             if json {
                 println!("{}", r.to_json());
             } else {

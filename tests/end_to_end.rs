@@ -196,7 +196,7 @@ fn streamed_matches_eval(threshold: &str) {
     }
 
     // (b) an event overlaps a labelled anomaly interval.
-    let labels = gsinfer::labels::read_labels(&data).unwrap();
+    let labels = gsinfer::eval::labels::read_labels(&data).unwrap();
     let intervals = &labels[CHANNEL];
     let events: Vec<Value> = messages
         .iter()

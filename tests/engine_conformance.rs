@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use gsinfer::config::{Config, EngineChoice, EngineSettings};
+use gsinfer::engine::prepare::{open_engine, prepare, PreparedModel};
 use gsinfer::engine::{Engine, EngineKind};
-use gsinfer::model::{open_engine, prepare, PreparedModel};
 use gsinfer::repository::ModelRepository;
 use rand::{Rng, SeedableRng};
 

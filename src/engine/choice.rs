@@ -2,7 +2,7 @@
 //! shares (`[engine]`).
 //!
 //! The choice is a plain enum so that adding an engine is one variant here
-//! and one arm in [`crate::model::open_engine`], the only place that matches
+//! and one arm in [`crate::engine::prepare::open_engine`], the only place that matches
 //! on it.
 
 use std::path::PathBuf;

@@ -10,10 +10,11 @@
 
 pub mod cache;
 pub mod choice;
-pub mod commands;
+pub mod config;
 #[cfg(feature = "onnxruntime")]
 pub mod onnxruntime;
 pub mod plans;
+pub mod prepare;
 #[cfg(feature = "tensorrt")]
 pub mod tensorrt;
 pub mod tract;

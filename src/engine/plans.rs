@@ -15,71 +15,11 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use super::cache::{EngineCache, EngineKey, Lookup, ProfileSpec};
+pub use super::config::TensorRtConfig;
 use super::{Engine, EngineChoice, EngineKind, EngineSettings};
-use crate::model::{ModelError, PreparedModel};
+use crate::engine::prepare::{ModelError, PreparedModel};
 use crate::repository::{InstanceKind, Platform};
-
-/// TensorRT settings (`[tensorrt]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TensorRtConfig {
-    /// Folder of the built plans and their manifests. Default:
-    /// `$STATE_DIRECTORY/engines` (systemd's `StateDirectory=`), else
-    /// `/var/lib/gsinfer/engines`. Never inside the model repository.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub engine_dir: Option<PathBuf>,
-    /// Rebuild missing, stale or corrupt plans when `gsinfer run` starts
-    /// (default `true`); with `false` such models fall back to tract until
-    /// `gsinfer engine build` is run.
-    #[serde(default = "default_true")]
-    pub rebuild_at_start: bool,
-    /// CUDA device ordinal (default 0).
-    #[serde(default)]
-    pub device: usize,
-    /// Path of `libnvinfer.so`; default: the dynamic loader's search.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub library: Option<PathBuf>,
-    /// Path of `libnvonnxparser.so`; default: the dynamic loader's search.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub onnxparser_library: Option<PathBuf>,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-impl Default for TensorRtConfig {
-    fn default() -> Self {
-        Self {
-            engine_dir: None,
-            rebuild_at_start: true,
-            device: 0,
-            library: None,
-            onnxparser_library: None,
-        }
-    }
-}
-
-impl TensorRtConfig {
-    /// The engine directory in effect (see [`Self::engine_dir`]).
-    pub fn engine_dir(&self) -> PathBuf {
-        self.engine_dir.clone().unwrap_or_else(|| {
-            std::env::var_os("STATE_DIRECTORY")
-                .and_then(|s| {
-                    // systemd passes several colon-separated folders when
-                    // the unit names several; the first is gsinfer's.
-                    s.to_str()
-                        .and_then(|s| s.split(':').next())
-                        .map(PathBuf::from)
-                })
-                .map(|d| d.join("engines"))
-                .unwrap_or_else(|| PathBuf::from("/var/lib/gsinfer/engines"))
-        })
-    }
-}
 
 /// What a model's config asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,7 +117,7 @@ fn open_cpu(
     m.entry.model_path = onnx.to_path_buf();
     m.entry.config.platform = Platform::OnnxRuntimeOnnx;
     let engines = (0..instances)
-        .map(|_| crate::model::open_engine(&m, cpu.choice, cpu.settings))
+        .map(|_| crate::engine::prepare::open_engine(&m, cpu.choice, cpu.settings))
         .collect::<Result<Vec<_>, _>>()?;
     let kind = engines.first().map_or(EngineKind::Tract, |e| e.kind());
     let detail = engines.first().map_or_else(String::new, |e| e.detail());
@@ -727,7 +667,7 @@ mod tests {
         )
         .unwrap();
         let repo = ModelRepository::open(dir.path()).unwrap();
-        let p = crate::model::prepare(&repo, &config.pipelines[0]).unwrap();
+        let p = crate::engine::prepare::prepare(&repo, &config.pipelines[0]).unwrap();
         (dir, p)
     }
 

@@ -67,7 +67,7 @@ pub fn load(
     let mut threads = Vec::new();
     let mut engines = EngineSet::new(&config.tensorrt);
     for (ix, p) in config.pipelines.iter().enumerate() {
-        let prepared = match crate::model::prepare(repo, p) {
+        let prepared = match crate::engine::prepare::prepare(repo, p) {
             Ok(prepared) => prepared,
             Err(e) => {
                 // A config.pbtxt the repository refuses, or a model that does
@@ -144,7 +144,7 @@ pub fn load(
                 continue;
             }
         };
-        let trained = crate::model::training_note(&prepared.entry);
+        let trained = crate::engine::prepare::training_note(&prepared.entry);
         if let Some(note) = &trained {
             log::warn!(target: "gsinfer", "model {}: {note}", p.model);
         }
@@ -152,7 +152,7 @@ pub fn load(
             log::warn!(target: "gsinfer::engine", "model {}: {note}", p.model);
         }
         let (served_config, not_in_effect) =
-            crate::model::in_effect(&prepared, opened.kind, opened.engines.len());
+            crate::engine::prepare::in_effect(&prepared, opened.kind, opened.engines.len());
         for line in &not_in_effect {
             log::warn!(target: "gsinfer::repository", "model {}: config.pbtxt: {line}", p.model);
         }

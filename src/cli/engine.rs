@@ -7,10 +7,10 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 
-use super::cache::Lookup;
-use super::plans::{wanted, EngineSet, Wanted};
 use crate::config::{Config, PipelineConfig};
-use crate::model::{prepare, PreparedModel};
+use crate::engine::cache::Lookup;
+use crate::engine::plans::{wanted, EngineSet, Wanted};
+use crate::engine::prepare::{prepare, PreparedModel};
 use crate::repository::ModelRepository;
 
 /// The pipelines' models, or only `model` when given.
@@ -242,8 +242,8 @@ pub fn inspect(config: &Config, model: Option<&str>) -> Result<String> {
 
 /// The plan's I/O tensors and the engine inspector's layer information.
 #[cfg(feature = "tensorrt")]
-fn layers(config: &super::plans::TensorRtConfig, plan: &[u8]) -> Result<String> {
-    use super::tensorrt::{cuda::Gpu, runtime::SharedPlan};
+fn layers(config: &crate::engine::config::TensorRtConfig, plan: &[u8]) -> Result<String> {
+    use crate::engine::tensorrt::{cuda::Gpu, runtime::SharedPlan};
     let gpu = Gpu::open(config.device)?;
     let plan = SharedPlan::deserialize(&gpu, plan)?;
     let mut out = String::new();

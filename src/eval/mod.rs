@@ -3,6 +3,9 @@
 //! [`Pipeline`] the service uses, sample by sample, so its scores are the
 //! reference the streaming path must match.
 
+pub mod detection;
+pub mod labels;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -10,10 +13,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::config::{Config, EngineSettings, PipelineConfig};
-use crate::detection::Detection;
+use crate::engine::prepare::{open_engine, prepare};
+use crate::eval::detection::Detection;
 use crate::infer::run_batch;
 use crate::ingest::decode::RawSample;
-use crate::model::{open_engine, prepare};
 use crate::pipeline::{ChannelOutput, Pipeline};
 use crate::publish::{event_json, score_json};
 use crate::repository::ModelRepository;
@@ -421,8 +424,8 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
             skipped.len()
         );
     }
-    let spacecraft = crate::labels::read_spacecraft(&opts.data_dir);
-    let labels = match crate::labels::read_labels(&opts.data_dir) {
+    let spacecraft = crate::eval::labels::read_spacecraft(&opts.data_dir);
+    let labels = match crate::eval::labels::read_labels(&opts.data_dir) {
         Ok(l) => l,
         Err(e) if opts.metrics => return Err(e.context("--metrics needs the labels")),
         Err(_) => Default::default(),
@@ -604,7 +607,7 @@ fn write_total(
 fn report_channel(
     r: &ChannelEval,
     model: &str,
-    labels: &crate::labels::Labels,
+    labels: &crate::eval::labels::Labels,
     opts: &EvalOptions,
     threshold: &serde_json::Value,
     out: &mut dyn Write,

@@ -107,7 +107,7 @@ pub fn cuda_report(ordinal: usize) -> Result<(String, bool)> {
 mod trt {
     use super::*;
     use crate::engine::plans::{onnx_fallback, wanted, EngineSet, Wanted};
-    use crate::model::{open_engine, prepare};
+    use crate::engine::prepare::{open_engine, prepare};
     use crate::repository::{ModelRepository, Platform};
     use rand::{Rng, SeedableRng};
     use std::time::Instant;

@@ -8,8 +8,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::engine::prepare::{open_engine, prepare};
 use crate::engine::EngineChoice;
-use crate::model::{open_engine, prepare};
 use crate::repository::ModelRepository;
 
 /// What to measure.
