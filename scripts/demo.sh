@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The main job on a fresh Debian machine, on the embedded default (CPU, tract):
-# installs what is missing, builds gsinfer, starts a local Mosquitto if no
+# The main job on a fresh Debian machine, on the CPU: installs what is
+# missing, builds gsinfer, puts ONNX Runtime's library beside it
+# (tools/fetch_onnxruntime.sh: target/lib/gsinfer/, where gsinfer looks
+# first; without it gsinfer runs the same models on tract, 3-4x slower on
+# the LSTM, and says so), starts a local Mosquitto if no
 # broker listens on 1883, runs gsinfer with the example configuration,
 # replays a real SMAP channel over MQTT and shows the anomaly events arriving.
 #
@@ -22,6 +25,7 @@ command -v mosquitto_sub >/dev/null || need+=(mosquitto-clients)
 command -v curl >/dev/null || need+=(curl ca-certificates)
 command -v cc >/dev/null || need+=(build-essential)
 command -v make >/dev/null || need+=(make)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 if [ ${#need[@]} -gt 0 ]; then
   "${SUDO[@]}" apt-get update
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
@@ -38,6 +42,8 @@ fi
 
 cargo build --release
 BIN=target/release/gsinfer
+tools/fetch_onnxruntime.sh target/lib/gsinfer ||
+  echo "== could not fetch ONNX Runtime (offline?): the models run on tract" >&2
 pids=()
 # Stop in reverse order of start, so gsinfer leaves the broker cleanly.
 cleanup() {

@@ -9,7 +9,9 @@
 //! linked at build time; `libonnxruntime.so` (ONNX Runtime 1.17 or newer) is
 //! opened once per process, the first time an engine is opened, from
 //! [`EngineSettings::onnxruntime_library`], else `$ORT_DYLIB_PATH`, else the
-//! dynamic loader's search and the usual library folders. One session per
+//! newest one bundled beside the executable ([`bundled_dir`]:
+//! `<exe>/../lib/gsinfer/`), else the dynamic loader's search and the usual
+//! library folders. One session per
 //! engine instance (graph optimisation level "all", sequential execution,
 //! `threads` intra-op threads); the output tensors of each batch size are
 //! allocated once and reused by every later run of that size.
@@ -28,7 +30,8 @@ use super::{check_inputs, Engine, EngineError, EngineSettings, TensorSpec};
 
 /// The hint every "library not found" error ends with.
 pub const LIBRARY_HINT: &str =
-    "set engine.onnxruntime_library or ORT_DYLIB_PATH to libonnxruntime.so \
+    "put libonnxruntime.so in <gsinfer's folder>/../lib/gsinfer/ (tools/fetch_onnxruntime.sh does), \
+     or set engine.onnxruntime_library or ORT_DYLIB_PATH to one \
      (pip install onnxruntime ships one in site-packages/onnxruntime/capi/)";
 
 /// Names and folders tried, in order, when neither the setting nor
@@ -54,6 +57,39 @@ static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 /// Held while a library is being opened, so that only one is.
 static OPENING: Mutex<()> = Mutex::new(());
 
+/// The folder beside the executable where a bundled library is looked for
+/// first: `<exe>/../lib/gsinfer/` (`/usr/lib/gsinfer/` for
+/// `/usr/bin/gsinfer`; `target/lib/gsinfer/` for `target/release/gsinfer`,
+/// where `scripts/demo.sh` puts the one it fetches with
+/// `tools/fetch_onnxruntime.sh`).
+pub fn bundled_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.join("lib").join("gsinfer"))
+}
+
+/// The newest `libonnxruntime.so*` in `dir` (by the version in its name,
+/// e.g. `libonnxruntime.so.1.22.0` before `libonnxruntime.so.1.9.0`), if any.
+pub fn newest_in(dir: &Path) -> Option<PathBuf> {
+    let version = |p: &Path| -> Vec<u64> {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        name.trim_start_matches("libonnxruntime.so")
+            .split('.')
+            .filter_map(|part| part.parse().ok())
+            .collect()
+    };
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+        })
+        .max_by_key(|p| version(p))
+}
+
 /// The library candidates for `settings`, with where each came from.
 fn candidates(settings: &EngineSettings) -> Vec<(PathBuf, &'static str)> {
     if let Some(lib) = &settings.onnxruntime_library {
@@ -61,9 +97,11 @@ fn candidates(settings: &EngineSettings) -> Vec<(PathBuf, &'static str)> {
     }
     match std::env::var_os("ORT_DYLIB_PATH") {
         Some(p) if !p.is_empty() => vec![(PathBuf::from(p), "ORT_DYLIB_PATH")],
-        _ => SEARCH
-            .iter()
-            .map(|s| (PathBuf::from(s), "search"))
+        _ => bundled_dir()
+            .and_then(|d| newest_in(&d))
+            .map(|p| (p, "bundled"))
+            .into_iter()
+            .chain(SEARCH.iter().map(|s| (PathBuf::from(s), "search")))
             .collect(),
     }
 }
@@ -87,7 +125,7 @@ fn runtime(settings: &EngineSettings) -> Result<&'static Runtime, EngineError> {
 fn open_runtime(settings: &EngineSettings) -> Result<Runtime, String> {
     let mut tried = Vec::new();
     for (path, origin) in candidates(settings) {
-        let searched = origin == "search";
+        let searched = matches!(origin, "search" | "bundled");
         if searched && path.is_absolute() && !path.exists() {
             continue;
         }
@@ -341,6 +379,25 @@ impl Engine for OnnxRuntimeEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_newest_bundled_library_is_found_by_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(newest_in(dir.path()), None);
+        for name in [
+            "libonnxruntime.so.1.9.0",
+            "libonnxruntime.so.1.22.0",
+            "LICENSE",
+            "libother.so",
+        ] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        assert_eq!(
+            newest_in(dir.path()),
+            Some(dir.path().join("libonnxruntime.so.1.22.0"))
+        );
+        assert!(bundled_dir().unwrap().ends_with("lib/gsinfer"));
+    }
 
     #[test]
     fn version_is_read_from_the_build_info() {
