@@ -68,6 +68,58 @@ struct ModelStatus {
     stats: Arc<InferStats>,
     /// What became of the saved channel state at start, and the last save.
     channel_state: Value,
+    /// The last minute or two of telemetry latency and drops, for the health.
+    recent: Recent,
+}
+
+/// How long a [`Recent`] period lasts: the health looks at the current
+/// period and the one before it, i.e. the last one to two minutes.
+pub const RECENT_PERIOD: Duration = Duration::from_secs(60);
+
+/// A model's recent telemetry: latencies and the dropped-window count, in
+/// the current [`RECENT_PERIOD`] and the one before, so the health follows
+/// the load instead of the whole run's histogram.
+#[derive(Debug)]
+struct Recent {
+    /// When the current period started.
+    since: Instant,
+    latency: Histogram<u64>,
+    previous: Histogram<u64>,
+    /// Windows dropped in total when the previous period started.
+    dropped_before: u64,
+    /// Windows dropped in total when the current period started.
+    dropped_at_start: u64,
+}
+
+impl Recent {
+    fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            latency: histogram(),
+            previous: histogram(),
+            dropped_before: 0,
+            dropped_at_start: 0,
+        }
+    }
+
+    /// Starts a new period when the current one is over at `now`;
+    /// `dropped` is the model's dropped total now.
+    fn roll(&mut self, now: Instant, dropped: u64) {
+        if now.duration_since(self.since) < RECENT_PERIOD {
+            return;
+        }
+        self.previous = std::mem::replace(&mut self.latency, histogram());
+        self.dropped_before = self.dropped_at_start;
+        self.dropped_at_start = dropped;
+        self.since = now;
+    }
+
+    /// p99 of the last one to two periods' latencies (µs), if any.
+    fn p99(&self) -> Option<u64> {
+        let mut both = self.previous.clone();
+        both.add(&self.latency).ok()?;
+        (!both.is_empty()).then(|| both.value_at_quantile(0.99))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -161,6 +213,7 @@ impl StatusBoard {
                 latency_us: histogram(),
                 queue_us: histogram(),
                 inference_us: histogram(),
+                recent: Recent::new(Instant::now()),
                 stats: Arc::default(),
                 channel_state: Value::Null,
             });
@@ -375,6 +428,7 @@ impl StatusBoard {
         self.record_end_to_end(model, "telemetry", micros);
         if let Some(m) = self.lock().models.get_mut(model) {
             m.latency_us.saturating_record(micros.max(1));
+            m.recent.latency.saturating_record(micros.max(1));
         }
     }
 
@@ -460,10 +514,72 @@ impl StatusBoard {
         s.sample_rate.observe(now, n);
     }
 
+    /// The service's health in one word and its reasons, worst first:
+    /// `not_ready` (the broker or a model is not up), `degraded` (a model
+    /// failed), `over_budget` (over the last one to two minutes a model's
+    /// window latency p99 exceeded its budget, or it dropped windows), else
+    /// `nominal`. The status page's header shows it.
+    fn health(inner: &Inner, m: &Metrics) -> Value {
+        /// The states, worst first.
+        const ORDER: [&str; 4] = ["not_ready", "degraded", "over_budget", "nominal"];
+        let rank = |x: &str| ORDER.iter().position(|o| *o == x).unwrap_or(ORDER.len());
+        let mut state = "nominal";
+        let mut why = Vec::new();
+        let mut worse = |s: &'static str| {
+            if rank(s) < rank(state) {
+                state = s;
+            }
+        };
+        if !inner.connected {
+            worse("not_ready");
+            why.push("the broker is not connected".to_string());
+        }
+        for (name, s) in &inner.models {
+            match &s.state {
+                ModelState::Failed(_) => {
+                    worse("degraded");
+                    why.push(format!("model {name} failed"));
+                }
+                ModelState::Loading | ModelState::Rebuilding { .. } => {
+                    worse("not_ready");
+                    why.push(format!("model {name} is {}", s.state.name()));
+                }
+                ModelState::Ready => {}
+            }
+            let dropped = m
+                .dropped_count(name)
+                .saturating_sub(s.recent.dropped_before);
+            let p99 = s.recent.p99().filter(|p| *p > s.budget_us);
+            if p99.is_some() || dropped > 0 {
+                worse("over_budget");
+                let mut parts = Vec::new();
+                if let Some(p) = p99 {
+                    parts.push(format!(
+                        "window latency p99 {:.1} ms over its {:.1} ms budget",
+                        p as f64 / 1e3,
+                        s.budget_us as f64 / 1e3
+                    ));
+                }
+                if dropped > 0 {
+                    parts.push(format!("{dropped} window(s) dropped"));
+                }
+                why.push(format!(
+                    "model {name}: {} in the last minutes",
+                    parts.join(", ")
+                ));
+            }
+        }
+        json!({ "state": state, "why": why })
+    }
+
     /// The `/api/status` document.
     pub fn snapshot(&self) -> Value {
+        self.snapshot_at(Instant::now())
+    }
+
+    /// [`StatusBoard::snapshot`] as of `now` (rates, the health's recent periods).
+    pub fn snapshot_at(&self, now: Instant) -> Value {
         let m = &self.metrics;
-        let now = Instant::now();
         let own: BTreeMap<String, Value> = m
             .sources
             .all()
@@ -474,6 +590,10 @@ impl StatusBoard {
         // Read before taking the board's lock, which every stage waits on.
         let process = super::process::ProcessStats::read();
         let mut inner = self.lock();
+        for (name, s) in inner.models.iter_mut() {
+            s.recent.roll(now, m.dropped_count(name));
+        }
+        let health = Self::health(&inner, m);
         let pct = |h: &Histogram<u64>| {
             if h.is_empty() {
                 Value::Null
@@ -560,6 +680,7 @@ impl StatusBoard {
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "ready": inner.connected && Self::models_ready(&inner),
             "degraded": inner.models.values().any(|m| matches!(m.state, ModelState::Failed(_))),
+            "health": health,
             "broker": { "connected": inner.connected, "disconnects": m.mqtt_disconnects.get() },
             "ingest": { "overflow": m.ingest_overflow.get() },
             "sources": sources,
@@ -662,5 +783,47 @@ mod tests {
         assert!(board.is_ready() && board.are_models_ready());
         board.set_connected(false);
         assert_eq!(board.snapshot()["sources"][0]["disconnects"], 1);
+    }
+
+    #[test]
+    fn health_follows_the_recent_load_and_says_why() {
+        let board = StatusBoard::new(StatusConfig::default());
+        board.set_model("m", "tract", ModelState::Ready, 1, 20_000, &[1, 4]);
+        board.register_source(MQTT_SOURCE, "mqtt", "127.0.0.1:1883");
+        board.set_connected(true);
+        let t0 = Instant::now();
+        assert_eq!(board.snapshot_at(t0)["health"]["state"], "nominal");
+        // A burst: windows 4.7 s late against a 20 ms budget, some dropped.
+        for _ in 0..100 {
+            board.record_latency("m", 4_700_000);
+        }
+        board
+            .metrics
+            .dropped("m", crate::batch::DropReason::QueueFull, 7);
+        let h = board.snapshot_at(t0)["health"].clone();
+        assert_eq!(h["state"], "over_budget", "{h}");
+        let why = h["why"][0].as_str().unwrap();
+        assert!(
+            why.starts_with("model m: window latency p99 470")
+                && why.contains("ms over its 20.0 ms budget")
+                && why.contains("7 window(s) dropped"),
+            "{why}"
+        );
+        // Calm again: still shown for the next period, gone after two.
+        for _ in 0..100 {
+            board.record_latency("m", 5_000);
+        }
+        let later = t0 + RECENT_PERIOD;
+        assert_eq!(board.snapshot_at(later)["health"]["state"], "over_budget");
+        for _ in 0..100 {
+            board.record_latency("m", 5_000);
+        }
+        let h = board.snapshot_at(later + RECENT_PERIOD)["health"].clone();
+        assert_eq!(h["state"], "nominal", "{h}");
+        // Worse states win.
+        board.set_connected(false);
+        let h = board.snapshot_at(later + RECENT_PERIOD)["health"].clone();
+        assert_eq!(h["state"], "not_ready", "{h}");
+        assert_eq!(h["why"][0], "the broker is not connected");
     }
 }

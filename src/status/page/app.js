@@ -90,9 +90,14 @@ function render(s) {
   $('clock').textContent = new Date().toISOString().slice(11, 19) + 'Z';
   const open = s.channels.filter((c) => c.last && c.last.anomalous);
   const overall = $('overall');
+  const health = s.health || { state: s.ready ? 'nominal' : 'not_ready', why: [] };
+  const healthText = { nominal: 'nominal', over_budget: 'over budget', degraded: 'degraded', not_ready: 'not ready' };
   if (open.length) { overall.className = 'pill pill-bad'; overall.textContent = open.length + ' anomal' + (open.length > 1 ? 'ies' : 'y'); }
-  else if (s.ready) { overall.className = 'pill pill-ok'; overall.textContent = 'nominal'; }
-  else { overall.className = 'pill pill-warn'; overall.textContent = 'not ready'; }
+  else { overall.className = 'pill ' + (health.state === 'nominal' ? 'pill-ok' : 'pill-warn'); overall.textContent = healthText[health.state] || health.state; }
+  overall.title = health.why.join('; ');
+  const why = $('health');
+  why.hidden = health.state === 'nominal';
+  why.textContent = health.why.length ? (healthText[health.state] || health.state) + ': ' + health.why.join('; ') : '';
 
   const alarm = $('alarm');
   alarm.hidden = open.length === 0;
