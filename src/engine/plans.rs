@@ -12,10 +12,14 @@
 //! libnvinfer), a model with an ONNX file falls back to tract on it and the
 //! reason is logged and shown on the status page; a plan-only model fails
 //! start-up with one line saying what is missing.
+//!
+//! [`EngineSet`] holds that policy and the plan cache on disk; a
+//! [`PlanBackend`] under it builds and runs plans (TensorRT, or
+//! [`Unavailable`]), so the policy is the same code in every build.
 
 use std::path::{Path, PathBuf};
 
-use super::cache::{EngineCache, EngineKey, Lookup, ProfileSpec};
+use super::cache::{DeviceKey, EngineCache, EngineKey, Lookup, ProfileSpec};
 pub use super::config::TensorRtConfig;
 use super::{Engine, EngineChoice, EngineKind, EngineSettings};
 use crate::engine::prepare::{ModelError, PreparedModel};
@@ -105,6 +109,20 @@ pub struct CpuEngine<'a> {
     pub settings: &'a EngineSettings,
 }
 
+/// Opens `instances` instances of `model` on the pipeline's CPU engine, as
+/// [`EngineSet::open`] does for a model that asks for no TensorRT; needs no
+/// engine set, so models can be opened in parallel.
+///
+/// # Errors
+/// [`ModelError`] when the engine refuses the model.
+pub fn open_on_cpu(
+    model: &PreparedModel,
+    instances: usize,
+    cpu: CpuEngine<'_>,
+) -> Result<Opened, ModelError> {
+    open_cpu(model, &model.entry.model_path, instances.max(1), None, cpu)
+}
+
 /// Opens the CPU engine on `onnx` for `model` (`instances` instances).
 fn open_cpu(
     model: &PreparedModel,
@@ -158,14 +176,136 @@ fn fall_back(
     }
 }
 
-/// The process's engines: the TensorRT platform (probed once, on first
-/// use), the engine cache, and the plans deserialized so far.
-pub struct EngineSet {
-    #[cfg_attr(not(feature = "tensorrt"), allow(dead_code))]
-    config: TensorRtConfig,
-    cache: EngineCache,
+/// Where plans come from and run: TensorRT on this box, or nothing.
+///
+/// [`EngineSet`] keeps the policy (which plan a model needs, when a cached
+/// plan is stale, when to rebuild, when to fall back to the CPU) and the
+/// plan cache on disk; a backend only probes the platform, builds plan
+/// bytes, and deserializes and instantiates them. gsinfer has two:
+/// TensorRT ([`crate::engine::tensorrt::TensorRtPlans`], cargo feature
+/// `tensorrt`) and [`Unavailable`], which says why for every call.
+/// [`default_backend`] picks one.
+pub trait PlanBackend: Send {
+    /// The device part of a plan's key on this box (TensorRT version, GPU,
+    /// compute capability).
+    ///
+    /// # Errors
+    /// Why plans cannot be built or run here, as one line.
+    fn device_key(&mut self) -> Result<DeviceKey, String>;
+
+    /// Whether plans can run now: the platform probes and the GPU opens.
+    ///
+    /// # Errors
+    /// Why not, as one line.
+    fn usable(&mut self) -> Result<(), String>;
+
+    /// Builds a plan from the ONNX file `onnx` for `key` (its optimisation
+    /// profiles and precision), with a builder workspace of at most
+    /// `workspace_bytes`; reports fractions 0 to 1 to `progress`.
+    ///
+    /// # Errors
+    /// The builder's reason, as one line.
+    fn build(
+        &mut self,
+        onnx: &Path,
+        key: &EngineKey,
+        workspace_bytes: Option<u64>,
+        progress: Progress<'_>,
+    ) -> Result<Vec<u8>, String>;
+
+    /// Deserializes `plan` and keeps it as `model`'s (name and version),
+    /// replacing any plan kept before.
+    ///
+    /// # Errors
+    /// Why the runtime refuses the plan (another TensorRT, a driver change
+    /// the key cannot see, corrupt bytes).
+    fn load(&mut self, model: &PreparedModel, plan: &[u8]) -> Result<(), String>;
+
+    /// Whether a plan for model `name` version `version` is kept.
+    fn loaded(&self, name: &str, version: u64) -> bool;
+
+    /// Drops the plan kept for `name` version `version` (after a rebuild).
+    fn forget(&mut self, name: &str, version: u64);
+
+    /// Opens `instances` engines on `model`'s kept plan; returns them and
+    /// the device's name.
+    ///
+    /// # Errors
+    /// No plan kept for the model, or the runtime refuses an execution
+    /// context.
+    fn instances(
+        &mut self,
+        model: &PreparedModel,
+        instances: usize,
+    ) -> Result<(Vec<Box<dyn Engine>>, String), String>;
+}
+
+/// The backend of a box where plans cannot run: every call says why.
+#[derive(Debug, Clone)]
+pub struct Unavailable {
+    why: String,
+}
+
+impl Unavailable {
+    /// A backend that answers every call with `why` (one line).
+    pub fn new(why: impl Into<String>) -> Self {
+        Self { why: why.into() }
+    }
+}
+
+impl PlanBackend for Unavailable {
+    fn device_key(&mut self) -> Result<DeviceKey, String> {
+        Err(self.why.clone())
+    }
+    fn usable(&mut self) -> Result<(), String> {
+        Err(self.why.clone())
+    }
+    fn build(
+        &mut self,
+        _onnx: &Path,
+        _key: &EngineKey,
+        _workspace_bytes: Option<u64>,
+        _progress: Progress<'_>,
+    ) -> Result<Vec<u8>, String> {
+        Err(self.why.clone())
+    }
+    fn load(&mut self, _model: &PreparedModel, _plan: &[u8]) -> Result<(), String> {
+        Err(self.why.clone())
+    }
+    fn loaded(&self, _name: &str, _version: u64) -> bool {
+        false
+    }
+    fn forget(&mut self, _name: &str, _version: u64) {}
+    fn instances(
+        &mut self,
+        _model: &PreparedModel,
+        _instances: usize,
+    ) -> Result<(Vec<Box<dyn Engine>>, String), String> {
+        Err(self.why.clone())
+    }
+}
+
+/// The backend this build has: TensorRT (probed on first use) with the
+/// `tensorrt` feature, [`Unavailable`] without it.
+pub fn default_backend(config: &TensorRtConfig) -> Box<dyn PlanBackend> {
     #[cfg(feature = "tensorrt")]
-    trt: trt_impl::State,
+    let backend: Box<dyn PlanBackend> =
+        Box::new(crate::engine::tensorrt::TensorRtPlans::new(config));
+    #[cfg(not(feature = "tensorrt"))]
+    let backend: Box<dyn PlanBackend> = {
+        let _ = config;
+        Box::new(Unavailable::new(
+            "this gsinfer was built without the `tensorrt` feature",
+        ))
+    };
+    backend
+}
+
+/// The process's engines: the plan backend, the engine cache on disk, and
+/// the policy between them.
+pub struct EngineSet {
+    cache: EngineCache,
+    backend: Box<dyn PlanBackend>,
 }
 
 impl std::fmt::Debug for EngineSet {
@@ -189,19 +329,21 @@ pub struct PlanState {
 }
 
 impl EngineSet {
-    /// The engine set of a configuration; the engine directory's leftover
-    /// temporary files (an interrupted build) are removed.
+    /// The engine set of a configuration on this build's backend
+    /// ([`default_backend`]).
     pub fn new(config: &TensorRtConfig) -> Self {
+        Self::with_backend(config, default_backend(config))
+    }
+
+    /// The engine set of a configuration on `backend`; the engine
+    /// directory's leftover temporary files (an interrupted build) are
+    /// removed.
+    pub fn with_backend(config: &TensorRtConfig, backend: Box<dyn PlanBackend>) -> Self {
         let cache = EngineCache::new(config.engine_dir());
         for p in cache.sweep() {
             log::warn!(target: "gsinfer::engine", "removed {}, left by an interrupted engine build", p.display());
         }
-        Self {
-            config: config.clone(),
-            cache,
-            #[cfg(feature = "tensorrt")]
-            trt: trt_impl::State::default(),
-        }
+        Self { cache, backend }
     }
 
     /// The engine cache.
@@ -216,7 +358,7 @@ impl EngineSet {
     /// The reason as one line.
     pub fn key(&mut self, model: &PreparedModel) -> Result<EngineKey, String> {
         let fp16 = matches!(wanted(model), Wanted::TensorRtFromOnnx { fp16: true, .. });
-        let device = self.device_key()?;
+        let device = self.backend.device_key()?;
         let onnx_sha256 = super::cache::sha256_file(&model.entry.model_path)
             .map_err(|e| format!("cannot read {}: {e}", model.entry.model_path.display()))?;
         Ok(EngineKey {
@@ -225,16 +367,6 @@ impl EngineSet {
             profiles: vec![profile(model)],
             fp16,
         })
-    }
-
-    #[cfg(feature = "tensorrt")]
-    fn device_key(&mut self) -> Result<super::cache::DeviceKey, String> {
-        self.trt.platform(&self.config).map(|p| p.device_key())
-    }
-
-    #[cfg(not(feature = "tensorrt"))]
-    fn device_key(&mut self) -> Result<super::cache::DeviceKey, String> {
-        Err("this gsinfer was built without the `tensorrt` feature".into())
     }
 
     /// What the cache holds for `model` (an ONNX model compiled on the box).
@@ -262,8 +394,8 @@ impl EngineSet {
 
     /// Opens `instances` engines for `model` on the engine its config asks
     /// for, rebuilding a missing, stale or corrupt plan first when
-    /// `rebuild` is set (reporting to `progress`), and falling back to tract
-    /// as the module docs say.
+    /// `rebuild` is set (reporting to `progress`), and falling back to the
+    /// CPU engine as the module docs say.
     ///
     /// # Errors
     /// [`ModelError`] when no engine can run the model.
@@ -280,38 +412,109 @@ impl EngineSet {
         if want == Wanted::Tract {
             return open_cpu(model, &model.entry.model_path, instances, None, cpu);
         }
-        self.open_tensorrt(model, &want, instances, rebuild, progress, cpu)
-    }
-
-    #[cfg(not(feature = "tensorrt"))]
-    fn open_tensorrt(
-        &mut self,
-        model: &PreparedModel,
-        _want: &Wanted,
-        instances: usize,
-        _rebuild: bool,
-        _progress: Progress<'_>,
-        cpu: CpuEngine<'_>,
-    ) -> Result<Opened, ModelError> {
-        fall_back(
-            model,
-            instances,
-            "config.pbtxt asks for TensorRT, but this gsinfer was built without the `tensorrt` feature".into(),
-            cpu,
-        )
-    }
-
-    #[cfg(feature = "tensorrt")]
-    fn open_tensorrt(
-        &mut self,
-        model: &PreparedModel,
-        want: &Wanted,
-        instances: usize,
-        rebuild: bool,
-        progress: Progress<'_>,
-        cpu: CpuEngine<'_>,
-    ) -> Result<Opened, ModelError> {
-        trt_impl::open(self, model, want, instances, rebuild, progress, cpu)
+        if let Err(why) = self.backend.usable() {
+            return fall_back(
+                model,
+                instances,
+                format!("TensorRT is unusable: {why}"),
+                cpu,
+            );
+        }
+        let (name, version) = (model.entry.name.clone(), model.entry.version);
+        let mut note = None;
+        match want {
+            Wanted::TensorRtPlan => {
+                let bytes = match std::fs::read(&model.entry.model_path) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return fall_back(
+                            model,
+                            instances,
+                            format!("cannot read the plan: {e}"),
+                            cpu,
+                        )
+                    }
+                };
+                if let Err(e) = self.backend.load(model, &bytes) {
+                    let why = format!(
+                        "the repository's plan {} does not load on this box ({e}); a repository plan cannot be rebuilt, ship model.onnx beside it",
+                        model.entry.model_path.display()
+                    );
+                    return fall_back(model, instances, why, cpu);
+                }
+            }
+            _ if self.backend.loaded(&name, version) => {}
+            _ => {
+                let bytes = match self.state(model).lookup {
+                    Lookup::Fresh { plan, .. } => plan,
+                    other if rebuild => {
+                        log::warn!(target: "gsinfer::engine", "model {name}: engine {other}; rebuilding it from {}", model.entry.model_path.display());
+                        match self.build_for_run(model, &other, progress) {
+                            Ok((plan, unsaved)) => {
+                                note = unsaved;
+                                plan
+                            }
+                            Err(e) => {
+                                return fall_back(
+                                    model,
+                                    instances,
+                                    format!("the engine rebuild failed: {e}"),
+                                    cpu,
+                                )
+                            }
+                        }
+                    }
+                    other => {
+                        let why = format!("engine {other} and tensorrt.rebuild_at_start is off; run `gsinfer engine build`");
+                        return fall_back(model, instances, why, cpu);
+                    }
+                };
+                if let Err(e) = self.backend.load(model, &bytes) {
+                    if !rebuild {
+                        return fall_back(model, instances, e, cpu);
+                    }
+                    // A plan whose key matched but that the runtime refuses
+                    // (a driver change the key cannot see): rebuild once.
+                    let why = Lookup::Stale {
+                        why: format!("TensorRT refused it: {e}"),
+                    };
+                    let plan = match self.build_for_run(model, &why, progress) {
+                        Ok((plan, unsaved)) => {
+                            note = unsaved;
+                            plan
+                        }
+                        Err(e) => {
+                            return fall_back(
+                                model,
+                                instances,
+                                format!("the engine rebuild failed: {e}"),
+                                cpu,
+                            )
+                        }
+                    };
+                    self.backend
+                        .load(model, &plan)
+                        .map_err(|message| ModelError::Mismatch {
+                            model: name.clone(),
+                            message,
+                        })?;
+                }
+            }
+        }
+        let (engines, device) = self
+            .backend
+            .instances(model, instances)
+            .map_err(|message| ModelError::Mismatch {
+                model: name.clone(),
+                message,
+            })?;
+        Ok(Opened {
+            engines,
+            kind: EngineKind::TensorRt,
+            detail: format!("tensorrt on {device}"),
+            device,
+            note,
+        })
     }
 
     /// Builds `model`'s plan when it is missing, stale or corrupt (always
@@ -339,94 +542,13 @@ impl EngineSet {
                 return Ok("fresh".into());
             }
         }
-        self.build_now(model, &state.lookup, progress)
-    }
-
-    #[cfg(feature = "tensorrt")]
-    fn build_now(
-        &mut self,
-        model: &PreparedModel,
-        before: &Lookup,
-        progress: Progress<'_>,
-    ) -> Result<String, String> {
-        trt_impl::build(self, model, before, progress)
-    }
-
-    #[cfg(not(feature = "tensorrt"))]
-    fn build_now(
-        &mut self,
-        _model: &PreparedModel,
-        _before: &Lookup,
-        _progress: Progress<'_>,
-    ) -> Result<String, String> {
-        Err("this gsinfer was built without the `tensorrt` feature".into())
-    }
-}
-
-#[cfg(feature = "tensorrt")]
-mod trt_impl {
-    //! The TensorRT half of [`super::EngineSet`].
-
-    use std::collections::HashMap;
-    use std::sync::Arc;
-    use std::time::Instant;
-
-    use super::*;
-    use crate::engine::tensorrt::{self as trt, cuda::Gpu, runtime::SharedPlan, TrtEngine};
-
-    #[derive(Default)]
-    pub(super) struct State {
-        platform: Option<Result<trt::Platform, String>>,
-        plans: HashMap<(String, u64), Arc<SharedPlan>>,
-    }
-
-    impl State {
-        pub(super) fn platform(
-            &mut self,
-            config: &TensorRtConfig,
-        ) -> Result<&trt::Platform, String> {
-            self.platform
-                .get_or_insert_with(|| {
-                    let libs = trt::Libraries {
-                        nvinfer: config.library.clone(),
-                        onnxparser: config.onnxparser_library.clone(),
-                    };
-                    trt::probe(&libs, config.device, true).map_err(|e| e.to_string())
-                })
-                .as_ref()
-                .map_err(Clone::clone)
-        }
-    }
-
-    /// Forwards the builder's fractions to the thread that waits for it.
-    struct ToChannel(std::sync::mpsc::Sender<f32>);
-
-    impl trt::BuildProgress for ToChannel {
-        fn phase(&self, name: &str, parent: Option<&str>, steps: i32) {
-            log::debug!(target: "gsinfer::engine", "builder phase {name} ({steps} steps){}",
-                parent.map(|p| format!(" in {p}")).unwrap_or_default());
-        }
-        fn fraction(&self, done: f32) {
-            let _ = self.0.send(done);
-        }
-    }
-
-    /// Builds and stores `model`'s plan (`gsinfer engine build`); a plan
-    /// that cannot be written is an error.
-    pub(super) fn build(
-        set: &mut EngineSet,
-        model: &PreparedModel,
-        before: &Lookup,
-        progress: Progress<'_>,
-    ) -> Result<String, String> {
-        let (key, plan, seconds) = build_plan(set, model, progress)?;
-        set.cache
-            .store(&model.entry.name, model.entry.version, &key, &plan, seconds)
+        let (name, version) = (&model.entry.name, model.entry.version);
+        let (key, plan, seconds) = self.build_plan(model, progress)?;
+        self.cache
+            .store(name, version, &key, &plan, seconds)
             .map_err(|e| e.to_string())?;
-        set.trt
-            .plans
-            .remove(&(model.entry.name.clone(), model.entry.version));
-        Ok(format!("built in {seconds:.1} s ({before})"))
+        self.backend.forget(name, version);
+        Ok(format!("built in {seconds:.1} s ({})", state.lookup))
     }
 
     /// Builds `model`'s plan for this run and stores it. When it cannot be
@@ -434,15 +556,15 @@ mod trt_impl {
     /// the plan built in memory: the error and the second value say so,
     /// and the next start rebuilds it.
     fn build_for_run(
-        set: &mut EngineSet,
+        &mut self,
         model: &PreparedModel,
         before: &Lookup,
         progress: Progress<'_>,
     ) -> Result<(Vec<u8>, Option<String>), String> {
-        let (key, plan, seconds) = build_plan(set, model, progress)?;
+        let (key, plan, seconds) = self.build_plan(model, progress)?;
         let name = &model.entry.name;
         log::info!(target: "gsinfer::engine", "model {name}: engine built in {seconds:.1} s ({before})");
-        match set
+        match self
             .cache
             .store(name, model.entry.version, &key, &plan, seconds)
         {
@@ -457,178 +579,25 @@ mod trt_impl {
         }
     }
 
-    /// Runs the TensorRT builder on `model`'s ONNX file: the key the plan
+    /// Runs the backend's builder on `model`'s ONNX file: the key the plan
     /// is built for, the plan, and the seconds it took.
     fn build_plan(
-        set: &mut EngineSet,
+        &mut self,
         model: &PreparedModel,
         progress: Progress<'_>,
     ) -> Result<(EngineKey, Vec<u8>, f64), String> {
-        let key = set.key(model)?;
-        let platform = set.trt.platform(&set.config)?.clone();
-        let gpu = Gpu::open(platform.device.ordinal).map_err(|e| e.to_string())?;
+        let key = self.key(model)?;
         let workspace_bytes = match wanted(model) {
             Wanted::TensorRtFromOnnx {
                 workspace_bytes, ..
             } => workspace_bytes,
             _ => None,
         };
-        let request = trt::BuildRequest {
-            onnx: model.entry.model_path.clone(),
-            key: key.clone(),
-            workspace_bytes,
-            tensorrt_major: platform
-                .tensorrt
-                .split('.')
-                .next()
-                .and_then(|m| m.parse().ok())
-                .unwrap_or(0),
-        };
-        let started = Instant::now();
-        // The build runs on its own thread so that this one can hand its
-        // progress to `progress` as it comes.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let plan = std::thread::scope(|s| {
-            let builder = s.spawn(move || {
-                gpu.bind()?;
-                trt::build_plan(&request, Arc::new(ToChannel(tx)))
-            });
-            for done in rx {
-                progress(done);
-            }
-            builder.join().unwrap_or_else(|_| {
-                Err(trt::TrtError::Model(
-                    "the engine builder thread panicked".into(),
-                ))
-            })
-        })
-        .map_err(|e| e.to_string())?;
+        let started = std::time::Instant::now();
+        let plan = self
+            .backend
+            .build(&model.entry.model_path, &key, workspace_bytes, progress)?;
         Ok((key, plan, started.elapsed().as_secs_f64()))
-    }
-
-    pub(super) fn open(
-        set: &mut EngineSet,
-        model: &PreparedModel,
-        want: &Wanted,
-        instances: usize,
-        rebuild: bool,
-        progress: Progress<'_>,
-        cpu: CpuEngine<'_>,
-    ) -> Result<Opened, ModelError> {
-        let platform = match set.trt.platform(&set.config) {
-            Ok(p) => p.clone(),
-            Err(why) => {
-                return fall_back(
-                    model,
-                    instances,
-                    format!("TensorRT is unusable: {why}"),
-                    cpu,
-                )
-            }
-        };
-        let gpu = match Gpu::open(platform.device.ordinal) {
-            Ok(g) => g,
-            Err(e) => return fall_back(model, instances, e.to_string(), cpu),
-        };
-        let name = model.entry.name.clone();
-        let version = model.entry.version;
-        let mut note = None;
-        let plan = match want {
-            Wanted::TensorRtPlan => {
-                match std::fs::read(&model.entry.model_path) {
-                    Ok(bytes) => match SharedPlan::deserialize(&gpu, &bytes) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            return fall_back(
-                                model,
-                                instances,
-                                format!(
-                                    "the repository's plan {} does not load on this box ({e}); a repository plan cannot be rebuilt, ship model.onnx beside it",
-                                    model.entry.model_path.display()
-                                ),
-                                cpu,
-                            )
-                        }
-                    },
-                    Err(e) => return fall_back(model, instances, format!("cannot read the plan: {e}"), cpu),
-                }
-            }
-            _ => {
-                if let Some(p) = set.trt.plans.get(&(name.clone(), version)) {
-                    Arc::clone(p)
-                } else {
-                    let state = set.state(model);
-                    let bytes = match state.lookup {
-                        Lookup::Fresh { plan, .. } => Some(plan),
-                        other if rebuild => {
-                            log::warn!(target: "gsinfer::engine", "model {name}: engine {other}; rebuilding it from {}", model.entry.model_path.display());
-                            match build_for_run(set, model, &other, progress) {
-                                Ok((plan, unsaved)) => {
-                                    note = unsaved;
-                                    Some(plan)
-                                }
-                                Err(e) => return fall_back(model, instances, format!("the engine rebuild failed: {e}"), cpu),
-                            }
-                        }
-                        other => {
-                            return fall_back(
-                                model,
-                                instances,
-                                format!("engine {other} and tensorrt.rebuild_at_start is off; run `gsinfer engine build`"),
-                                cpu,
-                            )
-                        }
-                    };
-                    let bytes = bytes.expect("set above");
-                    match SharedPlan::deserialize(&gpu, &bytes) {
-                        Ok(p) => p,
-                        Err(e) if rebuild => {
-                            // A plan whose key matched but that TensorRT
-                            // refuses (a driver change the key cannot see):
-                            // rebuild once.
-                            let why = Lookup::Stale { why: format!("TensorRT refused it: {e}") };
-                            let plan = match build_for_run(set, model, &why, progress) {
-                                Ok((plan, unsaved)) => {
-                                    note = unsaved;
-                                    plan
-                                }
-                                Err(e) => return fall_back(model, instances, format!("the engine rebuild failed: {e}"), cpu),
-                            };
-                            SharedPlan::deserialize(&gpu, &plan)
-                                .map_err(|e| ModelError::Mismatch { model: name.clone(), message: e.to_string() })?
-                        }
-                        Err(e) => return fall_back(model, instances, e.to_string(), cpu),
-                    }
-                }
-            }
-        };
-        set.trt
-            .plans
-            .insert((name.clone(), version), Arc::clone(&plan));
-        let outputs = model.output_names();
-        let mut engines: Vec<Box<dyn Engine>> = Vec::new();
-        for _ in 0..instances {
-            let e = TrtEngine::new(
-                Arc::clone(&plan),
-                &model.input,
-                &outputs,
-                &model.buckets,
-                model.entry.config.cuda_graphs,
-                platform.device.name.clone(),
-            )
-            .map_err(|e| ModelError::Mismatch {
-                model: name.clone(),
-                message: e.to_string(),
-            })?;
-            engines.push(Box::new(e));
-        }
-        Ok(Opened {
-            engines,
-            kind: EngineKind::TensorRt,
-            detail: format!("tensorrt on {}", platform.device.name),
-            device: platform.device.name.clone(),
-            note,
-        })
     }
 }
 
@@ -710,6 +679,189 @@ mod tests {
         assert!(state.unavailable.is_some());
         assert!(matches!(state.lookup, Lookup::Missing));
         assert!(set.build(&model, false, &|_| {}).is_err());
+    }
+
+    /// A backend whose plans are the key's tag and whose engines are tract
+    /// on the model's ONNX file: TensorRT cannot run here, so the test
+    /// drives the policy above it (cache, staleness, rebuild, fallback).
+    struct FakeGpu {
+        device: DeviceKey,
+        builds: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        refuse_next_load: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        kept: std::collections::HashSet<(String, u64)>,
+    }
+
+    impl PlanBackend for FakeGpu {
+        fn device_key(&mut self) -> Result<DeviceKey, String> {
+            Ok(self.device.clone())
+        }
+        fn usable(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+        fn build(
+            &mut self,
+            onnx: &Path,
+            key: &EngineKey,
+            _workspace_bytes: Option<u64>,
+            progress: Progress<'_>,
+        ) -> Result<Vec<u8>, String> {
+            assert!(onnx.is_file());
+            self.builds
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            progress(1.0);
+            Ok(key.device.tag().into_bytes())
+        }
+        fn load(&mut self, model: &PreparedModel, plan: &[u8]) -> Result<(), String> {
+            if self
+                .refuse_next_load
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err("deserialization failed".into());
+            }
+            assert_eq!(plan, self.device.tag().as_bytes(), "a plan for another box");
+            self.kept
+                .insert((model.entry.name.clone(), model.entry.version));
+            Ok(())
+        }
+        fn loaded(&self, name: &str, version: u64) -> bool {
+            self.kept.contains(&(name.to_string(), version))
+        }
+        fn forget(&mut self, name: &str, version: u64) {
+            self.kept.remove(&(name.to_string(), version));
+        }
+        fn instances(
+            &mut self,
+            model: &PreparedModel,
+            instances: usize,
+        ) -> Result<(Vec<Box<dyn Engine>>, String), String> {
+            assert!(self.loaded(&model.entry.name, model.entry.version));
+            let engines = (0..instances)
+                .map(|_| {
+                    crate::engine::prepare::open_engine(
+                        model,
+                        EngineChoice::Tract,
+                        &EngineSettings::default(),
+                    )
+                    .map_err(|e| e.to_string())
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((engines, "Fake GPU".into()))
+        }
+    }
+
+    #[test]
+    fn plans_are_built_once_kept_and_rebuilt_when_the_box_changes() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+        use std::sync::Arc;
+        let (_d, model) = prepared(true);
+        let engines_dir = tempfile::tempdir().unwrap();
+        let config = TensorRtConfig {
+            engine_dir: Some(engines_dir.path().to_path_buf()),
+            ..TensorRtConfig::default()
+        };
+        let builds = Arc::new(AtomicUsize::new(0));
+        let refuse = Arc::new(AtomicBool::new(false));
+        let gpu = |tensorrt: &str| -> Box<dyn PlanBackend> {
+            Box::new(FakeGpu {
+                device: DeviceKey {
+                    tensorrt: tensorrt.into(),
+                    gpu: "Fake GPU".into(),
+                    compute_capability: (9, 0),
+                },
+                builds: Arc::clone(&builds),
+                refuse_next_load: Arc::clone(&refuse),
+                kept: Default::default(),
+            })
+        };
+        let none = &|_: f32| {};
+
+        // First start: no plan, so it is built once, stored and opened.
+        let mut set = EngineSet::with_backend(&config, gpu("10.3.0"));
+        assert!(matches!(set.state(&model).lookup, Lookup::Missing));
+        let opened = set.open(&model, 2, true, none, cpu()).unwrap();
+        assert_eq!(opened.kind, EngineKind::TensorRt);
+        assert_eq!(
+            (opened.engines.len(), opened.device.as_str()),
+            (2, "Fake GPU")
+        );
+        assert!(opened.note.is_none(), "{:?}", opened.note);
+        assert_eq!(builds.load(SeqCst), 1);
+        assert!(matches!(set.state(&model).lookup, Lookup::Fresh { .. }));
+        // Opened again in the same process: the kept plan.
+        set.open(&model, 1, true, none, cpu()).unwrap();
+        // Restarted on the same box: the cached plan, nothing built.
+        let mut set = EngineSet::with_backend(&config, gpu("10.3.0"));
+        set.open(&model, 1, true, none, cpu()).unwrap();
+        assert_eq!(builds.load(SeqCst), 1);
+        assert_eq!(set.build(&model, false, none).unwrap(), "fresh");
+
+        // TensorRT upgraded: the plan is stale. Without rebuild_at_start the
+        // CPU runs the model and the note says what to do.
+        let mut set = EngineSet::with_backend(&config, gpu("10.4.1"));
+        let stale = set.state(&model).lookup;
+        assert!(
+            matches!(&stale, Lookup::Stale { why } if why.contains("10.4.1")),
+            "{stale:?}"
+        );
+        let opened = set.open(&model, 1, false, none, cpu()).unwrap();
+        assert_eq!(opened.kind, EngineKind::Tract);
+        let note = opened.note.unwrap();
+        assert!(
+            note.contains("gsinfer engine build") && note.contains("running on tract"),
+            "{note}"
+        );
+        assert_eq!(builds.load(SeqCst), 1);
+        // With it, the plan is rebuilt once.
+        let opened = set.open(&model, 1, true, none, cpu()).unwrap();
+        assert_eq!(opened.kind, EngineKind::TensorRt);
+        assert_eq!(builds.load(SeqCst), 2);
+
+        // A plan whose key matches but that the runtime refuses (a driver
+        // change the key cannot see) is rebuilt once, then runs.
+        refuse.store(true, SeqCst);
+        let mut set = EngineSet::with_backend(&config, gpu("10.4.1"));
+        let opened = set.open(&model, 1, true, none, cpu()).unwrap();
+        assert_eq!(opened.kind, EngineKind::TensorRt);
+        assert_eq!(builds.load(SeqCst), 3);
+        // Refused without rebuild: the CPU runs it, saying why.
+        refuse.store(true, SeqCst);
+        let mut set = EngineSet::with_backend(&config, gpu("10.4.1"));
+        let opened = set.open(&model, 1, false, none, cpu()).unwrap();
+        assert_eq!(opened.kind, EngineKind::Tract);
+        assert!(opened.note.unwrap().contains("deserialization failed"));
+
+        // `gsinfer engine build --force` builds a fresh plan anyway.
+        let done = set.build(&model, true, none).unwrap();
+        assert!(
+            done.starts_with("built in") && done.contains("fresh"),
+            "{done}"
+        );
+        assert_eq!(builds.load(SeqCst), 4);
+    }
+
+    #[test]
+    fn the_unavailable_backend_says_why_everywhere() {
+        let (_d, model) = prepared(true);
+        let engines_dir = tempfile::tempdir().unwrap();
+        let config = TensorRtConfig {
+            engine_dir: Some(engines_dir.path().to_path_buf()),
+            ..TensorRtConfig::default()
+        };
+        let mut set = EngineSet::with_backend(&config, Box::new(Unavailable::new("no GPU here")));
+        let opened = set.open(&model, 1, true, &|_| {}, cpu()).unwrap();
+        assert_eq!(opened.kind, EngineKind::Tract);
+        assert!(opened
+            .note
+            .unwrap()
+            .contains("TensorRT is unusable: no GPU here"));
+        assert_eq!(
+            set.state(&model).unavailable.as_deref(),
+            Some("no GPU here")
+        );
+        assert_eq!(
+            set.build(&model, false, &|_| {}).unwrap_err(),
+            "no GPU here"
+        );
     }
 
     #[test]

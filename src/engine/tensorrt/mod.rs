@@ -34,6 +34,7 @@
 
 pub mod build;
 pub mod cuda;
+pub mod plans;
 pub mod runtime;
 
 use std::sync::OnceLock;
@@ -41,6 +42,7 @@ use std::sync::OnceLock;
 use crate::engine::cache::DeviceKey;
 
 pub use build::{build_plan, BuildProgress, BuildRequest};
+pub use plans::TensorRtPlans;
 pub use runtime::TrtEngine;
 
 /// Errors of the TensorRT engine.
