@@ -32,6 +32,7 @@ fn bench(c: &mut Criterion) {
             EngineSettings {
                 onnxruntime_library: Some(lib.into()),
                 threads: 1,
+                ..EngineSettings::default()
             },
         )),
         None => eprintln!("ORT_DYLIB_PATH unset: tract only"),

@@ -1,7 +1,8 @@
 //! Running batches on an engine: what the batcher queues ([`Job`]: a
 //! telemetry window or one item of a KServe inference request), padding to
-//! the bucket, splitting outputs per item, and the engine threads of the
-//! service, which route each item's result back where it came from.
+//! the bucket, splitting outputs per item, and the engine instances the
+//! worker pool runs ([`EngineInstance`]), which route each item's result
+//! back where it came from.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -169,7 +170,7 @@ pub fn run_batch(
         .collect())
 }
 
-/// What an engine thread hands back for the windows of one batch.
+/// What an engine instance hands back for the windows of one batch.
 #[derive(Debug)]
 pub struct BatchResult {
     /// Index of the pipeline (model) in the service.
@@ -184,9 +185,10 @@ fn row_of(output: &[f32], bucket: usize, i: usize) -> Vec<f32> {
     output[i * n..(i + 1) * n].to_vec()
 }
 
-/// Everything an engine thread needs besides its engine.
+/// Everything a model's engine instances share: where their batches come
+/// from and where results, events and statistics go.
 #[derive(Debug)]
-pub struct EngineThread {
+pub struct EngineContext {
     /// Model name.
     pub name: String,
     /// Index of the pipeline in the service.
@@ -195,7 +197,7 @@ pub struct EngineThread {
     pub handle: BatchHandle<Job>,
     /// Where window results go (blocking when the pipeline task is behind).
     pub results: tokio::sync::mpsc::Sender<BatchResult>,
-    /// Where the thread reports batches, queue times and failures.
+    /// Where the instances report batches, queue times and failures.
     pub events: Arc<dyn EventSink>,
     /// The model's inference statistics.
     pub stats: Arc<InferStats>,
@@ -203,25 +205,47 @@ pub struct EngineThread {
     pub stage: Stage,
 }
 
-impl EngineThread {
-    /// Starts the thread: it takes batches from the handle until it is
-    /// closed and drained, runs them, sends window results to the pipeline
-    /// task and request results to their HTTP workers.
-    pub fn spawn(self, mut engine: Box<dyn Engine>) -> std::thread::JoinHandle<()> {
-        std::thread::Builder::new()
-            .name(format!("engine-{}", self.name))
-            .spawn(move || {
-                let mut input = Vec::new();
-                while let Some(batch) = self.handle.next_blocking() {
-                    let _busy = self.stage.begin();
-                    if !self.run(engine.as_mut(), batch, &mut input) {
-                        break; // the service is shutting down
-                    }
-                }
-            })
-            .expect("spawn engine thread")
-    }
+/// One engine instance of a model, as the engine worker pool
+/// ([`crate::batch::WorkerPool`]) runs it: the engine, its model's context
+/// and its own input scratch buffer.
+pub struct EngineInstance {
+    context: Arc<EngineContext>,
+    engine: Box<dyn Engine>,
+    input: Vec<f32>,
+}
 
+impl std::fmt::Debug for EngineInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineInstance")
+            .field("model", &self.context.name)
+            .field("engine", &self.engine.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineInstance {
+    /// An instance of `context`'s model on `engine`.
+    pub fn new(context: Arc<EngineContext>, engine: Box<dyn Engine>) -> Self {
+        Self {
+            context,
+            engine,
+            input: Vec::new(),
+        }
+    }
+}
+
+impl crate::batch::Instance<Job> for EngineInstance {
+    /// Runs the batch, sends window results to the pipeline task and
+    /// request results to their HTTP or gRPC handlers; false once the
+    /// pipeline task is gone (the service is shutting down).
+    fn run(&mut self, batch: Batch<Job>) -> bool {
+        let _busy = self.context.stage.begin();
+        self.context
+            .run(self.engine.as_mut(), batch, &mut self.input)
+    }
+}
+
+impl EngineContext {
     /// Runs one batch and routes its results; false once the pipeline task is gone.
     fn run(&self, engine: &mut dyn Engine, batch: Batch<Job>, input: &mut Vec<f32>) -> bool {
         let Batch { items, bucket } = batch;
@@ -415,17 +439,21 @@ mod tests {
                 );
             }
             handle.close();
-            let thread = EngineThread {
+            let context = Arc::new(EngineContext {
                 name: "m".into(),
                 pipeline: 0,
-                handle,
+                handle: handle.clone(),
                 results: tx,
                 events: Arc::clone(&events) as Arc<dyn EventSink>,
                 stats: Arc::default(),
                 stage: Stage::new("engine"),
-            }
-            .spawn(Box::new(engine));
-            thread.join().unwrap();
+            });
+            let pool = crate::batch::WorkerPool::start(1);
+            pool.add(
+                &handle,
+                vec![Box::new(EngineInstance::new(context, Box::new(engine)))],
+            );
+            pool.join();
             assert_eq!(*ran.lock().unwrap(), vec![want]);
             // One depth, one queue time per window, one batch of the size run.
             let seen = events.0.lock().unwrap().clone();

@@ -65,6 +65,7 @@ fn engines_under_test() -> Vec<(EngineChoice, EngineSettings)> {
                 EngineSettings {
                     onnxruntime_library: Some(lib),
                     threads: 1,
+                    ..EngineSettings::default()
                 },
             )),
             None => common::skip(

@@ -10,11 +10,14 @@
 //! full, the oldest window of the same channel is replaced by the newest.
 //!
 //! [`queue`] holds the policy as a pure state machine over an injected
-//! clock; [`worker`] is the small blocking loop that waits on it.
+//! clock; [`worker`] is the shared handle over it, and [`pool`] the
+//! bounded set of engine worker threads that runs every model's batches.
 
+pub mod pool;
 pub mod queue;
 pub mod worker;
 
+pub use pool::{Instance, WorkerPool};
 pub use queue::{Batch, BatchQueue, Next, PushOutcome};
 pub use worker::BatchHandle;
 

@@ -1,10 +1,12 @@
 //! The blocking side of the batcher: a handle shared by the pipeline task
-//! (which pushes windows) and the engine threads (which wait for batches).
+//! (which pushes windows) and whoever runs the batches: the engine worker
+//! pool ([`super::pool`]), which the handle wakes, or a thread that waits
+//! in [`BatchHandle::next_blocking`] (benchmarks and tests).
 //!
 //! The lock is held only for the policy's own bookkeeping (µs), never while
 //! an engine runs, so pushing never waits on inference.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::queue::{Batch, BatchQueue, Next, PushOutcome};
@@ -15,16 +17,31 @@ struct Shared<T> {
     closed: bool,
 }
 
+/// Tells a [`super::pool::WorkerPool`] that its lane may have work.
+type Waker = Box<dyn Fn() + Send + Sync>;
+
 /// A cloneable handle over one model's [`BatchQueue`].
-#[derive(Debug)]
 pub struct BatchHandle<T> {
     inner: Arc<(Mutex<Shared<T>>, Condvar)>,
+    /// Set once, when the handle joins a worker pool; called after every
+    /// change that may let a batch be dispatched, never under the queue's lock.
+    waker: Arc<OnceLock<Waker>>,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for BatchHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchHandle")
+            .field("inner", &self.inner)
+            .field("pooled", &self.waker.get().is_some())
+            .finish()
+    }
 }
 
 impl<T> Clone for BatchHandle<T> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
+            waker: Arc::clone(&self.waker),
         }
     }
 }
@@ -40,7 +57,34 @@ impl<T> BatchHandle<T> {
                 }),
                 Condvar::new(),
             )),
+            waker: Arc::default(),
         }
+    }
+
+    /// Makes `waker` be called after every push, expedite and close (by
+    /// [`super::pool::WorkerPool::add`]).
+    ///
+    /// # Panics
+    /// When the handle already has a waker (it joined a pool before).
+    pub(super) fn set_waker(&self, waker: Waker) {
+        assert!(
+            self.waker.set(waker).is_ok(),
+            "a batch queue joins one worker pool"
+        );
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.get() {
+            w();
+        }
+    }
+
+    /// What the policy dispatches at `now`, without waiting, and whether
+    /// the queue is closed (for [`super::pool::WorkerPool`]).
+    pub(super) fn try_next(&self, now: Instant) -> (Next<T>, bool) {
+        let mut shared = self.inner.0.lock().expect("batch queue lock");
+        let next = shared.queue.next_batch(now);
+        (next, shared.closed)
     }
 
     /// Queues an item arriving now; see [`BatchQueue::push`].
@@ -52,6 +96,7 @@ impl<T> BatchHandle<T> {
             .queue
             .push(channel, item, now);
         cvar.notify_one();
+        self.wake();
         outcome
     }
 
@@ -73,6 +118,7 @@ impl<T> BatchHandle<T> {
         let outcome = shared.queue.push_all_if_room(channel, items, now);
         drop(shared);
         cvar.notify_one();
+        self.wake();
         outcome
     }
 
@@ -95,6 +141,7 @@ impl<T> BatchHandle<T> {
         let (lock, cvar) = &*self.inner;
         lock.lock().expect("batch queue lock").queue.expedite(now);
         cvar.notify_all();
+        self.wake();
     }
 
     /// Stops accepting waits: everything queued is dispatched at once, then
@@ -104,7 +151,9 @@ impl<T> BatchHandle<T> {
         let mut shared = lock.lock().expect("batch queue lock");
         shared.closed = true;
         shared.queue.drain();
+        drop(shared);
         cvar.notify_all();
+        self.wake();
     }
 
     /// Blocks until the policy dispatches a batch; `None` once closed and

@@ -70,6 +70,8 @@ pub fn run(config: &Config, opts: &BenchOptions) -> Result<BenchResult> {
     if let Some(threads) = opts.threads {
         settings.threads = threads.max(1);
     }
+    // A benchmark measures the tuned engine from its first batch.
+    settings.tract_tuning = crate::engine::TractTuning::AtLoad;
     let choice = opts.engine.unwrap_or(pipeline.engine);
     let mut engine = open_engine(&prepared, choice, &settings)?;
     let batch = opts.batch.max(1);

@@ -77,6 +77,28 @@ pub struct EngineSettings {
     /// one thread whatever this says.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// Engine worker threads shared by every model's instances
+    /// ([`crate::batch::WorkerPool`]). `None` (not set): one per CPU core
+    /// the process may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// When tract makes and times its per-bucket plans.
+    #[serde(default)]
+    pub tract_tuning: TractTuning,
+}
+
+/// When tract makes and times its per-bucket plans (`engine.tract_tuning`;
+/// [`crate::engine::tract`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TractTuning {
+    /// After the model is ready, on one background thread at the lowest
+    /// CPU priority; the symbolic plan serves meanwhile (the default).
+    #[default]
+    Background,
+    /// Before the model is ready: start-up takes about two core-seconds
+    /// more per LSTM model, and every batch runs tuned from the first.
+    AtLoad,
 }
 
 fn default_threads() -> usize {
@@ -88,11 +110,21 @@ impl Default for EngineSettings {
         Self {
             onnxruntime_library: None,
             threads: default_threads(),
+            workers: None,
+            tract_tuning: TractTuning::default(),
         }
     }
 }
 
 impl EngineSettings {
+    /// Engine worker threads: `workers`, else the CPU cores this process
+    /// may use (`sched_getaffinity`, cgroup quota), at least one.
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+
     /// Semantic checks serde cannot make; `(key, message)` per problem.
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
@@ -100,6 +132,12 @@ impl EngineSettings {
             problems.push((
                 "engine.threads".into(),
                 "must be between 1 and 256 intra-op threads per engine instance".into(),
+            ));
+        }
+        if self.workers.is_some_and(|w| w == 0 || w > 1024) {
+            problems.push((
+                "engine.workers".into(),
+                "must be between 1 and 1024 engine worker threads (leave it out for one per CPU core)".into(),
             ));
         }
         if let Some(lib) = &self.onnxruntime_library {
@@ -138,9 +176,18 @@ mod tests {
         let s = EngineSettings {
             onnxruntime_library: Some("/nonexistent/libonnxruntime.so".into()),
             threads: 0,
+            workers: Some(0),
+            ..EngineSettings::default()
         };
         let keys: Vec<String> = s.problems().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["engine.threads", "engine.onnxruntime_library"]);
+        assert_eq!(
+            keys,
+            [
+                "engine.threads",
+                "engine.workers",
+                "engine.onnxruntime_library"
+            ]
+        );
         assert!(EngineSettings::default().problems().is_empty());
     }
 }

@@ -19,7 +19,7 @@ pub mod prepare;
 pub mod tensorrt;
 pub mod tract;
 
-pub use choice::{EngineChoice, EngineSettings};
+pub use choice::{EngineChoice, EngineSettings, TractTuning};
 
 use thiserror::Error;
 

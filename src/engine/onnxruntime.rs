@@ -51,6 +51,9 @@ struct Runtime {
     env: Environment,
     library: PathBuf,
     version: String,
+    /// Whether the sessions share one CPU arena registered on `env`
+    /// ([`share_cpu_arena`]); else each session runs without an arena.
+    shared_arena: bool,
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
@@ -139,10 +142,18 @@ fn open_runtime(settings: &EngineSettings) -> Result<Runtime, String> {
                         format!("{} loaded but its environment failed: {e}", path.display())
                     })?;
                 let version = library_version(&path).unwrap_or_else(|| build_version(ort::info()));
+                let shared_arena = match share_cpu_arena(&env) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        log::warn!(target: "gsinfer::engine", "onnxruntime: no shared CPU arena ({e}); each session runs without one");
+                        false
+                    }
+                };
                 return Ok(Runtime {
                     env,
                     library: path,
                     version,
+                    shared_arena,
                 });
             }
             // A bare name the loader does not know: try the next one.
@@ -161,6 +172,44 @@ fn open_runtime(settings: &EngineSettings) -> Result<Runtime, String> {
         "no libonnxruntime.so found (tried {}); {LIBRARY_HINT}",
         tried.join(", ")
     ))
+}
+
+/// Registers one CPU arena allocator on the environment, for every session
+/// that asks for the environment's allocators (`session.use_env_allocators`,
+/// ONNX Runtime's `CreateAndRegisterAllocator`, default arena settings).
+///
+/// Each session's own arena keeps the peak of its largest batch for the
+/// session's lifetime: about 40 MiB per LSTM model after the warm-up at the
+/// largest bucket, 40 GiB for a thousand per-channel models. One shared
+/// arena holds the peak of the batches that run at once (at most
+/// `engine.workers`), and keeps the arena's speed, which matters for the
+/// Transformer (BENCHMARKS.md, "N models").
+fn share_cpu_arena(env: &Environment) -> Result<(), String> {
+    use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+    use ort::AsPointer;
+    let info = MemoryInfo::new(
+        AllocationDevice::CPU,
+        0,
+        AllocatorType::Arena,
+        MemoryType::Default,
+    )
+    .map_err(|e| e.to_string())?;
+    let api = ort::api();
+    // SAFETY: `env` and `info` are live ONNX Runtime objects for the whole
+    // call; a null arena configuration asks for the defaults; a returned
+    // status is read once and released once.
+    unsafe {
+        let status =
+            (api.CreateAndRegisterAllocator)(env.ptr().cast_mut(), info.ptr(), std::ptr::null());
+        if status.0.is_null() {
+            return Ok(());
+        }
+        let message = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0))
+            .to_string_lossy()
+            .into_owned();
+        (api.ReleaseStatus)(status.0);
+        Err(message)
+    }
 }
 
 /// The library's own version string (`OrtApiBase::GetVersionString`), e.g. `"1.31.1"`.
@@ -254,6 +303,28 @@ impl OnnxRuntimeEngine {
             // Spinning workers would take the cores the MQTT and scoring tasks need.
             .with_intra_op_spinning(false)
             .map_err(step)?;
+        // No per-session arena: with one every session kept the peak of its
+        // largest batch (the warm-up's) for its lifetime, about 40 MiB per
+        // LSTM model, which made a thousand per-channel models need 40 GiB.
+        // The sessions share the environment's arena instead
+        // ([`share_cpu_arena`]), or, where it cannot be registered, run on
+        // the process allocator without a memory pattern (which would
+        // otherwise keep its own per-shape blocks).
+        // Pre-packed weights are a second copy of the weights per session:
+        // 63 MiB over a thousand LSTM models, and no measurable speed on the
+        // shipped models (BENCHMARKS.md, "N models").
+        builder = builder.with_prepacking(false).map_err(step)?;
+        builder = if rt.shared_arena {
+            builder.with_env_allocators().map_err(step)?
+        } else {
+            builder
+                .with_execution_providers([ort::ep::CPU::default()
+                    .with_arena_allocator(false)
+                    .build()])
+                .map_err(step)?
+                .with_memory_pattern(false)
+                .map_err(step)?
+        };
         let session = builder
             .commit_from_file(path)
             .map_err(|e| fail(format!("{e}")))?;
@@ -415,6 +486,7 @@ mod tests {
         let settings = EngineSettings {
             onnxruntime_library: Some("/opt/ort/libonnxruntime.so".into()),
             threads: 1,
+            ..EngineSettings::default()
         };
         assert_eq!(
             candidates(&settings),

@@ -5,7 +5,7 @@
 use crate::batch::{default_buckets, BudgetSource, MAX_BUDGET_US};
 use crate::config::PipelineConfig;
 use crate::engine::tract::TractEngine;
-use crate::engine::{Engine, EngineChoice, EngineKind, EngineSettings, TensorSpec};
+use crate::engine::{Engine, EngineChoice, EngineKind, EngineSettings, TensorSpec, TractTuning};
 use crate::repository::{
     DataType, DynamicBatching, InstanceKind, ModelConfig, ModelEntry, ModelRepository, Platform,
 };
@@ -301,14 +301,18 @@ pub fn in_effect(
     (config, not)
 }
 
-/// Batches of the largest bucket run at load, before any telemetry: an
+/// Batches of the smallest bucket run at load, before any telemetry: an
 /// onnxruntime session's first runs are slower than the rest (45-48 ms,
 /// then 34-39, then 29-35 ms for the LSTM at 64 on the lent box), and the
-/// first real batch should not pay for that.
+/// first real batch should not pay for that. The smallest bucket, not the
+/// largest: with one channel per model at one sample a second nearly every
+/// batch is of one window, and warming up at 64 cost about 85 ms of CPU per
+/// LSTM model, most of the start-up of a thousand models (BENCHMARKS.md,
+/// "N models"); a larger bucket's first batch pays its own first run.
 #[cfg(feature = "onnxruntime")]
 const WARM_UP_RUNS: usize = 2;
 
-/// Runs [`WARM_UP_RUNS`] zero batches of the model's largest bucket.
+/// Runs [`WARM_UP_RUNS`] zero batches of the model's smallest bucket.
 ///
 /// # Errors
 /// The engine's error when it cannot run the model at all: better at load,
@@ -318,12 +322,25 @@ fn warm_up(
     engine: &mut dyn Engine,
     model: &PreparedModel,
 ) -> Result<(), crate::engine::EngineError> {
-    let n = model.buckets.last().copied().unwrap_or(1);
+    let n = model.buckets.first().copied().unwrap_or(1);
     let input = vec![0.0f32; n * model.input.item_len()];
     for _ in 0..WARM_UP_RUNS {
         engine.infer(n, &[&input])?;
     }
     Ok(())
+}
+
+/// tract on `model`, its buckets tuned as `settings.tract_tuning` says.
+fn open_tract(
+    model: &PreparedModel,
+    outputs: &[String],
+    settings: &EngineSettings,
+) -> Result<TractEngine, crate::engine::EngineError> {
+    let (path, input, buckets) = (&model.entry.model_path, &model.input, &model.buckets);
+    match settings.tract_tuning {
+        TractTuning::Background => TractEngine::load_tuned_later(path, input, outputs, buckets),
+        TractTuning::AtLoad => TractEngine::load_for_batches(path, input, outputs, buckets),
+    }
 }
 
 /// Opens one engine instance for a prepared model: `choice` picks the
@@ -389,15 +406,11 @@ pub fn open_engine(
                     );
                 }
             }
-            let engine =
-                TractEngine::load_for_batches(path, &model.input, &outputs, &model.buckets)
-                    .map_err(failed)?;
+            let engine = open_tract(model, &outputs, settings).map_err(failed)?;
             Ok(Box::new(engine))
         }
         EngineChoice::Tract => {
-            let engine =
-                TractEngine::load_for_batches(path, &model.input, &outputs, &model.buckets)
-                    .map_err(failed)?;
+            let engine = open_tract(model, &outputs, settings).map_err(failed)?;
             Ok(Box::new(engine))
         }
         #[cfg(feature = "onnxruntime")]

@@ -14,10 +14,20 @@
 //! advantage (0.8× on the VAE at batch 1). So both plans are timed once at
 //! load on the same window pattern and the faster is kept for that bucket:
 //! like a TensorRT builder choosing tactics, by measurement on the box.
+//!
+//! That tuning is most of a model's load time (about 2 core-seconds for
+//! the LSTM forecaster: 7 buckets, each optimised and timed), which is what
+//! made start-up grow with the number of models. [`TractEngine::load_tuned_later`]
+//! (what the service does) makes the symbolic plan only, so the model is
+//! ready as soon as it parses and optimises once, and hands the per-bucket
+//! tuning to one background thread at the lowest CPU priority (`nice` 19),
+//! which swaps each faster plan in as it is found: telemetry is served
+//! from the start, a little slower until the tuner has passed.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use tract_onnx::prelude::*;
@@ -26,12 +36,16 @@ use super::{check_inputs, Engine, EngineError, TensorSpec};
 
 type Plan = Arc<TypedSimplePlan>;
 
+/// Batch sizes whose own plan timed faster than the symbolic one; shared
+/// with the background tuner, which fills it in.
+type Concrete = Arc<RwLock<HashMap<usize, Plan>>>;
+
 /// A tract engine for one ONNX model with one `f32` input.
 pub struct TractEngine {
     /// The plan for any batch size (symbolic `N`).
     plan: Plan,
     /// Batch sizes whose own plan timed faster than the symbolic one.
-    concrete: HashMap<usize, Plan>,
+    concrete: Concrete,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
 }
@@ -69,6 +83,56 @@ impl TractEngine {
         outputs: &[String],
         batches: &[usize],
     ) -> Result<Self, EngineError> {
+        let (engine, source) = Self::load_symbolic(path, input, outputs)?;
+        tune(&TuneJob {
+            path: path.to_path_buf(),
+            source,
+            dims: input.dims.clone(),
+            batches: batches.to_vec(),
+            symbolic: Arc::clone(&engine.plan),
+            concrete: Arc::downgrade(&engine.concrete),
+        })
+        .map_err(|e| EngineError::Load {
+            path: path.display().to_string(),
+            reason: format!("{e:#}"),
+        })?;
+        Ok(engine)
+    }
+
+    /// [`TractEngine::load`] now; the per-bucket plans of
+    /// [`TractEngine::load_for_batches`] are made and timed later by the
+    /// background tuner (module docs), which swaps in those that run faster.
+    /// A bucket's plan that tract cannot make is logged and left out: the
+    /// symbolic plan runs that bucket.
+    ///
+    /// # Errors
+    /// As [`TractEngine::load`].
+    pub fn load_tuned_later(
+        path: &Path,
+        input: &TensorSpec,
+        outputs: &[String],
+        batches: &[usize],
+    ) -> Result<Self, EngineError> {
+        let (engine, source) = Self::load_symbolic(path, input, outputs)?;
+        if !batches.is_empty() {
+            tuner().submit(TuneJob {
+                path: path.to_path_buf(),
+                source,
+                dims: input.dims.clone(),
+                batches: batches.to_vec(),
+                symbolic: Arc::clone(&engine.plan),
+                concrete: Arc::downgrade(&engine.concrete),
+            });
+        }
+        Ok(engine)
+    }
+
+    /// The engine on its symbolic plan, and the parsed model to tune from.
+    fn load_symbolic(
+        path: &Path,
+        input: &TensorSpec,
+        outputs: &[String],
+    ) -> Result<(Self, InferenceModel), EngineError> {
         let fail = |e: TractError| EngineError::Load {
             path: path.display().to_string(),
             reason: format!("{e:#}"),
@@ -105,43 +169,128 @@ impl TractEngine {
             specs.push(TensorSpec { name, dims });
         }
         let plan = typed.into_runnable().map_err(fail)?;
-        let mut engine = Self {
+        let engine = Self {
             plan,
-            concrete: HashMap::new(),
+            concrete: Arc::default(),
             inputs: vec![input.clone()],
             outputs: specs,
         };
-        for &b in batches {
-            let mut shape = vec![b];
-            shape.extend(&input.dims);
-            let plan = source
-                .clone()
-                .with_input_fact(0, f32::fact(&shape).into())
-                .and_then(|m| m.into_optimized())
-                .and_then(|m| m.into_runnable())
-                .map_err(fail)?;
-            let window: Vec<f32> = (0..b * input.item_len())
-                .map(|i| ((i % 97) as f32 / 48.5) - 1.0)
-                .collect();
-            let tensor = Tensor::from_shape(&shape, &window).map_err(fail)?;
-            let concrete =
-                time_runs(|| plan.run(tvec![tensor.clone().into()]).map(drop)).map_err(fail)?;
-            let symbolic = time_runs(|| engine.plan.run(tvec![tensor.clone().into()]).map(drop))
-                .map_err(fail)?;
-            log::debug!(target: "gsinfer::engine", "tract {}: batch {b}: own plan {concrete:?}, symbolic {symbolic:?}", path.display());
-            if concrete < symbolic {
-                engine.concrete.insert(b, plan);
-            }
-        }
-        Ok(engine)
+        Ok((engine, source))
     }
 
     /// Batch sizes that run on a plan of their own.
     pub fn concrete_batches(&self) -> Vec<usize> {
-        let mut b: Vec<usize> = self.concrete.keys().copied().collect();
+        let concrete = self.concrete.read().unwrap_or_else(|e| e.into_inner());
+        let mut b: Vec<usize> = concrete.keys().copied().collect();
         b.sort_unstable();
         b
     }
+}
+
+/// One model's per-bucket tuning.
+struct TuneJob {
+    path: PathBuf,
+    source: InferenceModel,
+    /// Per-item input dims.
+    dims: Vec<usize>,
+    batches: Vec<usize>,
+    symbolic: Plan,
+    /// Gone when the engine was dropped: the job is skipped.
+    concrete: Weak<RwLock<HashMap<usize, Plan>>>,
+}
+
+/// Makes and times `job`'s plan for each of its batch sizes and keeps
+/// those faster than the symbolic plan.
+fn tune(job: &TuneJob) -> TractResult<()> {
+    for &b in &job.batches {
+        let Some(concrete) = job.concrete.upgrade() else {
+            return Ok(()); // the engine is gone
+        };
+        let mut shape = vec![b];
+        shape.extend(&job.dims);
+        let plan = job
+            .source
+            .clone()
+            .with_input_fact(0, f32::fact(&shape).into())
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())?;
+        let item: usize = job.dims.iter().product();
+        let window: Vec<f32> = (0..b * item)
+            .map(|i| ((i % 97) as f32 / 48.5) - 1.0)
+            .collect();
+        let tensor = Tensor::from_shape(&shape, &window)?;
+        let own = time_runs(|| plan.run(tvec![tensor.clone().into()]).map(drop))?;
+        let symbolic = time_runs(|| job.symbolic.run(tvec![tensor.clone().into()]).map(drop))?;
+        log::debug!(target: "gsinfer::engine", "tract {}: batch {b}: own plan {own:?}, symbolic {symbolic:?}", job.path.display());
+        if own < symbolic {
+            concrete
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(b, plan);
+        }
+    }
+    Ok(())
+}
+
+/// The background tuner: one thread, started on first use, at the lowest
+/// CPU priority, working through the jobs in the order models loaded.
+struct Tuner {
+    jobs: Mutex<Sender<TuneJob>>,
+    /// Jobs submitted and not yet finished.
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Tuner {
+    fn submit(&self, job: TuneJob) {
+        self.pending
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job);
+    }
+}
+
+/// Jobs the background tuner has not finished (submitted by
+/// [`TractEngine::load_tuned_later`]).
+pub fn tuning_pending() -> usize {
+    tuner().pending.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+fn tuner() -> &'static Tuner {
+    static TUNER: OnceLock<Tuner> = OnceLock::new();
+    TUNER.get_or_init(|| {
+        let (tx, rx) = channel::<TuneJob>();
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done = Arc::clone(&pending);
+        std::thread::Builder::new()
+            .name("tract-tuner".into())
+            .spawn(move || {
+                // SAFETY: setpriority on this thread's own id (Linux
+                // threads are tasks with their own nice value); no memory
+                // is touched.
+                let niced = unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19)
+                };
+                if niced != 0 {
+                    log::debug!(target: "gsinfer::engine", "tract tuner keeps its priority: {}", std::io::Error::last_os_error());
+                }
+                for job in rx {
+                    let started = Instant::now();
+                    match tune(&job) {
+                        Ok(()) => log::debug!(target: "gsinfer::engine", "tract {}: buckets tuned in {:.1?}", job.path.display(), started.elapsed()),
+                        Err(e) => log::warn!(target: "gsinfer::engine", "tract {}: a bucket's own plan could not be made ({e:#}); the symbolic plan runs it", job.path.display()),
+                    }
+                    done.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+            .expect("spawn the tract tuner");
+        Tuner {
+            jobs: Mutex::new(tx),
+            pending,
+        }
+    })
 }
 
 /// The fastest of 3 timed runs of `run`, after one warm-up run.
@@ -182,7 +331,12 @@ impl Engine for TractEngine {
         shape.extend(&self.inputs[0].dims);
         let tensor = Tensor::from_shape(&shape, inputs[0])
             .map_err(|e| EngineError::Run(format!("{e:#}")))?;
-        let plan = self.concrete.get(&batch).unwrap_or(&self.plan);
+        let plan = self
+            .concrete
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&batch)
+            .map_or_else(|| Arc::clone(&self.plan), Arc::clone);
         // A fresh state per run (module docs): `plan.run` spawns one.
         let outputs = plan
             .run(tvec![tensor.into()])
@@ -249,6 +403,38 @@ mod tests {
             let got = tuned.infer(b, &[&x]).unwrap();
             for (g, w) in got[0].iter().zip(&want[0]) {
                 assert!((g - w).abs() < 1e-4, "batch {b}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn plans_tuned_later_give_the_same_results_before_and_after_tuning() {
+        let input = TensorSpec {
+            name: "window".into(),
+            dims: vec![250, 25],
+        };
+        let outputs = ["forecast".to_string()];
+        let mut plain = TractEngine::load(&example(), &input, &outputs).unwrap();
+        let mut later =
+            TractEngine::load_tuned_later(&example(), &input, &outputs, &[1, 4]).unwrap();
+        let x: Vec<f32> = (0..4 * 250 * 25)
+            .map(|i| ((i % 89) as f32 / 89.0) - 0.5)
+            .collect();
+        let want = plain.infer(4, &[&x]).unwrap();
+        // Served at once, whatever the tuner has done so far.
+        let before = later.infer(4, &[&x]).unwrap();
+        let waited = Instant::now();
+        while tuning_pending() > 0 {
+            assert!(
+                waited.elapsed() < Duration::from_secs(300),
+                "the tuner never finished"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let after = later.infer(4, &[&x]).unwrap();
+        for got in [&before, &after] {
+            for (g, w) in got[0].iter().zip(&want[0]) {
+                assert!((g - w).abs() < 1e-4, "{g} vs {w}");
             }
         }
     }
