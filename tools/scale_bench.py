@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""N per-channel models on one gsinfer: time to ready, RSS, threads, and
+end-to-end latency at one sample per channel per second.
+
+Builds a throwaway model repository of N copies of one shipped model
+(`model.onnx` symlinked, `config.pbtxt` renamed), a configuration with one
+`[[pipeline]]` per copy (its own topic and channel), starts its own
+Mosquitto and `gsinfer run`, and measures:
+
+- ready: seconds from the process start to `/readyz` answering 200 (every
+  model loaded), and the RSS and thread count at that moment (/proc);
+- with --seconds S: each channel's first window-1 samples in one payload,
+  then one sample per channel per second for S seconds, each channel's
+  sample stamped and timed from its publish to its score's arrival on
+  `gsinfer/<model>/<channel>/score` (two broker hops included; for a
+  forecaster the score of sample k pairs it with the forecast made from
+  the window before it, so this is the scoring path, not inference);
+  beside it gsinfer's own per-window latency (`window_latency`: a window's
+  last sample received to its result, from the end-to-end histogram of
+  /metrics, summed over the models); scores expected and received, and RSS
+  and threads at the end. The copies use a static threshold: NDT decides
+  in batches of up to 70 errors, which would time the threshold.
+
+    python3 tools/scale_bench.py --binary target/release/gsinfer --n 1000 \
+        --model lstm_A-2 --seconds 60 [--engine tract|onnxruntime|auto] [--workers W]
+
+Prints one JSON line. Needs mosquitto and paho-mqtt (`pip install paho-mqtt`).
+Uses the real telemetry when --data-dir is given (the model's test split,
+cycled), else random values.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+START_NS = 1_514_764_800_000_000_000
+STEP_NS = 1_000_000_000
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_status(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM"):
+                out[k] = int(v.split()[0]) / 1024.0  # MiB
+            elif k == "Threads":
+                out[k] = int(v)
+    return {"rss_mib": round(out["VmRSS"], 1), "peak_rss_mib": round(out["VmHWM"], 1), "threads": out["Threads"]}
+
+
+def pipeline_template(config_path, model):
+    """The shipped configuration's pipeline for `model`, as text lines."""
+    text = open(config_path).read()
+    blocks = text.split("[[pipeline]]")
+    for b in blocks[1:]:
+        if re.search(rf'^model = "{re.escape(model)}"$', b, re.M):
+            return b.strip()
+    sys.exit(f"{config_path} has no pipeline for model {model}")
+
+
+def build(tmp, args):
+    repo = os.path.join(tmp, "repo")
+    os.makedirs(repo)
+    src = os.path.join(ROOT, "model_repository", args.model)
+    pbtxt = open(os.path.join(src, "config.pbtxt")).read()
+    onnx = os.path.realpath(os.path.join(src, "1", "model.onnx"))
+    template = pipeline_template(args.config, args.model)
+    features = int(re.search(r"^features = (\d+)$", template, re.M).group(1))
+    length = int(re.search(r"window = \{ length = (\d+)", template).group(1))
+    pipelines = []
+    for i in range(args.n):
+        name = f"scale_{i:05d}"
+        d = os.path.join(repo, name)
+        os.makedirs(os.path.join(d, "1"))
+        os.symlink(onnx, os.path.join(d, "1", "model.onnx"))
+        with open(os.path.join(d, "config.pbtxt"), "w") as f:
+            f.write(re.sub(r'^name: ".*"$', f'name: "{name}"', pbtxt, count=1, flags=re.M))
+        p = re.sub(r'^model = ".*"$', f'model = "{name}"', template, flags=re.M)
+        p = re.sub(r"^topics = .*$", f'topics = ["scale/c{i}"]', p, flags=re.M)
+        p = re.sub(r"^channels = .*$", f'channels = ["c{i}"]', p, flags=re.M)
+        # A static threshold decides each score at once; NDT decides in
+        # batches of up to 70 errors, which would time the threshold, not
+        # the pipeline.
+        p = re.sub(r"threshold = \{[^}]*\}", 'threshold = { method = "static", value = 1.0 }', p)
+        if args.engine:
+            p = re.sub(r'^engine = ".*"\n', "", p, flags=re.M)
+            p = f'engine = "{args.engine}"\n' + p
+        pipelines.append("[[pipeline]]\n" + p)
+    return repo, pipelines, features, length
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/gsinfer"))
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--model", default="lstm_A-2")
+    ap.add_argument("--config", default=os.path.join(ROOT, "config/smap_lstm.toml"),
+                    help="the shipped configuration whose pipeline for --model is copied")
+    ap.add_argument("--engine", choices=["auto", "tract", "onnxruntime"], default=None)
+    ap.add_argument("--workers", type=int, default=None, help="engine.workers (default: gsinfer's)")
+    ap.add_argument("--tract-tuning", choices=["background", "at_load"], default=None,
+                    help="engine.tract_tuning (default: gsinfer's)")
+    ap.add_argument("--seconds", type=int, default=0, help="seconds of one sample per channel per second")
+    ap.add_argument("--data-dir", default=None, help="telemanom data set (test split of --channel)")
+    ap.add_argument("--channel", default="A-2")
+    ap.add_argument("--ready-timeout", type=float, default=1800.0)
+    ap.add_argument("--keep", action="store_true", help="keep the throwaway folder")
+    args = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="gsinfer-scale-")
+    procs = []
+    try:
+        repo, pipelines, features, length = build(tmp, args)
+        mqtt_port, http_port, grpc_port = free_port(), free_port(), free_port()
+        conf = os.path.join(tmp, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n")
+        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        procs.append(subprocess.Popen([mosquitto, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(0.5)
+        engine_section = "[engine]\n" + (f"workers = {args.workers}\n" if args.workers else "")
+        if args.tract_tuning:
+            engine_section += f'tract_tuning = "{args.tract_tuning}"\n'
+        cfg = os.path.join(tmp, "gsinfer.toml")
+        with open(cfg, "w") as f:
+            f.write(f'[broker]\nhost = "127.0.0.1"\nport = {mqtt_port}\nclient_id = "gsinfer-scale"\n\n'
+                    f'[status]\nlisten = "127.0.0.1:{http_port}"\n\n[grpc]\nlisten = "127.0.0.1:{grpc_port}"\n\n'
+                    f'[repository]\npath = "{repo}"\n\n{engine_section}\n' + "\n\n".join(pipelines) + "\n")
+        env = dict(os.environ, STATE_DIRECTORY=os.path.join(tmp, "state"), RUST_LOG="warn")
+        log = open(os.path.join(tmp, "gsinfer.log"), "w")
+        started = time.monotonic()
+        g = subprocess.Popen([args.binary, "run", "-c", cfg], env=env, stdout=log, stderr=subprocess.STDOUT)
+        procs.append(g)
+        ready = None
+        while time.monotonic() - started < args.ready_timeout:
+            if g.poll() is not None:
+                sys.exit(f"gsinfer exited with {g.returncode}; log in {log.name}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        ready = time.monotonic() - started
+                        break
+            except Exception:
+                pass
+            time.sleep(0.1)
+        if ready is None:
+            sys.exit(f"not ready within {args.ready_timeout} s; log in {log.name}")
+        result = {"n": args.n, "model": args.model, "engine": args.engine or "config",
+                  "workers": args.workers, "tract_tuning": args.tract_tuning, "ready_s": round(ready, 2), "at_ready": proc_status(g.pid)}
+        if args.seconds > 0:
+            result.update(feed(args, mqtt_port, features, length))
+            result["at_end"] = proc_status(g.pid)
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
+                result["window_latency"] = window_latency(r.read().decode())
+        print(json.dumps(result))
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def window_latency(metrics):
+    """gsinfer's own end-to-end histogram for telemetry (a window's last
+    sample received to its result scored), summed over every model:
+    count, share within 25.6 ms (the bucket bound above the 20 ms budget),
+    and p50/p99/p99.9 interpolated inside the factor-2 buckets (ms)."""
+    buckets = {}
+    for line in metrics.splitlines():
+        m = re.match(r'gsinfer_end_to_end_duration_seconds_bucket\{(.*)\} (\S+)$', line)
+        if not m or 'source="telemetry"' not in m.group(1):
+            continue
+        le = re.search(r'le="([^"]+)"', m.group(1)).group(1)
+        le = float("inf") if le == "+Inf" else float(le)
+        buckets[le] = buckets.get(le, 0.0) + float(m.group(2))
+    if not buckets:
+        return {}
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    out = {"windows": int(total)}
+    if total == 0:
+        return out
+    within = max((buckets[b] for b in bounds if b <= 0.0256), default=0.0)
+    out["within_25_6ms"] = round(within / total, 5)
+    for name, q in (("p50_ms", 0.5), ("p99_ms", 0.99), ("p999_ms", 0.999)):
+        want = q * total
+        lo, below = 0.0, 0.0
+        for b in bounds:
+            if buckets[b] >= want:
+                if b == float("inf"):
+                    out[name] = f"> {lo * 1e3:g}"
+                else:
+                    frac = (want - below) / max(buckets[b] - below, 1e-9)
+                    out[name] = round((lo + frac * (b - lo)) * 1e3, 3)
+                break
+            lo, below = b, buckets[b]
+    return out
+
+
+def feed(args, port, features, length):
+    import paho.mqtt.client as mqtt
+
+    if args.data_dir:
+        rows = np.load(os.path.join(args.data_dir, "test", f"{args.channel}.npy")).astype(np.float32)
+    else:
+        rows = np.random.default_rng(0).standard_normal((4000, features)).astype(np.float32)
+    rows = rows[:, :features]
+    n = args.n
+    sent = {}
+    got = {}
+    lock = threading.Lock()
+
+    def on_message(_c, _u, msg):
+        now = time.monotonic()
+        chan = msg.topic.split("/")[2]
+        idx = json.loads(msg.payload)["index"]
+        with lock:
+            got[(chan, idx)] = now
+
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="scale-sub")
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", port)
+    sub.subscribe("gsinfer/+/+/score", qos=0)
+    sub.loop_start()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="scale-pub")
+    pub.max_inflight_messages_set(1000)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    time.sleep(1.0)
+
+    def sample(k):
+        return {"t": START_NS + k * STEP_NS, "v": rows[k % len(rows)].tolist()}
+
+    # Each channel's first window minus one sample in one payload: no
+    # window is full yet, so nothing is scored until the paced part.
+    warm = length - 1
+    for i in range(n):
+        pub.publish(f"scale/c{i}", json.dumps([sample(k) for k in range(warm)]), qos=1)
+    time.sleep(5.0)
+    t0 = time.monotonic()
+    for s in range(args.seconds):
+        k = warm + s
+        tick = t0 + s
+        for i in range(n):
+            # Spread the channels over the second, as independent sources would.
+            at = tick + i / n
+            delay = at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            now = time.monotonic()
+            pub.publish(f"scale/c{i}", json.dumps(sample(k)), qos=1)
+            with lock:
+                sent[(f"c{i}", k)] = now
+    time.sleep(10.0)
+    sub.loop_stop()
+    pub.loop_stop()
+    lat = []
+    with lock:
+        for key, t in sent.items():
+            if key in got:
+                lat.append(got[key] - t)
+    lat = np.asarray(lat) * 1e3
+    out = {"seconds": args.seconds, "scores_expected": len(sent), "scores_received": int(lat.size)}
+    if lat.size:
+        out.update({"p50_ms": round(float(np.percentile(lat, 50)), 2),
+                    "p99_ms": round(float(np.percentile(lat, 99)), 2),
+                    "p999_ms": round(float(np.percentile(lat, 99.9)), 2),
+                    "max_ms": round(float(lat.max()), 2)})
+    return out
+
+
+if __name__ == "__main__":
+    main()
