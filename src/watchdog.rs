@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
-use crate::status::StatusBoard;
+use crate::status::{ModelState, StatusBoard};
 
 /// How often the notifier looks at the board for `STATUS=` changes.
 const STATUS_TICK: Duration = Duration::from_millis(250);
@@ -239,27 +239,20 @@ pub struct Phase {
 }
 
 impl Phase {
-    /// Reads the phase from the board's `/api/status` document.
+    /// Reads the phase from the board.
     pub fn of(board: &StatusBoard) -> Self {
-        let s = board.snapshot();
-        let models = s["models"]
-            .as_array()
-            .map(|ms| {
-                ms.iter()
-                    .map(|m| {
-                        (
-                            m["name"].as_str().unwrap_or("").to_string(),
-                            m["state"].as_str().unwrap_or("").to_string(),
-                            m["progress"].as_f64(),
-                        )
-                    })
-                    .collect()
+        let (models, connected) = board.model_states();
+        let models = models
+            .into_iter()
+            .map(|(name, state)| {
+                let progress = match state {
+                    ModelState::Rebuilding { progress } => Some(f64::from(progress)),
+                    _ => None,
+                };
+                (name, state.name().to_string(), progress)
             })
-            .unwrap_or_default();
-        Self {
-            models,
-            connected: s["broker"]["connected"].as_bool().unwrap_or(false),
-        }
+            .collect();
+        Self { models, connected }
     }
 }
 

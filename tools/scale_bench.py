@@ -119,6 +119,8 @@ def main():
     ap.add_argument("--workers", type=int, default=None, help="engine.workers (default: gsinfer's)")
     ap.add_argument("--tract-tuning", choices=["background", "at_load"], default=None,
                     help="engine.tract_tuning (default: gsinfer's)")
+    ap.add_argument("--save-interval-ms", type=int, default=None,
+                    help="state.save_interval_ms (default: gsinfer's)")
     ap.add_argument("--seconds", type=int, default=0, help="seconds of one sample per channel per second")
     ap.add_argument("--data-dir", default=None, help="telemanom data set (test split of --channel)")
     ap.add_argument("--channel", default="A-2")
@@ -138,6 +140,8 @@ def main():
         procs.append(subprocess.Popen([mosquitto, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(0.5)
         engine_section = "[engine]\n" + (f"workers = {args.workers}\n" if args.workers else "")
+        if args.save_interval_ms:
+            engine_section = f"[state]\nsave_interval_ms = {args.save_interval_ms}\n\n" + engine_section
         if args.tract_tuning:
             engine_section += f'tract_tuning = "{args.tract_tuning}"\n'
         cfg = os.path.join(tmp, "gsinfer.toml")
