@@ -119,6 +119,8 @@ def main():
     ap.add_argument("--workers", type=int, default=None, help="engine.workers (default: gsinfer's)")
     ap.add_argument("--tract-tuning", choices=["background", "at_load"], default=None,
                     help="engine.tract_tuning (default: gsinfer's)")
+    ap.add_argument("--qos", type=int, choices=[0, 1], default=1,
+                    help="QoS of the telemetry published (1: gsinfer holds acks until a state save)")
     ap.add_argument("--save-interval-ms", type=int, default=None,
                     help="state.save_interval_ms (default: gsinfer's)")
     ap.add_argument("--seconds", type=int, default=0, help="seconds of one sample per channel per second")
@@ -278,7 +280,7 @@ def feed(args, port, features, length):
             if delay > 0:
                 time.sleep(delay)
             now = time.monotonic()
-            pub.publish(f"scale/c{i}", json.dumps(sample(k)), qos=1)
+            pub.publish(f"scale/c{i}", json.dumps(sample(k)), qos=args.qos)
             with lock:
                 sent[(f"c{i}", k)] = now
     time.sleep(10.0)
