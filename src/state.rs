@@ -358,6 +358,44 @@ impl StateStore {
         })
     }
 
+    /// Saves several pipelines at `now_ns` as one group commit
+    /// ([`crate::engine::cache::write_atomic_all`]: one file-system sync and
+    /// one folder fsync for all of them); one result per pipeline, in order.
+    pub fn save_all(
+        &self,
+        pipelines: &[(&StateKey, &Pipeline)],
+        now_ns: i64,
+    ) -> Vec<Result<SaveReport, StateError>> {
+        let mut results: Vec<Result<SaveReport, StateError>> = Vec::new();
+        let mut files = Vec::new();
+        let mut slots = Vec::new();
+        for (key, pipeline) in pipelines {
+            let path = self.path(&key.model);
+            let channels = pipeline.channel_states();
+            match encode(key, now_ns, channels) {
+                Ok(bytes) => {
+                    results.push(Ok(SaveReport {
+                        bytes: bytes.len(),
+                        channels: channels.len(),
+                    }));
+                    slots.push(results.len() - 1);
+                    files.push((path, bytes));
+                }
+                Err(why) => results.push(Err(StateError::Corrupt { path, why })),
+            }
+        }
+        let written = crate::engine::cache::write_atomic_all(&self.dir, &files);
+        for ((slot, (path, _)), w) in slots.into_iter().zip(&files).zip(written) {
+            if let Err(e) = w {
+                results[slot] = Err(StateError::Io {
+                    path: path.clone(),
+                    source: io::Error::other(e.to_string()),
+                });
+            }
+        }
+        results
+    }
+
     /// Reads the state of the pipeline keyed `key`, at `now_ns`; a state
     /// older than `max_age` is [`Restore::Stale`].
     pub fn load(&self, key: &StateKey, now_ns: i64, max_age: Duration) -> Restore {

@@ -187,18 +187,33 @@ impl Persistence {
         let Some(store) = &self.store else {
             return std::mem::take(&mut self.held);
         };
-        for ((p, slot), failing) in pipelines.zip(&mut self.keys).zip(&mut self.failing) {
-            let Some((key, saved)) = slot else { continue };
+        // Every pipeline with something new since its last save, written
+        // as one group commit (two syncs for all, not two per file).
+        let mut due = Vec::new();
+        for (ix, (p, slot)) in pipelines.zip(&self.keys).enumerate() {
+            let Some((_, saved)) = slot else { continue };
             let now_progress = progress(p);
-            if now_progress == *saved {
-                continue;
+            if now_progress != *saved {
+                due.push((ix, p, now_progress));
             }
-            let started = Instant::now();
-            match store.save(key, p, now_ns) {
+        }
+        if due.is_empty() {
+            return std::mem::take(&mut self.held);
+        }
+        let started = Instant::now();
+        let batch: Vec<(&StateKey, &Pipeline)> = due
+            .iter()
+            .map(|(ix, p, _)| (&self.keys[*ix].as_ref().expect("due has keys").0, *p))
+            .collect();
+        let results = store.save_all(&batch, now_ns);
+        let took = started.elapsed();
+        for ((ix, _, now_progress), result) in due.into_iter().zip(results) {
+            let (key, saved) = self.keys[ix].as_mut().expect("due has keys");
+            let failing = &mut self.failing[ix];
+            match result {
                 Ok(report) => {
                     *saved = now_progress;
-                    let took = started.elapsed();
-                    log::debug!(target: "gsinfer::state", "model {}: channel state saved ({} channel(s), {} bytes, {} µs)", key.model, report.channels, report.bytes, took.as_micros());
+                    log::debug!(target: "gsinfer::state", "model {}: channel state saved ({} channel(s), {} bytes; the group's save took {} µs)", key.model, report.channels, report.bytes, took.as_micros());
                     board.record_state_save(&key.model, Ok((report.bytes, took)));
                     if std::mem::take(failing) {
                         log::info!(target: "gsinfer::state", "model {}: channel state saved again", key.model);
