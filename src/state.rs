@@ -5,7 +5,8 @@
 //! last time stamp and `seq`, smoothing, threshold history, open anomaly)
 //! are saved to `<dir>/<model>.state`, one file per pipeline, written
 //! atomically as engine plans are ([`write_atomic`]: temporary file, fsync,
-//! rename, folder fsync). The file is:
+//! rename, folder fsync; the service saves a checkpoint's models as one
+//! group commit, [`StateStore::save_all`]). The file is:
 //!
 //! ```text
 //! "GSINFST1" | u32 LE header length | header (JSON) | payload (postcard) | CRC-32 (u32 LE)
