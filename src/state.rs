@@ -385,7 +385,11 @@ impl StateStore {
                 Err(why) => results.push(Err(StateError::Corrupt { path, why })),
             }
         }
-        let written = crate::engine::cache::write_atomic_all(&self.dir, &files);
+        let refs: Vec<(&Path, &[u8])> = files
+            .iter()
+            .map(|(p, b): &(PathBuf, Vec<u8>)| (p.as_path(), b.as_slice()))
+            .collect();
+        let written = crate::engine::cache::write_atomic_all(&self.dir, &refs);
         for ((slot, (path, _)), w) in slots.into_iter().zip(&files).zip(written) {
             if let Err(e) = w {
                 results[slot] = Err(StateError::Io {

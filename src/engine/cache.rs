@@ -455,29 +455,17 @@ impl CacheError {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same
-/// folder, fsynced, renamed over `path`, then the folder fsynced (POSIX
+/// folder, synced, renamed over `path`, then the folder fsynced (POSIX
 /// rename is atomic within a file system; the folder fsync makes the
-/// rename itself durable).
+/// rename itself durable). A group of one for [`write_atomic_all`].
 ///
 /// # Errors
 /// [`CacheError`] naming the path; the temporary file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(TMP_PREFIX)
-        .tempfile_in(dir)
-        .map_err(|e| CacheError::io(dir, e))?;
-    // Through the plain File: NamedTempFile's own Write wraps errors with
-    // the path, hiding the OS error (ENOSPC) that names the fix.
-    let file = tmp.as_file_mut();
-    let written = file.write_all(bytes).and_then(|()| file.sync_all());
-    written.map_err(|e| CacheError::io(tmp.path(), e))?;
-    tmp.persist(path)
-        .map_err(|e| CacheError::io(path, e.error))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| CacheError::io(dir, e))?;
-    Ok(())
+    write_atomic_all(dir, &[(path, bytes)])
+        .pop()
+        .expect("one result per file")
 }
 
 /// Writes each of `files` (a path in `dir` and its bytes) atomically, as
@@ -490,7 +478,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
 /// Returns one result per file, in order. A file whose temporary copy
 /// cannot be written (a full disk) fails alone; a failed sync or folder
 /// fsync fails every file written in the group.
-pub fn write_atomic_all(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> Vec<Result<(), CacheError>> {
+pub fn write_atomic_all(dir: &Path, files: &[(&Path, &[u8])]) -> Vec<Result<(), CacheError>> {
     use std::os::fd::AsRawFd;
     let mut temps: Vec<Option<tempfile::NamedTempFile>> = Vec::with_capacity(files.len());
     let mut results: Vec<Result<(), CacheError>> = Vec::with_capacity(files.len());
@@ -540,7 +528,7 @@ pub fn write_atomic_all(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> Vec<Result<
         fail_all(&mut results, dir, &e);
         return results;
     }
-    for ((tmp, (path, _)), result) in temps.into_iter().zip(files).zip(&mut results) {
+    for ((tmp, &(path, _)), result) in temps.into_iter().zip(files).zip(&mut results) {
         if let (Some(tmp), Ok(())) = (tmp, &*result) {
             if let Err(e) = tmp.persist(path) {
                 *result = Err(CacheError::io(path, e.error));
@@ -605,7 +593,12 @@ mod tests {
                 .collect()
         };
         for tag in ["first", "second"] {
-            let results = write_atomic_all(dir.path(), &files(tag));
+            let owned = files(tag);
+            let refs: Vec<(&Path, &[u8])> = owned
+                .iter()
+                .map(|(p, b)| (p.as_path(), b.as_slice()))
+                .collect();
+            let results = write_atomic_all(dir.path(), &refs);
             assert!(results.iter().all(Result::is_ok), "{results:?}");
             for (path, bytes) in files(tag) {
                 assert_eq!(fs::read(&path).unwrap(), bytes);
@@ -619,7 +612,7 @@ mod tests {
         assert!(names.iter().all(|n| !n.starts_with(TMP_PREFIX)));
         // A folder that is not there fails every file, saying where.
         let gone = dir.path().join("gone");
-        let results = write_atomic_all(&gone, &[(gone.join("m.state"), b"x".to_vec())]);
+        let results = write_atomic_all(&gone, &[(gone.join("m.state").as_path(), b"x".as_slice())]);
         let err = results[0].as_ref().unwrap_err().to_string();
         assert!(err.contains("gone"), "{err}");
     }

@@ -449,19 +449,9 @@ impl EngineSet {
                     Lookup::Fresh { plan, .. } => plan,
                     other if rebuild => {
                         log::warn!(target: "gsinfer::engine", "model {name}: engine {other}; rebuilding it from {}", model.entry.model_path.display());
-                        match self.build_for_run(model, &other, progress) {
-                            Ok((plan, unsaved)) => {
-                                note = unsaved;
-                                plan
-                            }
-                            Err(e) => {
-                                return fall_back(
-                                    model,
-                                    instances,
-                                    format!("the engine rebuild failed: {e}"),
-                                    cpu,
-                                )
-                            }
+                        match self.rebuild(model, &other, progress, &mut note) {
+                            Ok(plan) => plan,
+                            Err(why) => return fall_back(model, instances, why, cpu),
                         }
                     }
                     other => {
@@ -478,19 +468,9 @@ impl EngineSet {
                     let why = Lookup::Stale {
                         why: format!("TensorRT refused it: {e}"),
                     };
-                    let plan = match self.build_for_run(model, &why, progress) {
-                        Ok((plan, unsaved)) => {
-                            note = unsaved;
-                            plan
-                        }
-                        Err(e) => {
-                            return fall_back(
-                                model,
-                                instances,
-                                format!("the engine rebuild failed: {e}"),
-                                cpu,
-                            )
-                        }
+                    let plan = match self.rebuild(model, &why, progress, &mut note) {
+                        Ok(plan) => plan,
+                        Err(why) => return fall_back(model, instances, why, cpu),
                     };
                     self.backend
                         .load(model, &plan)
@@ -549,6 +529,22 @@ impl EngineSet {
             .map_err(|e| e.to_string())?;
         self.backend.forget(name, version);
         Ok(format!("built in {seconds:.1} s ({})", state.lookup))
+    }
+
+    /// [`EngineSet::build_for_run`] for [`EngineSet::open`]: the plan, with
+    /// `note` set when it could not be stored; or the fallback's reason.
+    fn rebuild(
+        &mut self,
+        model: &PreparedModel,
+        before: &Lookup,
+        progress: Progress<'_>,
+        note: &mut Option<String>,
+    ) -> Result<Vec<u8>, String> {
+        let (plan, unsaved) = self
+            .build_for_run(model, before, progress)
+            .map_err(|e| format!("the engine rebuild failed: {e}"))?;
+        *note = unsaved;
+        Ok(plan)
     }
 
     /// Builds `model`'s plan for this run and stores it. When it cannot be

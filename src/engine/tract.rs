@@ -356,16 +356,21 @@ impl Engine for TractEngine {
 mod tests {
     use super::*;
 
+    /// The example LSTM's input: 250 samples × 25 features.
+    fn window() -> TensorSpec {
+        TensorSpec {
+            name: "window".into(),
+            dims: vec![250, 25],
+        }
+    }
+
     fn example() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("model_repository/smap_lstm/1/model.onnx")
     }
 
     #[test]
     fn example_model_runs_any_batch_with_consistent_rows() {
-        let input = TensorSpec {
-            name: "window".into(),
-            dims: vec![250, 25],
-        };
+        let input = window();
         let mut engine = TractEngine::load(&example(), &input, &["forecast".into()]).unwrap();
         assert_eq!(engine.outputs()[0].dims, vec![10]);
         let one: Vec<f32> = (0..250 * 25)
@@ -386,10 +391,7 @@ mod tests {
 
     #[test]
     fn per_batch_plans_give_the_symbolic_plans_results() {
-        let input = TensorSpec {
-            name: "window".into(),
-            dims: vec![250, 25],
-        };
+        let input = window();
         let outputs = ["forecast".to_string()];
         let mut plain = TractEngine::load(&example(), &input, &outputs).unwrap();
         let mut tuned =
@@ -409,10 +411,7 @@ mod tests {
 
     #[test]
     fn plans_tuned_later_give_the_same_results_before_and_after_tuning() {
-        let input = TensorSpec {
-            name: "window".into(),
-            dims: vec![250, 25],
-        };
+        let input = window();
         let outputs = ["forecast".to_string()];
         let mut plain = TractEngine::load(&example(), &input, &outputs).unwrap();
         let mut later =
@@ -443,10 +442,7 @@ mod tests {
     /// state from one batch into the next.
     #[test]
     fn a_window_gives_the_same_forecast_every_time() {
-        let input = TensorSpec {
-            name: "window".into(),
-            dims: vec![250, 25],
-        };
+        let input = window();
         let outputs = ["forecast".to_string()];
         let x: Vec<f32> = (0..250 * 25)
             .map(|i| ((i % 89) as f32 / 89.0) - 0.5)
@@ -460,10 +456,7 @@ mod tests {
 
     #[test]
     fn wrong_input_length_is_an_error() {
-        let input = TensorSpec {
-            name: "window".into(),
-            dims: vec![250, 25],
-        };
+        let input = window();
         let mut engine = TractEngine::load(&example(), &input, &["forecast".into()]).unwrap();
         let err = engine.infer(2, &[&[0.0; 10]]).unwrap_err();
         assert!(
