@@ -560,7 +560,7 @@ scoring = { kind = "forecast", threshold = { method = "static", value = 0.3 } }
     }
 
     #[test]
-    fn shipped_reference_config_serves_every_shared_channel_with_the_majority() {
+    fn shipped_reference_config_serves_every_shared_channel_with_the_vote() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/reference.toml");
         let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let mut channels: Vec<&str> = c
@@ -571,13 +571,13 @@ scoring = { kind = "forecast", threshold = { method = "static", value = 0.3 } }
         channels.dedup();
         // The 40 SMAP and 9 MSL channels of the shared data set.
         assert_eq!(channels.len(), 49);
-        assert_eq!(c.pipelines.len(), 3 * 49);
+        assert_eq!(c.pipelines.len(), 4 * 49);
         assert!(c.pipelines.iter().any(|p| p.features == 55));
         assert_models_exist(&c);
         let e = &c.ensembles[0];
         assert_eq!(
             (e.name.as_str(), e.min_votes, e.models.len()),
-            ("majority", 2, 3)
+            ("vote", 2, 4)
         );
     }
 

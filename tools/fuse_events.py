@@ -16,12 +16,21 @@ and prints per spacecraft (labeled_anomalies.csv) and overall: tp, fp, fn,
 precision, recall, F1, F0.5. It is a measuring tool for EVALUATION.md, not
 part of gsinfer's serving path.
 
+With --search SPACECRAFT it instead ranks every candidate rule: each family
+alone and k-of-n for every subset of two or more families and every k, by
+F1 on SPACECRAFT's channels (the development set), ties by F0.5, then fewer
+members, then larger k, and prints the --top best with every other
+spacecraft's counts beside them (those are reported, never used to rank).
+
 Usage:
     python3 tools/fuse_events.py --data-dir ../shared/data/telemanom \\
         lstm.jsonl vae.jsonl [tfm.jsonl] [--variant 0] [--rules any,2]
+    python3 tools/fuse_events.py --data-dir ../shared/data/telemanom \\
+        lstm.jsonl vae.jsonl tfm.jsonl persist.jsonl --search SMAP [--top 10]
 """
 import argparse
 import csv
+import itertools
 import json
 import os
 
@@ -78,6 +87,31 @@ def load(path, variant):
     return out
 
 
+def search(runs, names, chans, craft, develop, top):
+    """Ranks every rule by F1 on the `develop` spacecraft (see the module doc)."""
+    crafts = sorted(set(craft.get(ch, "?") for ch in chans))
+    ranked = []
+    for n in range(1, len(runs) + 1):
+        for sub in itertools.combinations(range(len(runs)), n):
+            for k in range(1, n + 1) if n > 1 else [1]:
+                totals = {g: [0, 0, 0] for g in crafts}
+                for ch in chans:
+                    pred = fuse([runs[i][ch][1] for i in sub], k)
+                    for j, v in enumerate(count(pred, runs[sub[0]][ch][0])):
+                        totals[craft.get(ch, "?")][j] += v
+                _, _, f1, f05 = rates(*totals[develop])
+                ranked.append(((round(f1, 9), round(f05, 9), -n, k), sub, k, totals))
+    ranked.sort(key=lambda r: r[0], reverse=True)
+    for _, sub, k, totals in ranked[:top]:
+        rule = f"{k}-of-{'+'.join(names[i] for i in sub)}" if len(sub) > 1 else names[sub[0]]
+        cols = []
+        for g in [develop] + [c for c in crafts if c != develop]:
+            tp, fp, fn = totals[g]
+            _, _, f1, f05 = rates(tp, fp, fn)
+            cols.append(f"{g} {tp}/{fp}/{fn} F1 {f1:.3f} F0.5 {f05:.3f}")
+        print(f"{rule:40s} " + " | ".join(cols))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,6 +119,9 @@ def main():
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--variant", type=int, default=0, help="threshold variant index within each file")
     ap.add_argument("--rules", default="any,2", help="any, and/or k for k-of-n (comma-separated)")
+    ap.add_argument("--search", metavar="SPACECRAFT", default=None,
+                    help="rank every k-of-n rule over every subset by F1 on this spacecraft's channels")
+    ap.add_argument("--top", type=int, default=10, help="rules printed by --search")
     args = ap.parse_args()
     runs = [load(p, args.variant) for p in args.inputs]
     chans = sorted(set.intersection(*(set(r) for r in runs)))
@@ -92,6 +129,10 @@ def main():
         craft = {r["chan_id"].strip(): r["spacecraft"].strip() for r in csv.DictReader(fh)}
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
     names = [os.path.basename(p) for p in args.inputs]
+    if args.search:
+        names = [n.rsplit(".", 1)[0] for n in names]
+        search(runs, names, chans, craft, args.search, args.top)
+        return
     for rule in ["each"] + rules:
         for label, fam_ix in ([(n, [i]) for i, n in enumerate(names)] if rule == "each" else [(rule, None)]):
             groups = {}

@@ -90,8 +90,8 @@ def main():
                     help="data set whose labeled_anomalies.csv names each channel's spacecraft")
     ap.add_argument("--channels", default=None, help="only these channels (comma-separated)")
     ap.add_argument("--ensemble-votes", type=int, default=None,
-                    help="with several families: add an [[ensemble]] 'majority' fusing them per "
-                         "channel, raising an anomaly when this many agree (e.g. 2 of 3)")
+                    help="with several families: add an [[ensemble]] 'vote' fusing them per "
+                         "channel, raising an anomaly when this many agree (e.g. 2 of 4)")
     args = ap.parse_args()
 
     families = [f.strip() for f in args.family.split(",") if f.strip()]
@@ -179,9 +179,9 @@ def main():
             "",
             "# The anomalies of the families on each channel, fused: a cluster of overlapping",
             f"# anomalies is raised when {args.ensemble_votes} of the {len(families)} models flag part of it",
-            "# (events under model \"majority\"; EVALUATION.md measures it).",
+            "# (events under model \"vote\"; EVALUATION.md measures it).",
             "[[ensemble]]",
-            'name = "majority"',
+            'name = "vote"',
             f"models = [{models}]",
             f"min_votes = {args.ensemble_votes}",
         ]

@@ -313,7 +313,7 @@ def _onnx_params(path):
 # tools/make_baselines.py: batch buckets and the longest wait, one CPU
 # instance, the highest version only.
 SERVING_PBTXT = """# Batch sizes worth dispatching at once (the batch-size buckets), and the
-# longest a window waits for its batch to fill: 2 ms.
+# longest a window waits for its batch to fill: 20 ms.
 dynamic_batching {
   preferred_batch_size: [ 1, 2, 4, 8, 16, 32, 64 ]
   max_queue_delay_microseconds: 20000
