@@ -106,6 +106,41 @@ fn every_package_asset_exists() {
     }
 }
 
+/// The package carries ONNX Runtime's library where the packaged binary looks
+/// for a bundled one (`<bin>/../lib/gsinfer`, `engine::onnxruntime::bundled_dir`),
+/// with its licence, and scripts/deb.sh fetches it before cargo deb runs.
+#[test]
+fn the_package_carries_onnxruntime_where_gsinfer_looks_for_it() {
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(root().join("Cargo.toml")).unwrap()).unwrap();
+    let assets = manifest["package"]["metadata"]["deb"]["assets"]
+        .as_array()
+        .expect("assets listed");
+    let dest = |source: &str| {
+        assets
+            .iter()
+            .find(|a| a[0].as_str() == Some(source))
+            .and_then(|a| a[1].as_str())
+            .unwrap_or_else(|| panic!("no package asset {source}"))
+            .to_string()
+    };
+    let bin = Path::new("/").join(dest("target/release/gsinfer"));
+    let lib = Path::new("/").join(dest("target/lib/gsinfer/libonnxruntime.so.*"));
+    assert_eq!(
+        bin.parent().unwrap().join("lib/gsinfer"),
+        lib.components().collect::<PathBuf>(),
+        "the library must go to <bin>/../lib/gsinfer"
+    );
+    assert!(dest("target/lib/gsinfer/LICENSE").contains("doc/gsinfer"));
+    let script = std::fs::read_to_string(root().join("scripts/deb.sh")).unwrap();
+    let fetch = script.find("tools/fetch_onnxruntime.sh target/lib/gsinfer");
+    let deb = script.find("cargo deb --no-build");
+    assert!(
+        matches!((fetch, deb), (Some(f), Some(d)) if f < d),
+        "scripts/deb.sh must fetch onnxruntime before cargo deb"
+    );
+}
+
 #[test]
 fn packaged_configuration_is_the_example_serving_the_packaged_repository() {
     let example = std::fs::read_to_string(root().join("config/gsinfer.example.toml")).unwrap();
