@@ -45,7 +45,11 @@ pub struct RepositoryConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Model name in the repository.
+    /// Model name in the repository, scored with the highest version its
+    /// `version_policy` selects; `<model>@<version>` scores with that
+    /// version (which the policy must select), so a new version can be
+    /// shadowed beside the old one on the same telemetry. The whole string
+    /// names the pipeline's results (topics, status page, state).
     pub model: String,
     /// The engine that runs the model: `auto` (onnxruntime when its library is found, else tract), `tract` or
     /// `onnxruntime` (settings in `[engine]`).

@@ -260,7 +260,7 @@ pub fn infer(req: &HttpRequest, model: &ServedModel, ctx: &Context<'_>) -> HttpR
         &request.outputs,
     );
     ctx.board.record_end_to_end(
-        &model.name,
+        &model.key,
         RequestSource::Http.as_str(),
         req.received.elapsed().as_micros() as u64,
     );

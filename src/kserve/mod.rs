@@ -49,10 +49,14 @@ use crate::status::StatusBoard;
 /// One model as the inference endpoints serve it.
 #[derive(Debug)]
 pub struct ServedModel {
-    /// Model name.
+    /// Model name (the repository folder's).
     pub name: String,
-    /// The version served.
+    /// This version (a model serves every version its policy selects).
     pub version: u64,
+    /// The name the status board and telemetry know this version by: the
+    /// pipeline's `model` (`<name>` for the default version scored by a
+    /// pipeline, `<name>@<version>` otherwise).
+    pub key: String,
     /// Its config.pbtxt.
     pub config: ModelConfig,
     /// Its one input, per batch item.
@@ -71,7 +75,8 @@ pub struct ServedModel {
 /// engines come up, read by the HTTP workers.
 #[derive(Debug, Default)]
 pub struct ServedModels {
-    models: RwLock<BTreeMap<String, Arc<ServedModel>>>,
+    /// Per model name, per version.
+    models: RwLock<BTreeMap<String, BTreeMap<u64, Arc<ServedModel>>>>,
     repository: Option<ModelRepository>,
 }
 
@@ -84,29 +89,52 @@ impl ServedModels {
         }
     }
 
-    /// Starts serving `model`.
+    /// Starts serving `model` (its name and version).
     pub fn insert(&self, model: ServedModel) {
         self.models
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(model.name.clone(), Arc::new(model));
+            .entry(model.name.clone())
+            .or_default()
+            .insert(model.version, Arc::new(model));
     }
 
-    /// The model named `name`, if served.
+    /// The highest served version of the model named `name`, if any: what a
+    /// request that names no version gets (Triton's rule).
     pub fn get(&self, name: &str) -> Option<Arc<ServedModel>> {
         self.models
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
-            .cloned()
+            .and_then(|versions| versions.values().next_back().cloned())
     }
 
+    /// Version `version` of the model named `name`, if served.
+    pub fn get_version(&self, name: &str, version: u64) -> Option<Arc<ServedModel>> {
+        self.models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .and_then(|versions| versions.get(&version).cloned())
+    }
+
+    /// The versions of `name` served, ascending.
+    pub fn versions(&self, name: &str) -> Vec<u64> {
+        self.models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(|versions| versions.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every served version of every model, by name then version.
     fn all(&self) -> Vec<Arc<ServedModel>> {
         self.models
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .cloned()
+            .flat_map(|versions| versions.values().cloned())
             .collect()
     }
 }
@@ -230,8 +258,14 @@ fn model_route(req: &HttpRequest, rest: &str, ctx: &Context<'_>) -> HttpReply {
     };
     let get = matches!(req.method.as_str(), "GET" | "HEAD");
     match action {
-        "" if get => HttpReply::json(200, &json!(protocol::model_metadata(&model))),
-        "ready" if get => HttpReply::empty(if ctx.board.is_model_ready(name) {
+        "" if get => HttpReply::json(
+            200,
+            &json!(protocol::model_metadata(
+                &model,
+                &ctx.models.versions(&model.name)
+            )),
+        ),
+        "ready" if get => HttpReply::empty(if ctx.board.is_model_ready(&model.key) {
             200
         } else {
             400
@@ -278,6 +312,7 @@ pub fn test_model(batched: bool) -> ServedModel {
     ServedModel {
         name: "m".into(),
         version: 1,
+        key: "m".into(),
         input: spec(&config.inputs[0]),
         outputs: config.outputs.iter().map(spec).collect(),
         config,

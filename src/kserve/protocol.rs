@@ -99,21 +99,25 @@ pub fn find_model(
     name: &str,
     version: Option<&str>,
 ) -> Result<Arc<ServedModel>, KserveError> {
-    let Some(model) = models.get(name) else {
-        let served: Vec<String> = models.all().iter().map(|m| m.name.clone()).collect();
+    let Some(latest) = models.get(name) else {
+        let mut served: Vec<String> = models.all().iter().map(|m| m.name.clone()).collect();
+        served.dedup();
         return Err(KserveError::NotFound(format!(
             "unknown model `{name}`; this server serves {served:?} (the repository index lists the repository)"
         )));
     };
-    if let Some(v) = version.filter(|v| !v.is_empty()) {
-        if v.parse::<u64>().ok() != Some(model.version) {
-            return Err(KserveError::NotFound(format!(
-                "model `{name}` version {v} is not served; version {} is",
-                model.version
-            )));
-        }
-    }
-    Ok(model)
+    let Some(v) = version.filter(|v| !v.is_empty()) else {
+        return Ok(latest);
+    };
+    v.parse::<u64>()
+        .ok()
+        .and_then(|v| models.get_version(name, v))
+        .ok_or_else(|| {
+            KserveError::NotFound(format!(
+                "model `{name}` version {v} is not served; versions {:?} are (its config.pbtxt's version_policy selects them)",
+                models.versions(name)
+            ))
+        })
 }
 
 /// Refuses a request for a model that is not ready to run it.
@@ -121,7 +125,7 @@ pub fn find_model(
 /// # Errors
 /// [`KserveError::NotReady`].
 pub fn require_ready(ctx: &Context<'_>, model: &ServedModel) -> Result<(), KserveError> {
-    if ctx.board.is_model_ready(&model.name) {
+    if ctx.board.is_model_ready(&model.key) {
         Ok(())
     } else {
         Err(KserveError::NotReady(model.name.clone()))
@@ -295,7 +299,7 @@ pub fn infer(
         .is_err()
     {
         ctx.board.metrics.dropped(
-            &model.name,
+            &model.key,
             crate::batch::DropReason::QueueFull,
             batch as u64,
         );
@@ -306,7 +310,7 @@ pub fn infer(
     }
     ctx.board
         .metrics
-        .set_queue_depth(&model.name, model.handle.depth());
+        .set_queue_depth(&model.key, model.handle.depth());
     let deadline = now + ctx.infer_timeout;
     let mut rows: Vec<Option<Vec<Vec<f32>>>> = vec![None; batch];
     let mut timing = Timing::default();
@@ -361,8 +365,9 @@ pub struct ModelMetadata {
     pub outputs: Vec<TensorMetadata>,
 }
 
-/// `model`'s metadata.
-pub fn model_metadata(model: &ServedModel) -> ModelMetadata {
+/// `model`'s metadata; `versions` lists every served version of it, as
+/// Triton's metadata does.
+pub fn model_metadata(model: &ServedModel, versions: &[u64]) -> ModelMetadata {
     let tensor = |spec: &crate::engine::TensorSpec| TensorMetadata {
         name: spec.name.clone(),
         datatype: DATATYPE,
@@ -370,7 +375,7 @@ pub fn model_metadata(model: &ServedModel) -> ModelMetadata {
     };
     ModelMetadata {
         name: model.name.clone(),
-        versions: vec![model.version.to_string()],
+        versions: versions.iter().map(u64::to_string).collect(),
         platform: model.config.platform.triton_name(),
         inputs: vec![tensor(&model.input)],
         outputs: model.outputs.iter().map(tensor).collect(),
@@ -382,7 +387,7 @@ pub fn model_metadata(model: &ServedModel) -> ModelMetadata {
 pub struct IndexEntry {
     /// The model's folder name.
     pub name: String,
-    /// The version served; `None` for a model no pipeline serves.
+    /// The version this entry is for; `None` for a model no pipeline serves.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// `READY` or `UNAVAILABLE`.
@@ -409,30 +414,37 @@ pub fn repository_index(ctx: &Context<'_>) -> Result<Vec<IndexEntry>, KserveErro
         }
     }
     names.sort();
-    Ok(names
-        .into_iter()
-        .map(|name| {
-            let (version, state, reason) = match ctx.models.get(&name) {
-                Some(m) if ctx.board.is_model_ready(&name) => {
-                    (Some(m.version.to_string()), "READY", "")
-                }
-                Some(m) => (
-                    Some(m.version.to_string()),
-                    "UNAVAILABLE",
-                    "the engine is loading, rebuilding or failed; see /api/status",
-                ),
-                None => (
-                    None,
-                    "UNAVAILABLE",
-                    "in the repository but served by no [[pipeline]] of the configuration",
-                ),
-            };
-            IndexEntry {
+    let mut index = Vec::new();
+    for name in names {
+        let served: Vec<_> = ctx
+            .models
+            .versions(&name)
+            .into_iter()
+            .filter_map(|v| ctx.models.get_version(&name, v))
+            .collect();
+        if served.is_empty() {
+            index.push(IndexEntry {
                 name,
-                version,
-                state,
-                reason,
-            }
-        })
-        .collect())
+                version: None,
+                state: "UNAVAILABLE",
+                reason: "in the repository but served by no [[pipeline]] of the configuration",
+            });
+            continue;
+        }
+        // One entry per served version, as Triton lists them.
+        for m in served {
+            let ready = ctx.board.is_model_ready(&m.key);
+            index.push(IndexEntry {
+                name: name.clone(),
+                version: Some(m.version.to_string()),
+                state: if ready { "READY" } else { "UNAVAILABLE" },
+                reason: if ready {
+                    ""
+                } else {
+                    "the engine is loading, rebuilding or failed; see /api/status"
+                },
+            });
+        }
+    }
+    Ok(index)
 }

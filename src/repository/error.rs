@@ -152,6 +152,21 @@ pub enum RepositoryError {
         found: Vec<u64>,
     },
 
+    /// A pipeline names a version (`<model>@<version>`) that the model's
+    /// version policy does not select.
+    #[error(
+        "`{}` does not serve version {version}: its version_policy selects {served:?}; hint: name one of those (`<model>@<version>`), or change version_policy (e.g. `version_policy: {{ all: {{}} }}`)",
+        .path.display()
+    )]
+    VersionNotServed {
+        /// The model's config.pbtxt.
+        path: PathBuf,
+        /// The version asked for.
+        version: u64,
+        /// The versions the policy selects.
+        served: Vec<u64>,
+    },
+
     /// The selected version folder lacks the model file.
     #[error("model file `{}` does not exist; hint: {hint}", .path.display())]
     ModelFileMissing {

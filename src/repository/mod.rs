@@ -10,8 +10,8 @@
 //! load: each is reported once as a warning.
 //!
 //! [`ModelRepository::load`] reads one model: its validated
-//! [`ModelConfig`], the one version gsinfer serves (the highest allowed by
-//! the version policy) and the model file. The repository is read-only;
+//! [`ModelConfig`], the versions its version policy selects, the one asked
+//! for (`<model>@<version>`, else the highest selected) and its model file. The repository is read-only;
 //! built engines live in the state directory, not here.
 //!
 //! Reference: Triton's "Model Repository" and "Model Configuration" guides.

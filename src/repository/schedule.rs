@@ -30,8 +30,9 @@ pub enum InstanceKind {
     Cpu,
 }
 
-/// Which version folders a model may be served from (`version_policy`).
-/// gsinfer serves one version: the highest one the policy allows.
+/// Which version folders a model is served from (`version_policy`, as
+/// Triton defines it): every selected version is loaded and served over
+/// KServe; a request or pipeline that names no version gets the highest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VersionPolicy {
     /// `latest { num_versions: N }`: the N highest versions (N >= 1).
@@ -55,17 +56,30 @@ impl Default for VersionPolicy {
 }
 
 impl VersionPolicy {
-    /// The version gsinfer serves out of the `available` version folders:
-    /// the highest one the policy allows, or `None` if it allows none.
-    pub fn select(&self, available: &[u64]) -> Option<u64> {
+    /// The versions served out of the `available` version folders, in
+    /// ascending order: the `num_versions` highest (`latest`), all (`all`),
+    /// or those listed that exist (`specific`); empty if none is allowed.
+    pub fn selected(&self, available: &[u64]) -> Vec<u64> {
+        let mut v: Vec<u64> = available.to_vec();
+        v.sort_unstable();
+        v.dedup();
         match self {
-            VersionPolicy::Latest { .. } | VersionPolicy::All => available.iter().max().copied(),
-            VersionPolicy::Specific { versions } => available
-                .iter()
-                .filter(|v| versions.contains(v))
-                .max()
-                .copied(),
+            VersionPolicy::Latest { num_versions } => {
+                let keep = (*num_versions as usize).min(v.len());
+                v.split_off(v.len() - keep)
+            }
+            VersionPolicy::All => v,
+            VersionPolicy::Specific { versions } => {
+                v.retain(|x| versions.contains(x));
+                v
+            }
         }
+    }
+
+    /// The default version out of `available`: the highest one selected,
+    /// or `None` if the policy allows none.
+    pub fn select(&self, available: &[u64]) -> Option<u64> {
+        self.selected(available).last().copied()
     }
 }
 
@@ -197,6 +211,22 @@ mod tests {
 
     fn error(text: &str) -> String {
         ModelConfig::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_policy_selects_versions_as_triton_does() {
+        let available = [7, 1, 3, 2];
+        let latest = |n| VersionPolicy::Latest { num_versions: n };
+        assert_eq!(latest(1).selected(&available), [7]);
+        assert_eq!(latest(2).selected(&available), [3, 7]);
+        assert_eq!(latest(9).selected(&available), [1, 2, 3, 7]);
+        assert_eq!(VersionPolicy::All.selected(&available), [1, 2, 3, 7]);
+        let specific = VersionPolicy::Specific {
+            versions: vec![3, 1, 4],
+        };
+        assert_eq!(specific.selected(&available), [1, 3]);
+        assert_eq!(specific.select(&available), Some(3));
+        assert_eq!(VersionPolicy::All.select(&[]), None);
     }
 
     #[test]

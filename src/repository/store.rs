@@ -27,16 +27,20 @@ pub struct ModelRepository {
     root: PathBuf,
 }
 
-/// A model ready to be turned into an engine: its configuration and the one
-/// version gsinfer serves.
+/// A model ready to be turned into an engine: its configuration and one of
+/// the versions its policy selects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelEntry {
     /// The model's name: its folder's name.
     pub name: String,
     /// The validated config.pbtxt, with `name` filled in.
     pub config: ModelConfig,
-    /// The version served: the highest the version policy allows.
+    /// The version loaded: the one asked for (`<model>@<version>`), else
+    /// the highest the version policy selects.
     pub version: u64,
+    /// Every version the version policy selects, ascending (each is served
+    /// over KServe; `version` is one of them).
+    pub versions: Vec<u64>,
     /// The model file: `<root>/<model>/<version>/<default_model_filename or model.onnx/model.plan>`.
     pub model_path: PathBuf,
     /// Things the operator should know (unsupported fields skipped, versions
@@ -81,17 +85,36 @@ impl ModelRepository {
         Ok(names)
     }
 
+    /// Splits a pipeline's model reference: `<model>@<version>` names a
+    /// version, a plain `<model>` the default (highest selected) one. A
+    /// folder whose whole name holds an `@` (`<root>/a@1/config.pbtxt`) is a
+    /// plain name.
+    pub fn split_reference<'a>(&self, reference: &'a str) -> (&'a str, Option<u64>) {
+        match reference.rsplit_once('@') {
+            Some((name, v))
+                if !self.root.join(reference).join(CONFIG_FILE).is_file()
+                    && version_number(v).is_some() =>
+            {
+                (name, version_number(v))
+            }
+            _ => (reference, None),
+        }
+    }
+
     /// Reads and validates `<root>/<model>/config.pbtxt`, then picks the
-    /// version folder (the highest the version policy allows) and the model
-    /// file in it.
+    /// version folder and the model file in it. `reference` is a model
+    /// name, for the highest version the version policy selects, or
+    /// `<model>@<version>` for that version, which the policy must select.
     ///
     /// Errors: [`RepositoryError::InvalidModelName`],
     /// [`RepositoryError::ModelNotFound`], [`RepositoryError::Io`], any
     /// error of [`ModelConfig::parse`] (naming the file's path),
     /// [`RepositoryError::NameMismatch`], [`RepositoryError::NoVersions`],
-    /// [`RepositoryError::NoAllowedVersion`] and
+    /// [`RepositoryError::NoAllowedVersion`],
+    /// [`RepositoryError::VersionNotServed`] and
     /// [`RepositoryError::ModelFileMissing`].
-    pub fn load(&self, model: &str) -> Result<ModelEntry, RepositoryError> {
+    pub fn load(&self, reference: &str) -> Result<ModelEntry, RepositoryError> {
+        let (model, wanted) = self.split_reference(reference);
         if model.is_empty() || model == "." || model == ".." || model.contains(['/', '\\', '\0']) {
             return Err(RepositoryError::InvalidModelName {
                 name: model.to_owned(),
@@ -127,9 +150,18 @@ impl ModelRepository {
         if available.is_empty() {
             return Err(RepositoryError::NoVersions { path: model_dir });
         }
-        let version = match config.version_policy.select(&available) {
-            Some(v) => v,
-            None => {
+        let versions = config.version_policy.selected(&available);
+        let version = match (versions.last(), wanted) {
+            (Some(_), Some(v)) if versions.contains(&v) => v,
+            (Some(_), Some(v)) => {
+                return Err(RepositoryError::VersionNotServed {
+                    path: config_path,
+                    version: v,
+                    served: versions,
+                })
+            }
+            (Some(&v), None) => v,
+            (None, _) => {
                 let wanted = match &config.version_policy {
                     VersionPolicy::Specific { versions } => versions.clone(),
                     _ => Vec::new(),
@@ -141,12 +173,7 @@ impl ModelRepository {
                 });
             }
         };
-        warnings.extend(version_warnings(
-            &config.version_policy,
-            &available,
-            version,
-            &file,
-        ));
+        warnings.extend(version_warnings(&config.version_policy, &available, &file));
 
         let version_dir = version_dir(&model_dir, version)?;
         let file_name = config
@@ -165,6 +192,7 @@ impl ModelRepository {
             name: model.to_owned(),
             config,
             version,
+            versions,
             model_path,
             warnings,
         })
@@ -209,32 +237,15 @@ fn version_dir(model_dir: &Path, version: u64) -> Result<PathBuf, RepositoryErro
 }
 
 /// Warnings for versions present or listed but not served.
-fn version_warnings(
-    policy: &VersionPolicy,
-    available: &[u64],
-    served: u64,
-    file: &str,
-) -> Vec<String> {
+fn version_warnings(policy: &VersionPolicy, available: &[u64], file: &str) -> Vec<String> {
     match policy {
-        VersionPolicy::Latest { num_versions } if *num_versions > 1 && available.len() > 1 => vec![format!(
-            "{file}: version_policy latest {{ num_versions: {num_versions} }} asks for several versions; gsinfer serves only the highest, {served}"
-        )],
-        VersionPolicy::All if available.len() > 1 => vec![format!(
-            "{file}: version_policy all asks for every version {available:?}; gsinfer serves only the highest, {served}"
-        )],
-        VersionPolicy::Specific { versions } => {
-            let mut warnings: Vec<String> = versions
-                .iter()
-                .filter(|v| !available.contains(v))
-                .map(|v| format!("{file}: version_policy specific lists version {v}, which has no folder"))
-                .collect();
-            if versions.iter().filter(|v| available.contains(v)).count() > 1 {
-                warnings.push(format!(
-                    "{file}: version_policy specific lists several existing versions; gsinfer serves only the highest, {served}"
-                ));
-            }
-            warnings
-        }
+        VersionPolicy::Specific { versions } => versions
+            .iter()
+            .filter(|v| !available.contains(v))
+            .map(|v| {
+                format!("{file}: version_policy specific lists version {v}, which has no folder")
+            })
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -391,16 +402,26 @@ mod tests {
         assert_eq!(plain.config.name, "plain");
         assert!(plain.warnings.is_empty(), "{:?}", plain.warnings);
 
+        assert_eq!(plain.versions, [10], "latest {{ num_versions: 1 }}");
+
         let all = repo.load("all").unwrap();
         assert_eq!(all.version, 10);
+        assert_eq!(all.versions, [1, 2, 3, 10]);
+        assert!(all.warnings.is_empty(), "{:?}", all.warnings);
+        // A pipeline or request naming a selected version gets that one.
+        let one = repo.load("all@1").unwrap();
+        assert_eq!((one.name.as_str(), one.version), ("all", 1));
+        assert_eq!(one.model_path, temp.path().join("all/1/model.onnx"));
+        let e = repo.load("plain@2").unwrap_err();
         assert!(
-            all.warnings[0].contains("gsinfer serves only the highest, 10"),
-            "{:?}",
-            all.warnings
+            matches!(&e, RepositoryError::VersionNotServed { version: 2, served, .. } if served == &[10]),
+            "{e}"
         );
+        assert!(e.to_string().contains("version_policy selects [10]"), "{e}");
 
         let specific = repo.load("specific").unwrap();
         assert_eq!(specific.version, 2);
+        assert_eq!(specific.versions, [1, 2]);
         assert_eq!(
             specific.model_path,
             temp.path().join("specific/2/model.onnx")

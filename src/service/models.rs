@@ -4,6 +4,11 @@
 //! engine worker pool, and register it with the status board and the
 //! KServe endpoint. A model that cannot load is marked failed and the others
 //! serve; with none loaded the service does not start.
+//!
+//! Versions: a pipeline scores with the version its `model` names
+//! (`<model>@<version>`) or the highest its version policy selects. Every
+//! other version the policy selects is loaded too, served over KServe
+//! only, and known to the status board as `<model>@<version>`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,18 +34,24 @@ pub struct Engines {
     /// Per pipeline, in config order: its model's batch queue, `None` when
     /// the model failed to load.
     pub queues: Vec<Option<BatchHandle<Job>>>,
+    /// The batch queues of the versions only KServe serves.
+    kserve_only: Vec<BatchHandle<Job>>,
     pool: WorkerPool<Job>,
 }
 
 impl Engines {
     /// Closes every batch queue: engines run what is queued, then stop.
     pub fn close(&self) {
-        self.queues.iter().flatten().for_each(BatchHandle::close);
+        self.all().for_each(BatchHandle::close);
     }
 
     /// Windows queued over all models.
     pub fn depth(&self) -> usize {
-        self.queues.iter().flatten().map(BatchHandle::depth).sum()
+        self.all().map(BatchHandle::depth).sum()
+    }
+
+    fn all(&self) -> impl Iterator<Item = &BatchHandle<Job>> {
+        self.queues.iter().flatten().chain(&self.kserve_only)
     }
 
     /// Waits for the worker pool to run what is queued and stop (after
@@ -66,18 +77,25 @@ pub fn load(
     results: &mpsc::Sender<BatchResult>,
 ) -> Result<Engines> {
     let pool = WorkerPool::start(config.engine.workers());
-    let loaders = pool.workers().min(config.pipelines.len()).max(1);
+    // The pipelines' models, then the other versions their policies select.
+    let loads: Vec<PipelineConfig> = config
+        .pipelines
+        .iter()
+        .cloned()
+        .chain(other_versions(&config.pipelines, repo))
+        .collect();
+    let loaders = pool.workers().min(loads.len()).max(1);
     log::info!(target: "gsinfer::engine", "{} engine worker thread(s) for all models; loading {} model(s), {loaders} at a time",
-        pool.workers(), config.pipelines.len());
+        pool.workers(), loads.len());
     // Every model is on the board as loading before any is opened, so the
     // status page and KServe readiness see the whole set from the start.
-    for p in &config.pipelines {
+    for p in &loads {
         board.set_model(&p.model, p.engine.name(), ModelState::Loading, 0, 0, &[]);
     }
     let engines = Mutex::new(EngineSet::new(&config.tensorrt));
     let next = AtomicUsize::new(0);
     let slots: Vec<Mutex<Option<BatchHandle<Job>>>> =
-        config.pipelines.iter().map(|_| Mutex::new(None)).collect();
+        loads.iter().map(|_| Mutex::new(None)).collect();
     let ctx = LoadContext {
         config,
         repo,
@@ -93,12 +111,12 @@ pub fn load(
     // built one at a time under the engine set's lock.
     std::thread::scope(|s| {
         for i in 0..loaders {
-            let (ctx, next, slots) = (&ctx, &next, &slots);
+            let (ctx, next, slots, loads) = (&ctx, &next, &slots, &loads);
             std::thread::Builder::new()
                 .name(format!("load-{i}"))
                 .spawn_scoped(s, move || loop {
                     let ix = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(p) = ctx.config.pipelines.get(ix) else {
+                    let Some(p) = loads.get(ix) else {
                         break;
                     };
                     let handle = load_one(ctx, ix, p);
@@ -107,17 +125,53 @@ pub fn load(
                 .expect("spawn model loader");
         }
     });
-    let queues: Vec<Option<BatchHandle<Job>>> = slots
+    let mut queues: Vec<Option<BatchHandle<Job>>> = slots
         .into_iter()
         .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
         .collect();
+    let kserve_only = queues.split_off(config.pipelines.len());
     if queues.iter().all(Option::is_none) {
         pool.join();
         anyhow::bail!(
             "no model could be loaded (the errors above say why); gsinfer has nothing to serve"
         );
     }
-    Ok(Engines { queues, pool })
+    Ok(Engines {
+        queues,
+        kserve_only: kserve_only.into_iter().flatten().collect(),
+        pool,
+    })
+}
+
+/// The versions that no pipeline scores with but their models' version
+/// policies select, each as a copy of the first pipeline of its model
+/// (window and features, which the engine needs) naming that version
+/// (`<model>@<version>`). They are loaded for KServe; no telemetry reaches
+/// them. A model whose config.pbtxt cannot be read adds none (its pipeline
+/// reports why).
+fn other_versions(pipelines: &[PipelineConfig], repo: &ModelRepository) -> Vec<PipelineConfig> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut used: BTreeMap<&str, (BTreeSet<u64>, &PipelineConfig)> = BTreeMap::new();
+    for p in pipelines {
+        let (name, _) = repo.split_reference(&p.model);
+        let Ok(entry) = repo.load(&p.model) else {
+            continue;
+        };
+        used.entry(name)
+            .or_insert_with(|| (BTreeSet::new(), p))
+            .0
+            .insert(entry.version);
+    }
+    let mut extra = Vec::new();
+    for (name, (versions, first)) in used {
+        let Ok(entry) = repo.load(name) else { continue };
+        for v in entry.versions.iter().filter(|v| !versions.contains(v)) {
+            let mut p = first.clone();
+            p.model = format!("{name}@{v}");
+            extra.push(p);
+        }
+    }
+    extra
 }
 
 /// What loading one model needs, shared by the loader threads.
@@ -304,8 +358,9 @@ fn load_one(ctx: &LoadContext<'_>, ix: usize, p: &PipelineConfig) -> Option<Batc
     );
     board.set_device(&p.model, &opened.device);
     kserve.insert(ServedModel {
-        name: p.model.clone(),
+        name: prepared.entry.name.clone(),
         version: prepared.entry.version,
+        key: p.model.clone(),
         config: served_config,
         input: prepared.input.clone(),
         outputs,

@@ -174,7 +174,7 @@ impl KserveGrpc {
         let model = protocol::find_model(&self.models, &r.name, Some(&r.version))
             .map_err(|e| status(&e))?;
         Ok(proto::ModelReadyResponse {
-            ready: self.board.is_model_ready(&model.name),
+            ready: self.board.is_model_ready(&model.key),
         })
     }
 
@@ -184,7 +184,10 @@ impl KserveGrpc {
     ) -> Result<proto::ModelMetadataResponse, Status> {
         let model = protocol::find_model(&self.models, &r.name, Some(&r.version))
             .map_err(|e| status(&e))?;
-        Ok(convert::model_metadata(protocol::model_metadata(&model)))
+        Ok(convert::model_metadata(protocol::model_metadata(
+            &model,
+            &self.models.versions(&model.name),
+        )))
     }
 
     fn model_config_(
@@ -287,7 +290,7 @@ impl KserveGrpc {
         .map_err(|e| status(&e))?;
         let response = convert::encode_infer(&request.id, &model, batch, &rows, &decoded.outputs);
         self.board.record_end_to_end(
-            &model.name,
+            &model.key,
             RequestSource::Grpc.as_str(),
             received.elapsed().as_micros() as u64,
         );
