@@ -171,8 +171,9 @@ impl Drop for Feed {
 /// from the score's time stamp, so samples the broker lost leave gaps rather
 /// than shifting the keys); a repeated sample must be a redelivery (QoS 1 is
 /// at least once) or, after a SIGKILL, the same window scored again from
-/// the saved state: the same message, its error and score equal to 1e-5
-/// relative (the engine may run the window in another batch size).
+/// the saved state: the same message, its error and score equal to 1e-6
+/// absolute plus 1e-5 relative (the engine may run the window in another
+/// batch size).
 fn scores_by_sample(sub: &Subscriber) -> BTreeMap<u64, (Vec<u8>, usize)> {
     let mut by: BTreeMap<u64, (Vec<u8>, usize)> = BTreeMap::new();
     for (_, payload) in sub.snapshot() {
@@ -190,11 +191,11 @@ fn scores_by_sample(sub: &Subscriber) -> BTreeMap<u64, (Vec<u8>, usize)> {
     by
 }
 
-/// Whether two score messages are equal, `error` and `score` to 1e-5
-/// relative and everything else exactly.
+/// Whether two score messages are equal, `error` and `score` to 1e-6
+/// absolute plus 1e-5 relative, and everything else exactly.
 fn same_score(a: &Value, b: &Value) -> bool {
     let close = |key: &str| match (a[key].as_f64(), b[key].as_f64()) {
-        (Some(x), Some(y)) => (x - y).abs() <= 1e-5 * y.abs().max(1e-6),
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-6 + 1e-5 * y.abs(),
         (x, y) => x.is_none() && y.is_none(),
     };
     let rest = |v: &Value| {
@@ -668,13 +669,14 @@ fn assert_as_offline(sub: &Subscriber, events: &Subscriber, cfg: &Path, dir: &Pa
         let mut got = got;
         got.as_object_mut().unwrap().remove("type");
         // The engine may run a window in another batch size than eval did
-        // (a save dispatches queued windows early), so the forecast can
-        // differ in its last float digits: error and score are compared to
-        // 1e-5 relative, everything else exactly.
+        // (a save dispatches queued windows early), so the forecast (values
+        // of order 1) can differ in its last float digits: error and score
+        // are compared to 1e-6 absolute plus 1e-5 relative, everything else
+        // exactly. A wrong window or sample would be off by the error itself.
         for key in ["error", "score"] {
             let (g, w) = (got[key].as_f64().unwrap(), want[key].as_f64().unwrap());
             assert!(
-                (g - w).abs() <= 1e-5 * w.abs().max(1e-6),
+                (g - w).abs() <= 1e-6 + 1e-5 * w.abs(),
                 "sample {i}: {key} {g} (service, across the restart) vs {w} (gsinfer eval)"
             );
             got[key] = Value::Null;
