@@ -21,6 +21,10 @@ alone and k-of-n for every subset of two or more families and every k, by
 F1 on SPACECRAFT's channels (the development set), ties by F0.5, then fewer
 members, then larger k, and prints the --top best with every other
 spacecraft's counts beside them (those are reported, never used to rank).
+With --cv K it also estimates how the search itself generalises across
+channels (nested leave-channels-out): SPACECRAFT's channels are shuffled
+(--seeds) into K folds; for each fold the search runs on the other K-1 and
+its winner is counted on the held-out fold; the held-out counts are summed.
 
 Usage:
     python3 tools/fuse_events.py --data-dir ../shared/data/telemanom \\
@@ -33,6 +37,7 @@ import csv
 import itertools
 import json
 import os
+import random
 
 
 def merge(spans):
@@ -87,26 +92,68 @@ def load(path, variant):
     return out
 
 
+def all_rules(families):
+    """Every family alone, and k-of-n for every subset of two or more and every k."""
+    return [(sub, k) for n in range(1, families + 1)
+            for sub in itertools.combinations(range(families), n)
+            for k in (range(1, n + 1) if n > 1 else [1])]
+
+
+def rule_name(names, sub, k):
+    return f"{k}-of-{'+'.join(names[i] for i in sub)}" if len(sub) > 1 else names[sub[0]]
+
+
+def rank(runs, rules, chans, key_of):
+    """`rules` with their per-group counts over `chans`, best first by `key_of(totals)`."""
+    ranked = []
+    for sub, k in rules:
+        totals = {}
+        for ch in chans:
+            pred = fuse([runs[i][ch][1] for i in sub], k)
+            t = totals.setdefault(key_of(ch), [0, 0, 0])
+            for j, v in enumerate(count(pred, runs[sub[0]][ch][0])):
+                t[j] += v
+        ranked.append((sub, k, totals))
+    return ranked
+
+
+def by_f1(develop):
+    def key(r):
+        _, _, f1, f05 = rates(*r[2].get(develop, [0, 0, 0]))
+        return (round(f1, 9), round(f05, 9), -len(r[0]), r[1])
+    return key
+
+
+def cross_validate(runs, names, chans, craft, develop, folds, seeds):
+    """Nested leave-channels-out estimate of the search (see the module doc)."""
+    rules = all_rules(len(runs))
+    dev = sorted(ch for ch in chans if craft.get(ch, "?") == develop)
+    for seed in seeds:
+        order = dev[:]
+        random.Random(seed).shuffle(order)
+        held, winners = [0, 0, 0], []
+        for f in range(folds):
+            test = order[f::folds]
+            train = [ch for ch in dev if ch not in test]
+            sub, k, _ = max(rank(runs, rules, train, lambda ch: develop), key=by_f1(develop))
+            winners.append(rule_name(names, sub, k))
+            for j, v in enumerate(rank(runs, [(sub, k)], test, lambda ch: develop)[0][2][develop]):
+                held[j] += v
+        p, r, f1, f05 = rates(*held)
+        print(f"{develop} held out, seed {seed}: tp {held[0]} fp {held[1]} fn {held[2]}  "
+              f"P {p:.3f} R {r:.3f} F1 {f1:.3f} F0.5 {f05:.3f}; winners {', '.join(winners)}")
+
+
 def search(runs, names, chans, craft, develop, top):
     """Ranks every rule by F1 on the `develop` spacecraft (see the module doc)."""
     crafts = sorted(set(craft.get(ch, "?") for ch in chans))
-    ranked = []
-    for n in range(1, len(runs) + 1):
-        for sub in itertools.combinations(range(len(runs)), n):
-            for k in range(1, n + 1) if n > 1 else [1]:
-                totals = {g: [0, 0, 0] for g in crafts}
-                for ch in chans:
-                    pred = fuse([runs[i][ch][1] for i in sub], k)
-                    for j, v in enumerate(count(pred, runs[sub[0]][ch][0])):
-                        totals[craft.get(ch, "?")][j] += v
-                _, _, f1, f05 = rates(*totals[develop])
-                ranked.append(((round(f1, 9), round(f05, 9), -n, k), sub, k, totals))
-    ranked.sort(key=lambda r: r[0], reverse=True)
-    for _, sub, k, totals in ranked[:top]:
-        rule = f"{k}-of-{'+'.join(names[i] for i in sub)}" if len(sub) > 1 else names[sub[0]]
+    ranked = rank(runs, all_rules(len(runs)), chans, lambda ch: craft.get(ch, "?"))
+    ranked.sort(key=by_f1(develop), reverse=True)
+    for sub, k, totals in ranked[:top]:
+        rule = rule_name(names, sub, k)
         cols = []
         for g in [develop] + [c for c in crafts if c != develop]:
-            tp, fp, fn = totals[g]
+            tp, fp, fn = totals.get(g, [0, 0, 0])
             _, _, f1, f05 = rates(tp, fp, fn)
             cols.append(f"{g} {tp}/{fp}/{fn} F1 {f1:.3f} F0.5 {f05:.3f}")
         print(f"{rule:40s} " + " | ".join(cols))
@@ -122,6 +169,9 @@ def main():
     ap.add_argument("--search", metavar="SPACECRAFT", default=None,
                     help="rank every k-of-n rule over every subset by F1 on this spacecraft's channels")
     ap.add_argument("--top", type=int, default=10, help="rules printed by --search")
+    ap.add_argument("--cv", type=int, default=0, metavar="K",
+                    help="with --search: also a nested K-fold leave-channels-out estimate of the search")
+    ap.add_argument("--seeds", default="0,1,2", help="channel shuffles for --cv")
     args = ap.parse_args()
     runs = [load(p, args.variant) for p in args.inputs]
     chans = sorted(set.intersection(*(set(r) for r in runs)))
@@ -132,6 +182,9 @@ def main():
     if args.search:
         names = [n.rsplit(".", 1)[0] for n in names]
         search(runs, names, chans, craft, args.search, args.top)
+        if args.cv:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+            cross_validate(runs, names, chans, craft, args.search, args.cv, seeds)
         return
     for rule in ["each"] + rules:
         for label, fam_ix in ([(n, [i]) for i, n in enumerate(names)] if rule == "each" else [(rule, None)]):
