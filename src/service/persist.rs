@@ -4,6 +4,12 @@
 //! their samples (checkpoint, then acknowledge), so after a crash the broker
 //! redelivers exactly what the restored state lacks.
 //!
+//! A checkpoint saves only the pipelines with something new (samples taken
+//! or windows settled since their last save), and waits only for *their*
+//! windows in flight: the other models keep batching, and at a thousand
+//! models a checkpoint every 16 QoS 1 messages no longer drains every
+//! model's queue.
+//!
 //! Time comes in as arguments (`now`, `now_ns`); the files are written on
 //! the pipeline task, which the save briefly holds (its cost per channel is
 //! in BENCHMARKS.md).
@@ -172,13 +178,45 @@ impl Persistence {
                     >= Duration::from_millis(self.config.save_interval_ms))
     }
 
+    /// The pipelines (indices in config order) with something new since
+    /// their last save: every pipeline that took samples of a held
+    /// acknowledgement is among them. Empty when nothing is saved.
+    pub fn dirty<'a>(&self, pipelines: impl Iterator<Item = &'a Pipeline>) -> Vec<usize> {
+        if self.store.is_none() {
+            return Vec::new();
+        }
+        pipelines
+            .zip(&self.keys)
+            .enumerate()
+            .filter_map(|(ix, (p, slot))| {
+                let (_, saved) = slot.as_ref()?;
+                (progress(p) != *saved).then_some(ix)
+            })
+            .collect()
+    }
+
     /// Saves every pipeline with something new at `now_ns` (the caller has
-    /// made sure no window is in flight), recording each save on the board;
-    /// returns the acknowledgements to send now (all those held: a failed
-    /// save does not hold telemetry back).
+    /// made sure none of theirs is in flight, or is stopping), recording
+    /// each save on the board; returns the acknowledgements to send now
+    /// (all those held: a failed save does not hold telemetry back).
     pub fn save<'a>(
         &mut self,
         pipelines: impl Iterator<Item = &'a Pipeline>,
+        board: &StatusBoard,
+        now: Instant,
+        now_ns: i64,
+    ) -> Vec<rumqttc::Publish> {
+        let pipelines: Vec<&Pipeline> = pipelines.collect();
+        let dirty = self.dirty(pipelines.iter().copied());
+        self.save_dirty(&pipelines, &dirty, board, now, now_ns)
+    }
+
+    /// [`Persistence::save`] of the pipelines `dirty` (from
+    /// [`Persistence::dirty`]) out of all `pipelines`.
+    fn save_dirty(
+        &mut self,
+        pipelines: &[&Pipeline],
+        dirty: &[usize],
         board: &StatusBoard,
         now: Instant,
         now_ns: i64,
@@ -187,16 +225,13 @@ impl Persistence {
         let Some(store) = &self.store else {
             return std::mem::take(&mut self.held);
         };
-        // Every pipeline with something new since its last save, written
-        // as one group commit (two syncs for all, not two per file).
-        let mut due = Vec::new();
-        for (ix, (p, slot)) in pipelines.zip(&self.keys).enumerate() {
-            let Some((_, saved)) = slot else { continue };
-            let now_progress = progress(p);
-            if now_progress != *saved {
-                due.push((ix, p, now_progress));
-            }
-        }
+        // Written as one group commit (two syncs for all, not two per file).
+        let due: Vec<(usize, &Pipeline, Progress)> = dirty
+            .iter()
+            .filter_map(|&ix| Some((ix, *pipelines.get(ix)?)))
+            .filter(|(ix, _)| self.keys.get(*ix).is_some_and(Option::is_some))
+            .map(|(ix, p)| (ix, p, progress(p)))
+            .collect();
         if due.is_empty() {
             return std::mem::take(&mut self.held);
         }
@@ -265,12 +300,13 @@ impl Persistence {
     }
 }
 
-/// Saves the channel state once no window is in flight (the queued ones
-/// dispatched at once, their results scored as they come within
-/// [`SAVE_BARRIER`]); returns the acknowledgements
-/// now due. Without that point (an engine far behind), nothing is saved
-/// this time and the acknowledgements are released anyway: telemetry is
-/// not held back for a save.
+/// Saves the channel state of the pipelines with something new once none
+/// of their windows is in flight (their queued ones dispatched at once, the
+/// results scored as they come within [`SAVE_BARRIER`]; the other models'
+/// results are scored meanwhile too); returns the acknowledgements now due.
+/// Without that point (an engine far behind), nothing is saved this time
+/// and the acknowledgements are released anyway: telemetry is not held
+/// back for a save.
 pub async fn checkpoint(
     router: &mut Router,
     state: &mut Persistence,
@@ -279,11 +315,12 @@ pub async fn checkpoint(
     out_tx: &mpsc::Sender<Outgoing>,
 ) -> Vec<rumqttc::Publish> {
     let deadline = tokio::time::Instant::now() + SAVE_BARRIER;
-    if router.windows_in_flight() > 0 {
-        // Queued windows go now rather than at the end of their budget.
-        router.expedite(Instant::now());
+    let dirty = state.dirty(router.pipelines());
+    if router.windows_in_flight(&dirty) > 0 {
+        // Their queued windows go now rather than at the end of their budget.
+        router.expedite(&dirty, Instant::now());
     }
-    while router.windows_in_flight() > 0 {
+    while router.windows_in_flight(&dirty) > 0 {
         match tokio::time::timeout_at(deadline, results_rx.recv()).await {
             Ok(Some(result)) => {
                 deliver(router.on_results(result, Instant::now()), board, out_tx).await
@@ -291,8 +328,11 @@ pub async fn checkpoint(
             _ => break,
         }
     }
-    match router.windows_in_flight() {
-        0 => state.save(router.pipelines(), board, Instant::now(), now_ns()),
+    match router.windows_in_flight(&dirty) {
+        0 => {
+            let pipelines: Vec<&Pipeline> = router.pipelines().collect();
+            state.save_dirty(&pipelines, &dirty, board, Instant::now(), now_ns())
+        }
         n => state.skip(n, Instant::now()),
     }
 }

@@ -221,18 +221,26 @@ impl<Q: JobQueue> Router<Q> {
         self.lanes.iter_mut().map(|l| &mut l.pipeline)
     }
 
-    /// Makes every window queued now due at `now` (a state save waits for
-    /// them; see [`JobQueue::expedite`]).
-    pub fn expedite(&self, now: Instant) {
-        for q in self.lanes.iter().filter_map(|l| l.queue.as_ref()) {
+    /// Makes every window queued now by pipelines `lanes` (indices in
+    /// config order) due at `now`: a state save waits for them (see
+    /// [`JobQueue::expedite`]); the other models keep batching.
+    pub fn expedite(&self, lanes: &[usize], now: Instant) {
+        let queues = lanes
+            .iter()
+            .filter_map(|&ix| self.lanes.get(ix)?.queue.as_ref());
+        for q in queues {
             q.expedite(now);
         }
     }
 
-    /// Windows cut by any pipeline and not yet scored or dropped: 0 is a
-    /// point where every pipeline's state can be saved whole.
-    pub fn windows_in_flight(&self) -> u64 {
-        self.pipelines().map(Pipeline::windows_in_flight).sum()
+    /// Windows cut by pipelines `lanes` and not yet scored or dropped: 0 is
+    /// a point where their state can be saved whole.
+    pub fn windows_in_flight(&self, lanes: &[usize]) -> u64 {
+        lanes
+            .iter()
+            .filter_map(|&ix| self.lanes.get(ix))
+            .map(|l| l.pipeline.windows_in_flight())
+            .sum()
     }
 
     /// Runs `f` on pipeline `ix` (restoring its saved state, closing the
