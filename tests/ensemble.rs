@@ -7,9 +7,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::gsinfer::{bin, eval_json, free_port, http_get, wait_until, Service, GUARD};
+use common::gsinfer::{eval_json, free_port, http_get, replay_fast, wait_until, Service, GUARD};
 use common::{data_dir, mosquitto_available, Broker, Subscriber};
 use serde_json::Value;
 
@@ -93,24 +92,7 @@ fn fused_events_are_published_as_eval_computes_them() {
         wait_until(|| http_get(status_port, "/readyz").is_some_and(|(code, _)| code == 200)),
         "service never became ready"
     );
-    let replay = Command::new(bin())
-        .args([
-            "replay",
-            "--fast",
-            "--batch",
-            "10",
-            "--channel",
-            CHANNEL,
-            "--topic",
-            TOPIC,
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .status()
-        .unwrap();
-    assert!(replay.success(), "replay failed");
+    replay_fast(&config, &data, CHANNEL, TOPIC);
 
     let fused = |m: &[(String, Vec<u8>)]| -> Vec<Value> {
         m.iter()

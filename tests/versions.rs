@@ -18,7 +18,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::gsinfer::{bin, eval_json, free_port, http_get, wait_until, LoggedService, GUARD};
+use common::gsinfer::{
+    eval_json, free_port, http_get, replay_fast, wait_until, LoggedService, GUARD,
+};
 use common::kserve::python_has;
 use common::{data_dir, mosquitto_available, Broker, Subscriber};
 use serde_json::Value;
@@ -174,24 +176,7 @@ fn every_selected_version_is_served_and_pipelines_score_with_the_one_they_name()
     }
 
     // The same telemetry through both pipelines.
-    let replay = Command::new(bin())
-        .args([
-            "replay",
-            "--fast",
-            "--batch",
-            "10",
-            "--channel",
-            CHANNEL,
-            "--topic",
-            TOPIC,
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .status()
-        .unwrap();
-    assert!(replay.success(), "replay failed");
+    replay_fast(&config, &data, CHANNEL, TOPIC);
     let received = |messages: &[(String, Vec<u8>)], model: &str| -> BTreeMap<u64, f64> {
         let values: Vec<Value> = messages
             .iter()

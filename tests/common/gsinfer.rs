@@ -34,6 +34,21 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_gsinfer")
 }
 
+/// Publishes `<data>/test/<channel>.npy` on `topic` with `gsinfer replay
+/// --fast --batch 10` (the broker and format of `config`), and asserts that
+/// the replay succeeded.
+pub fn replay_fast(config: &Path, data: &Path, channel: &str, topic: &str) {
+    let status = Command::new(bin())
+        .args(["replay", "--fast", "--batch", "10", "--channel", channel])
+        .args(["--topic", topic, "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .status()
+        .unwrap();
+    assert!(status.success(), "replay of {channel} on {topic} failed");
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
