@@ -23,9 +23,11 @@ pub use crate::score::{ScoringConfig, ThresholdConfig};
 pub use crate::status::StatusConfig;
 pub use crate::window::WindowConfig;
 
-/// Largest configuration file read, in bytes (the shipped ones are under
-/// 16 KB; 120 pipelines take about 45 KB).
-pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Largest configuration file read, in bytes: 16 MiB. A per-channel
+/// pipeline takes ~370 bytes, so a spacecraft of 10 000 channels, one model
+/// each, is a ~3.7 MB file (`config/reference.toml`, 196 pipelines, is
+/// ~70 KB); the limit is there to refuse a wrong file, not a large mission.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
 /// Smallest and largest `broker.max_packet_bytes`: room for a CONNECT with
 /// credentials and a status message, and MQTT's own limit (the remaining
