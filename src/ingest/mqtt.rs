@@ -20,6 +20,7 @@
 //! unacknowledged would use up the broker's in-flight window for this client
 //! and stall delivery until the next reconnect.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -220,16 +221,53 @@ impl TopicRoute {
 
 /// Which pipelines a message is for and how to decode it for them: every
 /// pipeline's [`TopicRoute`], in config order. No I/O and no clock.
+///
+/// Filters without wildcards (one topic each, as per-channel pipelines
+/// have) are looked up by topic; only pipelines with a `+` or `#` filter
+/// are matched one by one. Scanning every filter cost each message time in
+/// proportion to the pipelines, ~10 000 matches per message at 10 000
+/// per-channel pipelines.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TopicRoutes {
     routes: Vec<TopicRoute>,
+    /// Per plain topic: the pipelines with that exact filter, ascending.
+    exact: HashMap<String, Vec<usize>>,
+    /// Pipelines with a wildcard filter, ascending.
+    wildcard: Vec<usize>,
 }
 
 impl TopicRoutes {
     /// Routes for the pipelines `routes`, in config order (a pipeline's
     /// index is its place here).
     pub fn new(routes: Vec<TopicRoute>) -> Self {
-        Self { routes }
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wildcard = Vec::new();
+        for (ix, route) in routes.iter().enumerate() {
+            if route.filters.iter().any(|f| f.contains(['+', '#'])) {
+                wildcard.push(ix);
+            } else {
+                for f in &route.filters {
+                    let ixs = exact.entry(f.clone()).or_default();
+                    if ixs.last() != Some(&ix) {
+                        ixs.push(ix);
+                    }
+                }
+            }
+        }
+        Self {
+            routes,
+            exact,
+            wildcard,
+        }
+    }
+
+    /// The pipelines whose filters match `topic`, in config order.
+    fn matching(&self, topic: &str) -> Vec<usize> {
+        let mut ixs: Vec<usize> = self.exact.get(topic).cloned().unwrap_or_default();
+        let wild = self.wildcard.iter().copied();
+        ixs.extend(wild.filter(|&ix| self.routes[ix].matches(topic)));
+        ixs.sort_unstable();
+        ixs
     }
 
     /// Decodes `msg`, received at `received_ns` (ns since the Unix epoch),
@@ -240,10 +278,8 @@ impl TopicRoutes {
     pub fn batch(&self, msg: Inbound, received_ns: i64) -> SampleBatch {
         let channel: Arc<str> = Arc::from(channel_of(&msg.topic));
         let mut decoded: Vec<((PayloadFormat, DecodeLimits), Decoding)> = Vec::new();
-        for (ix, route) in self.routes.iter().enumerate() {
-            if !route.matches(&msg.topic) {
-                continue;
-            }
+        for ix in self.matching(&msg.topic) {
+            let route = &self.routes[ix];
             let key = (route.format, route.limits);
             if let Some((_, d)) = decoded.iter_mut().find(|(k, _)| *k == key) {
                 d.pipelines.push(ix);
@@ -504,6 +540,35 @@ mod tests {
         );
         assert_eq!(batch.decoded[2].rejects[0].reason, RejectReason::Malformed);
         assert!(batch.ack.is_none());
+    }
+
+    #[test]
+    fn exact_and_wildcard_filters_route_in_config_order() {
+        let mut two = route("a/X-1", PayloadFormat::Json, 1);
+        two.filters.push("b/+".into());
+        let routes = TopicRoutes::new(vec![
+            route("a/X-2", PayloadFormat::Json, 1),
+            route("a/+", PayloadFormat::Json, 1),
+            route("a/X-1", PayloadFormat::Json, 1),
+            two,
+            route("#", PayloadFormat::Json, 1),
+            route("a/X-1", PayloadFormat::Json, 1),
+        ]);
+        let pipelines = |topic: &str| {
+            let batch = routes.batch(message(topic, r#"{"v": [1]}"#, QoS::AtMostOnce), 0);
+            batch
+                .decoded
+                .iter()
+                .flat_map(|d| d.pipelines.clone())
+                .collect::<Vec<_>>()
+        };
+        // Exact filters and wildcards merged, in config order, each once.
+        assert_eq!(pipelines("a/X-1"), vec![1, 2, 3, 4, 5]);
+        assert_eq!(pipelines("a/X-2"), vec![0, 1, 4]);
+        assert_eq!(pipelines("b/X-1"), vec![3, 4]);
+        assert_eq!(pipelines("c"), vec![4]);
+        // A plain filter is the whole topic, not a prefix.
+        assert_eq!(pipelines("a/X-1/more"), vec![4]);
     }
 
     #[test]
