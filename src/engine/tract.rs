@@ -389,6 +389,13 @@ mod tests {
         }
     }
 
+    /// `b` windows of the example model, a repeating ramp in [-0.5, 0.5).
+    fn ramp(b: usize) -> Vec<f32> {
+        (0..b * 250 * 25)
+            .map(|i| ((i % 89) as f32 / 89.0) - 0.5)
+            .collect()
+    }
+
     #[test]
     fn per_batch_plans_give_the_symbolic_plans_results() {
         let input = window();
@@ -398,9 +405,7 @@ mod tests {
             TractEngine::load_for_batches(&example(), &input, &outputs, &[1, 4]).unwrap();
         assert!(plain.concrete_batches().is_empty());
         for b in [1, 3, 4] {
-            let x: Vec<f32> = (0..b * 250 * 25)
-                .map(|i| ((i % 89) as f32 / 89.0) - 0.5)
-                .collect();
+            let x = ramp(b);
             let want = plain.infer(b, &[&x]).unwrap();
             let got = tuned.infer(b, &[&x]).unwrap();
             for (g, w) in got[0].iter().zip(&want[0]) {
@@ -416,9 +421,7 @@ mod tests {
         let mut plain = TractEngine::load(&example(), &input, &outputs).unwrap();
         let mut later =
             TractEngine::load_tuned_later(&example(), &input, &outputs, &[1, 4]).unwrap();
-        let x: Vec<f32> = (0..4 * 250 * 25)
-            .map(|i| ((i % 89) as f32 / 89.0) - 0.5)
-            .collect();
+        let x = ramp(4);
         let want = plain.infer(4, &[&x]).unwrap();
         // Served at once, whatever the tuner has done so far.
         let before = later.infer(4, &[&x]).unwrap();
@@ -444,9 +447,7 @@ mod tests {
     fn a_window_gives_the_same_forecast_every_time() {
         let input = window();
         let outputs = ["forecast".to_string()];
-        let x: Vec<f32> = (0..250 * 25)
-            .map(|i| ((i % 89) as f32 / 89.0) - 0.5)
-            .collect();
+        let x = ramp(1);
         let mut engine = TractEngine::load_for_batches(&example(), &input, &outputs, &[1]).unwrap();
         let first = engine.infer(1, &[&x]).unwrap();
         for _ in 0..3 {

@@ -151,21 +151,22 @@ pub fn load(
 /// reports why).
 fn other_versions(pipelines: &[PipelineConfig], repo: &ModelRepository) -> Vec<PipelineConfig> {
     use std::collections::{BTreeMap, BTreeSet};
-    let mut used: BTreeMap<&str, (BTreeSet<u64>, &PipelineConfig)> = BTreeMap::new();
+    // Per model name: the versions pipelines name (`None`: the default) and
+    // its first pipeline; each config.pbtxt is then read once.
+    let mut used: BTreeMap<&str, (BTreeSet<Option<u64>>, &PipelineConfig)> = BTreeMap::new();
     for p in pipelines {
-        let (name, _) = repo.split_reference(&p.model);
-        let Ok(entry) = repo.load(&p.model) else {
-            continue;
-        };
+        let (name, version) = repo.split_reference(&p.model);
         used.entry(name)
             .or_insert_with(|| (BTreeSet::new(), p))
             .0
-            .insert(entry.version);
+            .insert(version);
     }
     let mut extra = Vec::new();
-    for (name, (versions, first)) in used {
+    for (name, (named, first)) in used {
         let Ok(entry) = repo.load(name) else { continue };
-        for v in entry.versions.iter().filter(|v| !versions.contains(v)) {
+        let scored =
+            |v: &u64| named.contains(&Some(*v)) || (named.contains(&None) && *v == entry.version);
+        for v in entry.versions.iter().filter(|v| !scored(v)) {
             let mut p = first.clone();
             p.model = format!("{name}@{v}");
             extra.push(p);
@@ -243,14 +244,19 @@ fn load_one(ctx: &LoadContext<'_>, ix: usize, p: &PipelineConfig) -> Option<Batc
         log::warn!(target: "gsinfer::repository", "model {}: {w}", p.model);
     }
     let budget = Duration::from_micros(prepared.budget_us);
-    board.set_model(
-        &p.model,
-        p.engine.name(),
-        ModelState::Loading,
-        prepared.entry.version,
-        prepared.budget_us,
-        &prepared.buckets,
-    );
+    // The board's row for this model: its engine and state, with the
+    // prepared version, budget and buckets.
+    let show = |engine: &str, state: ModelState| {
+        board.set_model(
+            &p.model,
+            engine,
+            state,
+            prepared.entry.version,
+            prepared.budget_us,
+            &prepared.buckets,
+        );
+    };
+    show(p.engine.name(), ModelState::Loading);
     let queue = BatchQueue::new(p.batch.queue_capacity, prepared.buckets.clone(), budget)
         .with_policy(p.batch.policy);
     let handle = BatchHandle::new(queue);
@@ -263,16 +269,7 @@ fn load_one(ctx: &LoadContext<'_>, ix: usize, p: &PipelineConfig) -> Option<Batc
     let rebuild = config.tensorrt.rebuild_at_start;
     // The notifier turns the board's state into STATUS= lines (and
     // extends the start timeout while the progress moves).
-    let progress = |done: f32| {
-        board.set_model(
-            &p.model,
-            "tensorrt",
-            ModelState::Rebuilding { progress: done },
-            prepared.entry.version,
-            prepared.budget_us,
-            &prepared.buckets,
-        );
-    };
+    let progress = |done: f32| show("tensorrt", ModelState::Rebuilding { progress: done });
     let cpu = CpuEngine {
         choice: p.engine,
         settings: &config.engine,
@@ -284,14 +281,7 @@ fn load_one(ctx: &LoadContext<'_>, ix: usize, p: &PipelineConfig) -> Option<Batc
             // stop the others: it is marked failed and its telemetry
             // rejected until it is fixed and the service restarted.
             log::error!(target: "gsinfer", "model {} is unavailable: {e}; serving the other models. Fix or replace the model file, then restart gsinfer", p.model);
-            board.set_model(
-                &p.model,
-                "none",
-                ModelState::Failed(e.to_string()),
-                prepared.entry.version,
-                prepared.budget_us,
-                &prepared.buckets,
-            );
+            show("none", ModelState::Failed(e.to_string()));
             handle.close();
             return None;
         }
@@ -348,14 +338,7 @@ fn load_one(ctx: &LoadContext<'_>, ix: usize, p: &PipelineConfig) -> Option<Batc
         instances.push(Box::new(EngineInstance::new(Arc::clone(&context), engine)));
     }
     pool.add(&handle, instances);
-    board.set_model(
-        &p.model,
-        kind,
-        ModelState::Ready,
-        prepared.entry.version,
-        prepared.budget_us,
-        &prepared.buckets,
-    );
+    show(kind, ModelState::Ready);
     board.set_device(&p.model, &opened.device);
     kserve.insert(ServedModel {
         name: prepared.entry.name.clone(),
