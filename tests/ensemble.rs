@@ -16,7 +16,10 @@ use serde_json::Value;
 const CHANNEL: &str = "C-1";
 const TOPIC: &str = "telemetry/MSL/C-1";
 
-fn write_config(dir: &Path, broker_port: u16, status_port: u16) -> PathBuf {
+/// `trusted`: the ensemble has `trusted_only = true`; on C-1 the shipped
+/// `tfm_C-1` records an alarm on its nominal data (config.pbtxt
+/// `nominal_alarms`), so only the LSTM and the VAE vote there.
+fn write_config(dir: &Path, broker_port: u16, status_port: u16, trusted: bool) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("model_repository");
     let mut text = format!(
         "[broker]\nhost = \"127.0.0.1\"\nport = {broker_port}\nclient_id = \"gsinfer-ensemble-{pid}\"\n\n\
@@ -46,6 +49,9 @@ fn write_config(dir: &Path, broker_port: u16, status_port: u16) -> PathBuf {
     text.push_str(
         "\n[[ensemble]]\nname = \"majority\"\nmodels = [\"lstm_{channel}\", \"vae_{channel}\", \"tfm_{channel}\"]\nmin_votes = 2\n",
     );
+    if trusted {
+        text.push_str("trusted_only = true\n");
+    }
     let path = dir.join("gsinfer.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -62,6 +68,15 @@ fn key(v: &Value) -> (String, u64, Option<u64>) {
 
 #[test]
 fn fused_events_are_published_as_eval_computes_them() {
+    fused_events_match_eval(false);
+}
+
+#[test]
+fn a_trusted_vote_leaves_out_the_member_that_alarmed_on_nominal_data() {
+    fused_events_match_eval(true);
+}
+
+fn fused_events_match_eval(trusted: bool) {
     let Some(data) = data_dir() else { return };
     if !mosquitto_available() {
         return;
@@ -69,7 +84,7 @@ fn fused_events_are_published_as_eval_computes_them() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start();
     let status_port = free_port();
-    let config = write_config(dir.path(), broker.port, status_port);
+    let config = write_config(dir.path(), broker.port, status_port, trusted);
 
     // The reference: the same members and vote, offline.
     let want: Vec<(String, u64, Option<u64>)> = eval_json(
@@ -85,6 +100,11 @@ fn fused_events_are_published_as_eval_computes_them() {
         want.len() >= 2,
         "the majority raises anomalies on {CHANNEL}: {want:?}"
     );
+    let voters = if trusted {
+        serde_json::json!(["lstm_C-1", "vae_C-1"])
+    } else {
+        serde_json::json!(["lstm_C-1", "vae_C-1", "tfm_C-1"])
+    };
 
     let sub = Subscriber::start(broker.port, &["gsinfer/events"]);
     let _service = Service::run(&config);
@@ -134,10 +154,7 @@ fn fused_events_are_published_as_eval_computes_them() {
     }
     for e in &fused(&sub.snapshot()) {
         assert_eq!(e["channel"], CHANNEL);
-        assert_eq!(
-            e["members"],
-            serde_json::json!(["lstm_C-1", "vae_C-1", "tfm_C-1"])
-        );
+        assert_eq!(e["members"], voters);
         assert!(e["max_score"].as_f64().unwrap() >= 2.0, "votes: {e}");
     }
     // The members' own events are published beside the fused ones.
@@ -148,4 +165,81 @@ fn fused_events_are_published_as_eval_computes_them() {
         .filter(|v| v["model"] != "majority")
         .count();
     assert!(members >= want.len(), "member events: {members}");
+}
+
+/// tools/nominal_alarms.py writes the `nominal_alarms` that gsinfer reads:
+/// run on C-1's train split alone (a copy of its three models with the
+/// parameter removed), it records what the shipped repository records:
+/// one alarm for the Transformer, none for the LSTM and the VAE.
+#[test]
+fn nominal_alarms_py_records_the_shipped_counts() {
+    let Some(data) = data_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("model_repository");
+    let repo = dir.path().join("repo");
+    for family in ["lstm", "vae", "tfm"] {
+        let model = format!("{family}_{CHANNEL}");
+        std::fs::create_dir_all(repo.join(&model).join("1")).unwrap();
+        std::fs::copy(
+            shipped.join(&model).join("1/model.onnx"),
+            repo.join(&model).join("1/model.onnx"),
+        )
+        .unwrap();
+        let config = std::fs::read_to_string(shipped.join(&model).join("config.pbtxt")).unwrap();
+        let stripped: String = config
+            .lines()
+            .filter(|l| !l.contains("key: \"nominal_alarms\""))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(repo.join(&model).join("config.pbtxt"), stripped).unwrap();
+    }
+    let nominal = dir.path().join("data");
+    std::fs::create_dir_all(nominal.join("train")).unwrap();
+    std::os::unix::fs::symlink(
+        data.join(format!("train/{CHANNEL}.npy")),
+        nominal.join(format!("train/{CHANNEL}.npy")),
+    )
+    .unwrap();
+    let config = write_config(dir.path(), free_port(), free_port(), true);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("{:?}", shipped.display().to_string()),
+        &format!("{:?}", repo.display().to_string()),
+    );
+    std::fs::write(&config, text).unwrap();
+
+    let out = std::process::Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/nominal_alarms.py"))
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "--ensemble",
+            "majority",
+            "--gsinfer",
+            env!("CARGO_BIN_EXE_gsinfer"),
+        ])
+        .arg("--data-dir")
+        .arg(&nominal)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nominal_alarms.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recorded = |family: &str| -> String {
+        let text =
+            std::fs::read_to_string(repo.join(format!("{family}_{CHANNEL}/config.pbtxt"))).unwrap();
+        assert_eq!(text.matches("key: \"nominal_alarms\"").count(), 1, "{text}");
+        text.lines()
+            .find(|l| l.contains("key: \"nominal_alarms\""))
+            .unwrap()
+            .to_string()
+    };
+    for (family, alarms) in [("lstm", 0), ("vae", 0), ("tfm", 1)] {
+        assert!(
+            recorded(family).contains(&format!("string_value: \"{alarms}\"")),
+            "{family}: {}",
+            recorded(family)
+        );
+    }
 }

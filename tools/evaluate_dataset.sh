@@ -17,7 +17,10 @@
 # report gives event-level precision, recall, F1 and F0.5 per spacecraft and
 # false alarms per day. Results: OUT_DIR/training_report.json,
 # OUT_DIR/<family>.eval.txt, and OUT_DIR/<family>.eval.jsonl (the same run as
-# JSON lines, the input of tools/fuse_events.py).
+# JSON lines, the input of tools/fuse_events.py). Then the reference detector:
+# OUT_DIR/vote.toml, a trusted 2-of-n vote of the families and the persistence
+# baseline (VOTE), each member's alarms on its channel's train split recorded by
+# tools/nominal_alarms.py, evaluated with --ensemble vote (OUT_DIR/vote.eval.txt).
 #
 # NEEDS, where it runs: python3 with torch, numpy, onnx and onnxruntime
 # (`pip install torch numpy onnx onnxruntime`); a GPU is used when torch sees one
@@ -28,6 +31,7 @@
 # Environment:
 #   FAMILIES=lstm,vae,tfm   families to train and evaluate
 #   BASELINES=persist,zscore  baselines to write and evaluate (empty: none)
+#   VOTE=lstm,vae,tfm,persist  members of the reference vote (empty: none)
 #   THRESHOLD=ndt           threshold method in the configurations: ndt, pot or static
 #   EPOCHS=                 most epochs per model (default: lstm 35, tfm 35, vae 100,
 #                           as the shipped models were trained)
@@ -38,7 +42,7 @@
 set -euo pipefail
 
 if [[ $# -lt 1 || $# -gt 2 || "$1" == -h || "$1" == --help ]]; then
-  sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,6 +53,7 @@ OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 FAMILIES="${FAMILIES:-lstm,vae,tfm}"
 BASELINES="${BASELINES-persist,zscore}"
 THRESHOLD="${THRESHOLD:-ndt}"
+VOTE="${VOTE-lstm,vae,tfm,persist}"
 
 [[ -d "$DATA_DIR/train" ]] || { echo "error: no $DATA_DIR/train (telemanom layout: train/<chan>.npy, test/<chan>.npy)" >&2; exit 2; }
 [[ -d "$DATA_DIR/test" ]] || { echo "error: no $DATA_DIR/test to evaluate on" >&2; exit 2; }
@@ -91,4 +96,17 @@ for fam in ${FAMILIES//,/ } ${BASELINES//,/ }; do
       ${EVAL_JOBS:+--jobs "$EVAL_JOBS"} > "$OUT_DIR/$fam.eval.jsonl" || status=1
   grep -E '^(skipped|SMAP|MSL|all):' "$OUT_DIR/$fam.eval.txt" || tail -n 1 "$OUT_DIR/$fam.eval.txt"
 done
+if [[ -n "$VOTE" ]]; then
+  echo "== reference vote of $VOTE ($OUT_DIR/vote.eval.txt)"
+  python3 tools/make_config.py --repo "$OUT_DIR/model_repository" --family "$VOTE" --threshold "$THRESHOLD" \
+    --ensemble-votes 2 --trusted-only --out "$OUT_DIR/vote.toml" --repository-path model_repository --data-dir "$DATA_DIR"
+  python3 tools/nominal_alarms.py --config "$OUT_DIR/vote.toml" --ensemble vote --data-dir "$DATA_DIR" --gsinfer "$BIN"
+  if "$BIN" eval --config "$OUT_DIR/vote.toml" --data-dir "$DATA_DIR" --all --metrics --ensemble vote \
+      ${EVAL_JOBS:+--jobs "$EVAL_JOBS"} > "$OUT_DIR/vote.eval.txt"; then
+    grep -E '^(skipped|SMAP|MSL|all):' "$OUT_DIR/vote.eval.txt" || tail -n 1 "$OUT_DIR/vote.eval.txt"
+  else
+    echo "error: gsinfer eval failed for the vote" >&2
+    status=1
+  fi
+fi
 exit $status

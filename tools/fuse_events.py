@@ -21,6 +21,13 @@ alone and k-of-n for every subset of two or more families and every k, by
 F1 on SPACECRAFT's channels (the development set), ties by F0.5, then fewer
 members, then larger k, and prints the --top best with every other
 spacecraft's counts beside them (those are reported, never used to rank).
+With --trust NOMINAL... (one `gsinfer eval --all --metrics --json` file per
+input, in the same order, run on a data set whose labels mark no anomaly,
+e.g. each channel's train split replayed as its test split) the k-of-n rules
+are also counted as *trusted votes*: on each channel only the families that
+raised no alarm on its nominal data vote; when fewer than k are trusted, the
+plain k-of-n over every family applies.
+
 With --cv K it also estimates how the search itself generalises across
 channels (nested leave-channels-out): SPACECRAFT's channels are shuffled
 (--seeds) into K folds; for each fold the search runs on the other K-1 and
@@ -58,6 +65,12 @@ def fuse(per_family, k):
     """Merged anomalies kept when at least k families predicted part of them."""
     merged = merge([s for spans in per_family for s in spans])
     return [m for m in merged if sum(any(overlaps(m, s) for s in spans) for spans in per_family) >= k]
+
+
+def trusted(per_family, nominal_alarms, k):
+    """k-of-n over the families with no alarm on nominal data; the plain k-of-n if fewer than k are."""
+    keep = [spans for spans, alarms in zip(per_family, nominal_alarms) if alarms == 0]
+    return fuse(keep if len(keep) >= k else per_family, k)
 
 
 def count(pred, labels):
@@ -169,6 +182,8 @@ def main():
     ap.add_argument("--search", metavar="SPACECRAFT", default=None,
                     help="rank every k-of-n rule over every subset by F1 on this spacecraft's channels")
     ap.add_argument("--top", type=int, default=10, help="rules printed by --search")
+    ap.add_argument("--trust", nargs="+", default=None, metavar="NOMINAL",
+                    help="one eval --json --metrics file per input on nominal data: also count trusted votes")
     ap.add_argument("--cv", type=int, default=0, metavar="K",
                     help="with --search: also a nested K-fold leave-channels-out estimate of the search")
     ap.add_argument("--seeds", default="0,1,2", help="channel shuffles for --cv")
@@ -186,13 +201,25 @@ def main():
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
             cross_validate(runs, names, chans, craft, args.search, args.cv, seeds)
         return
+    nominal = None
+    if args.trust:
+        if len(args.trust) != len(runs):
+            ap.error("--trust needs one nominal file per input, in the same order")
+        nominal = [load(p, args.variant) for p in args.trust]
+        rules += [f"trusted {r}" for r in rules if r != "any"]
     for rule in ["each"] + rules:
         for label, fam_ix in ([(n, [i]) for i, n in enumerate(names)] if rule == "each" else [(rule, None)]):
             groups = {}
             for ch in chans:
                 labels = runs[0][ch][0]
                 fams = [runs[i][ch][1] for i in (fam_ix or range(len(runs)))]
-                pred = fams[0] if rule == "each" else fuse(fams, 1 if rule == "any" else int(rule))
+                if rule == "each":
+                    pred = fams[0]
+                elif rule.startswith("trusted "):
+                    alarms = [len(n[ch][1]) if ch in n else 1 for n in nominal]
+                    pred = trusted(fams, alarms, int(rule.split()[1]))
+                else:
+                    pred = fuse(fams, 1 if rule == "any" else int(rule))
                 for g in (craft.get(ch, "?"), "all"):
                     t = groups.setdefault(g, [0, 0, 0])
                     for j, v in enumerate(count(pred, labels)):
@@ -200,6 +227,7 @@ def main():
             for g, (tp, fp, fn) in sorted(groups.items()):
                 p, r, f1, f05 = rates(tp, fp, fn)
                 name = label if rule == "each" else f"fused {rule}" + ("" if rule == "any" else f"-of-{len(runs)}")
+                name = name.replace("fused trusted ", "trusted ")
                 print(f"{name:24s} {g:5s} tp {tp:3d} fp {fp:3d} fn {fn:3d}  P {p:.3f} R {r:.3f} F1 {f1:.3f} F0.5 {f05:.3f}")
 
 

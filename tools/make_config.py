@@ -92,6 +92,9 @@ def main():
     ap.add_argument("--ensemble-votes", type=int, default=None,
                     help="with several families: add an [[ensemble]] 'vote' fusing them per "
                          "channel, raising an anomaly when this many agree (e.g. 2 of 4)")
+    ap.add_argument("--trusted-only", action="store_true",
+                    help="with --ensemble-votes: only members with no alarm on their channel's "
+                         "nominal data vote there (run tools/nominal_alarms.py on the repository)")
     args = ap.parse_args()
 
     families = [f.strip() for f in args.family.split(",") if f.strip()]
@@ -185,6 +188,12 @@ def main():
             f"models = [{models}]",
             f"min_votes = {args.ensemble_votes}",
         ]
+        if args.trusted_only:
+            lines[-4:-4] = [
+                "# trusted_only: on each channel, a member that alarmed on its own train split",
+                "# (config.pbtxt nominal_alarms, tools/nominal_alarms.py) does not vote there.",
+            ]
+            lines.append("trusted_only = true")
     os.makedirs(out_dir, exist_ok=True)
     with open(args.out, "w") as fh:
         fh.write("\n".join(lines) + "\n")

@@ -2,6 +2,8 @@
 //! the repository, check its config.pbtxt against the pipeline's windows,
 //! pick the batch buckets, and open the engine that runs it.
 
+use std::collections::HashSet;
+
 use crate::batch::{default_buckets, BudgetSource, MAX_BUDGET_US};
 use crate::config::PipelineConfig;
 use crate::engine::tract::TractEngine;
@@ -57,21 +59,59 @@ pub struct PreparedModel {
 
 /// What config.pbtxt's `parameters` say about how the model was trained that
 /// an operator must know, as one line for the log and the status page:
-/// today, a `train_value_std` (written by tools/train_models.py) below 1e-6,
-/// i.e. the channel was constant over its whole train split, so the model
+/// a `train_value_std` (written by tools/train_models.py) below 1e-6, i.e.
+/// the channel was constant over its whole train split, so the model
 /// learned a constant and any change of level scores as anomalous
-/// (EVALUATION.md, "Channels that defeat every model").
+/// (EVALUATION.md, "Channels that defeat every model"); and a
+/// [`nominal_alarms`] count above 0.
 pub fn training_note(entry: &ModelEntry) -> Option<String> {
-    let std: f64 = entry
+    let constant = entry
         .config
         .parameters
-        .get("train_value_std")?
+        .get("train_value_std")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|std| *std < 1e-6)
+        .map(|std| {
+            format!("trained on a constant signal (train split's value std {std:.1e}): any change of level scores as anomalous")
+        });
+    let alarmed = nominal_alarms(entry).filter(|n| *n > 0).map(|n| {
+        format!("raised {n} alarm(s) on its own channel's train split (nominal data): ensembles with trusted_only = true do not count its vote")
+    });
+    let notes: Vec<String> = constant.into_iter().chain(alarmed).collect();
+    (!notes.is_empty()).then(|| notes.join("; "))
+}
+
+/// The alarms the model raised on its own channel's train split replayed
+/// as nominal data (config.pbtxt parameter `nominal_alarms`, written by
+/// tools/nominal_alarms.py); `None` when not recorded or not a number.
+pub fn nominal_alarms(entry: &ModelEntry) -> Option<u64> {
+    entry
+        .config
+        .parameters
+        .get("nominal_alarms")?
         .trim()
         .parse()
-        .ok()?;
-    (std < 1e-6).then(|| {
-        format!("trained on a constant signal (train split's value std {std:.1e}): any change of level scores as anomalous")
-    })
+        .ok()
+}
+
+/// The models among `models` (names or `name@version`) whose config.pbtxt
+/// records alarms on nominal data: those that do not vote in a
+/// `trusted_only` ensemble ([`crate::score::fusion::EnsembleConfig::voters`]).
+/// A model that does not load is left out (its own load reports why).
+pub fn distrusted<'a>(
+    repo: &ModelRepository,
+    models: impl IntoIterator<Item = &'a str>,
+) -> HashSet<String> {
+    models
+        .into_iter()
+        .filter(|m| {
+            repo.load(m)
+                .ok()
+                .and_then(|e| nominal_alarms(&e))
+                .is_some_and(|n| n > 0)
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 impl PreparedModel {
@@ -452,6 +492,28 @@ mod tests {
         let note = training_note(&repo.load("lstm_A-1").unwrap()).expect("constant A-1");
         assert!(note.contains("constant signal"), "{note}");
         assert_eq!(training_note(&repo.load("lstm_A-2").unwrap()), None);
+    }
+
+    #[test]
+    fn a_model_that_alarmed_on_its_nominal_data_carries_a_note_and_is_distrusted() {
+        let repo = ModelRepository::open(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("model_repository"),
+        )
+        .unwrap();
+        // tools/nominal_alarms.py recorded one alarm for lstm_A-3, none for lstm_A-2.
+        let a3 = repo.load("lstm_A-3").unwrap();
+        assert_eq!(nominal_alarms(&a3), Some(1));
+        let note = training_note(&a3).expect("alarmed A-3");
+        assert!(
+            note.contains("1 alarm(s) on its own channel's train split"),
+            "{note}"
+        );
+        assert_eq!(nominal_alarms(&repo.load("lstm_A-2").unwrap()), Some(0));
+        let names = ["lstm_A-2", "lstm_A-3", "no_such_model"];
+        assert_eq!(
+            distrusted(&repo, names),
+            HashSet::from(["lstm_A-3".to_string()])
+        );
     }
 
     /// The example model prepared from a copy of the repository whose

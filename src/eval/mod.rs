@@ -353,6 +353,19 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
                 .with_context(|| format!("no [[ensemble]] is named {name}"))?,
         ),
     };
+    // A trusted-vote ensemble's members that alarmed on their nominal data.
+    let distrusted = match ensemble {
+        Some(e) if e.trusted_only => crate::engine::prepare::distrusted(
+            &repo,
+            listed
+                .iter()
+                .flat_map(|ch| e.members(ch))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str),
+        ),
+        _ => Default::default(),
+    };
     let mut channels = Vec::new();
     let mut pipelines: Vec<Vec<PipelineConfig>> = Vec::new();
     let mut skipped: Vec<(String, String)> = Vec::new();
@@ -372,7 +385,7 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
                     .to_string()
             }),
             Some(e) => e
-                .members(ch)
+                .voters(ch, &distrusted)
                 .iter()
                 .map(|m| {
                     pipeline_for(config, ch, Some(m)).cloned().ok_or_else(|| {

@@ -26,8 +26,16 @@
 //! the members furthest ahead are `max_lag` samples past its end; then the
 //! fused `anomaly_end` is raised if the cluster had the votes, else it is
 //! dropped silently.
+//!
+//! Trusted votes (`trusted_only = true`): on each channel, a member whose
+//! model raised an alarm on its own channel's train split, replayed cold
+//! through the same pipeline as nominal data (config.pbtxt parameter
+//! `nominal_alarms`, written by tools/nominal_alarms.py), does not vote
+//! there; the vote is `min_votes` of the remaining members, or of every
+//! member when fewer than `min_votes` remain. Measured in EVALUATION.md
+//! ("5. Members that alarm on their own channel's nominal data").
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +59,10 @@ pub struct EnsembleConfig {
     /// member has not caught up (a stopped member cannot hold it forever).
     #[serde(default = "default_max_lag")]
     pub max_lag: u64,
+    /// Only members with no alarm on their channel's nominal data vote
+    /// there (see the module doc); `false`: every member votes.
+    #[serde(default)]
+    pub trusted_only: bool,
 }
 
 fn default_max_lag() -> u64 {
@@ -64,6 +76,27 @@ impl EnsembleConfig {
             .iter()
             .map(|m| m.replace("{channel}", channel))
             .collect()
+    }
+
+    /// The members that vote on `channel`, in `models` order: every member,
+    /// or with [`EnsembleConfig::trusted_only`] those not in `distrusted`
+    /// (model names that alarmed on their nominal data) when at least
+    /// `min_votes` of them remain.
+    pub fn voters(&self, channel: &str, distrusted: &HashSet<String>) -> Vec<String> {
+        let members = self.members(channel);
+        if !self.trusted_only {
+            return members;
+        }
+        let trusted: Vec<String> = members
+            .iter()
+            .filter(|m| !distrusted.contains(*m))
+            .cloned()
+            .collect();
+        if trusted.len() >= self.min_votes {
+            trusted
+        } else {
+            members
+        }
     }
 
     /// Problems with the settings, as `(field, message)`.
@@ -255,15 +288,20 @@ impl ChannelFusion {
 #[derive(Debug, Default)]
 pub struct Fuser {
     configs: Vec<EnsembleConfig>,
-    /// Per channel, per ensemble: its member models there and the state.
+    /// Models that alarmed on their nominal data (see [`EnsembleConfig::voters`]).
+    distrusted: HashSet<String>,
+    /// Per channel, per ensemble: its voting member models there and the state.
     channels: HashMap<String, Vec<(Vec<String>, ChannelFusion)>>,
 }
 
 impl Fuser {
-    /// A fuser for `configs` (validated: see [`EnsembleConfig::problems`]).
-    pub fn new(configs: &[EnsembleConfig]) -> Self {
+    /// A fuser for `configs` (validated: see [`EnsembleConfig::problems`]);
+    /// `distrusted`: the models whose config.pbtxt records alarms on their
+    /// nominal data, which do not vote in `trusted_only` ensembles.
+    pub fn new(configs: &[EnsembleConfig], distrusted: HashSet<String>) -> Self {
         Self {
             configs: configs.to_vec(),
+            distrusted,
             channels: HashMap::new(),
         }
     }
@@ -271,6 +309,11 @@ impl Fuser {
     /// Ensemble `ix`'s configuration.
     pub fn config(&self, ix: usize) -> &EnsembleConfig {
         &self.configs[ix]
+    }
+
+    /// The members of ensemble `ix` that vote on `channel`.
+    pub fn voters(&self, ix: usize, channel: &str) -> Vec<String> {
+        self.configs[ix].voters(channel, &self.distrusted)
     }
 
     /// Observes `model`'s `output` on `channel`; appends each fused event
@@ -290,7 +333,7 @@ impl Fuser {
                 .configs
                 .iter()
                 .map(|e| {
-                    let members = e.members(channel);
+                    let members = e.voters(channel, &self.distrusted);
                     let state = ChannelFusion::new(e, members.len());
                     (members, state)
                 })
@@ -319,6 +362,7 @@ mod tests {
             models: vec!["a".into(), "b".into(), "c".into()],
             min_votes,
             max_lag: 1_000,
+            trusted_only: false,
         }
     }
 
@@ -421,7 +465,7 @@ mod tests {
             models: vec!["lstm_{channel}".into(), "vae_{channel}".into()],
             ..config(2)
         };
-        let mut fuser = Fuser::new(&[config]);
+        let mut fuser = Fuser::new(&[config], HashSet::new());
         let mut out = Vec::new();
         for (model, channel) in [("lstm_A-1", "A-1"), ("vae_A-1", "A-1"), ("vae_B-1", "B-1")] {
             for o in member(10, 20, 200) {
@@ -449,6 +493,7 @@ mod tests {
             models: vec!["a".into()],
             min_votes: 2,
             max_lag: 1,
+            trusted_only: false,
         };
         let fields: Vec<&str> = bad.problems().iter().map(|p| p.0).collect();
         assert_eq!(fields, vec!["name", "models", "min_votes"]);
@@ -458,5 +503,56 @@ mod tests {
             ..config(2)
         };
         assert_eq!(per_channel.members("A-1"), vec!["lstm_A-1", "vae_A-1"]);
+    }
+
+    #[test]
+    fn a_member_that_alarmed_on_nominal_data_does_not_vote_unless_too_few_are_left() {
+        let distrusted: HashSet<String> = ["vae_A-1".to_string()].into();
+        let trusted = EnsembleConfig {
+            models: vec![
+                "lstm_{channel}".into(),
+                "vae_{channel}".into(),
+                "tfm_{channel}".into(),
+            ],
+            trusted_only: true,
+            ..config(2)
+        };
+        assert_eq!(
+            trusted.voters("A-1", &distrusted),
+            vec!["lstm_A-1", "tfm_A-1"]
+        );
+        assert_eq!(
+            trusted.voters("B-1", &distrusted),
+            vec!["lstm_B-1", "vae_B-1", "tfm_B-1"]
+        );
+        let all_votes = EnsembleConfig {
+            trusted_only: false,
+            ..trusted.clone()
+        };
+        assert_eq!(all_votes.voters("A-1", &distrusted).len(), 3);
+        // Two of three distrusted: fewer than min_votes remain, so all vote.
+        let two: HashSet<String> = ["vae_A-1".to_string(), "tfm_A-1".to_string()].into();
+        assert_eq!(trusted.voters("A-1", &two).len(), 3);
+
+        // Streaming: the distrusted VAE's anomaly is no vote on A-1, so the
+        // LSTM's alone raises nothing; on B-1 the same pair raises one.
+        let mut fuser = Fuser::new(&[trusted], distrusted);
+        let mut out = Vec::new();
+        for channel in ["A-1", "B-1"] {
+            for model in ["lstm", "vae"] {
+                for o in member(10, 20, 200) {
+                    fuser.observe(&format!("{model}_{channel}"), channel, &o, &mut out);
+                }
+            }
+            for o in (0..200).map(score) {
+                fuser.observe(&format!("tfm_{channel}"), channel, &o, &mut out);
+            }
+        }
+        let events: Vec<(EventKind, u64)> = out.iter().map(|(_, e)| (e.event, e.start)).collect();
+        assert_eq!(
+            events,
+            vec![(EventKind::AnomalyStart, 10), (EventKind::AnomalyEnd, 10)]
+        );
+        assert_eq!(fuser.voters(0, "A-1"), vec!["lstm_A-1", "tfm_A-1"]);
     }
 }

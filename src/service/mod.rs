@@ -111,7 +111,14 @@ pub async fn run(config: Config) -> Result<()> {
     drop(results_tx);
     let pipelines = config.pipelines.iter().map(Pipeline::new);
     let lanes = pipelines.zip(engines.queues.iter().cloned()).collect();
-    let mut router = Router::new(lanes, &config.ensembles);
+    // Members of trusted-vote ensembles that alarmed on their nominal data.
+    let distrusted = if config.ensembles.iter().any(|e| e.trusted_only) {
+        let models = config.pipelines.iter().map(|p| p.model.as_str());
+        crate::engine::prepare::distrusted(&repo, models)
+    } else {
+        Default::default()
+    };
+    let mut router = Router::new(lanes, &config.ensembles, distrusted);
     // Each channel goes on from its saved state, before any sample comes.
     let mut state = Persistence::open(&config, &repo, Instant::now());
     for ix in 0..config.pipelines.len() {

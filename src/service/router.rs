@@ -33,7 +33,7 @@
 //! forget to feed it back. A push only takes a lock held for µs, never
 //! across inference, so it is not I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -193,8 +193,12 @@ pub struct Router<Q = BatchHandle<Job>> {
 impl<Q: JobQueue> Router<Q> {
     /// A router for `pipelines`, in config order, each with the queue its
     /// windows go to (`None`: its model failed to load), fusing the
-    /// `ensembles`.
-    pub fn new(pipelines: Vec<(Pipeline, Option<Q>)>, ensembles: &[EnsembleConfig]) -> Self {
+    /// `ensembles` (`distrusted`: see [`Fuser::new`]).
+    pub fn new(
+        pipelines: Vec<(Pipeline, Option<Q>)>,
+        ensembles: &[EnsembleConfig],
+        distrusted: HashSet<String>,
+    ) -> Self {
         let lanes = pipelines
             .into_iter()
             .map(|(pipeline, queue)| Lane {
@@ -206,7 +210,7 @@ impl<Q: JobQueue> Router<Q> {
             .collect();
         Self {
             lanes,
-            fuser: Fuser::new(ensembles),
+            fuser: Fuser::new(ensembles, distrusted),
             rejects: RejectLog::default(),
         }
     }
@@ -491,12 +495,11 @@ fn forward(
             }),
         });
         for (e, event) in fused.drain(..) {
-            let ensemble = fuser.config(e);
             out.push(Outgoing::Event(ModelEvent {
-                model: Arc::from(ensemble.name.as_str()),
+                model: Arc::from(fuser.config(e).name.as_str()),
                 channel: Arc::clone(&channel),
                 event,
-                members: Some(ensemble.members(&channel)),
+                members: Some(fuser.voters(e, &channel)),
             }));
         }
     }
@@ -617,7 +620,7 @@ mod tests {
             .into_iter()
             .map(|(c, q)| (Pipeline::new(&c), q))
             .collect();
-        Router::new(lanes, &[])
+        Router::new(lanes, &[], HashSet::new())
     }
 
     fn sample(t_ns: i64, v: f32) -> RawSample {
@@ -931,8 +934,9 @@ mod tests {
             models: vec!["a".into(), "b".into()],
             min_votes: 2,
             max_lag: 100,
+            trusted_only: false,
         };
-        let mut router = Router::new(lanes, &[majority]);
+        let mut router = Router::new(lanes, &[majority], HashSet::new());
         let samples = (1..=4).map(|t| sample(t, 0.0)).collect();
         router.on_batch(batch("A-1", samples, vec![0, 1], t0), t0);
         let add = [0.0, 5.0, 0.0];
