@@ -20,13 +20,14 @@
 //! unacknowledged would use up the broker's in-flight window for this client
 //! and stall delivery until the next reconnect.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rumqttc::{
-    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, SubscribeFilter,
+    TlsConfiguration, Transport,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -363,6 +364,115 @@ pub fn client(options: MqttOptions, capacity: usize) -> (AsyncClient, EventLoop)
     (client, eventloop)
 }
 
+/// Most topic filters in one SUBSCRIBE packet.
+const SUBSCRIBE_FILTERS: usize = 128;
+/// Most bytes of topic filters in one SUBSCRIBE packet (well under any
+/// broker's packet limit).
+const SUBSCRIBE_BYTES: usize = 16 * 1024;
+
+/// The SUBSCRIBE packets for `subscriptions`: each filter once (at the
+/// highest QoS asked for it), in first-seen order, packed at most
+/// [`SUBSCRIBE_FILTERS`] filters and [`SUBSCRIBE_BYTES`] bytes a packet.
+///
+/// Why: one packet per filter through the client's bounded request queue
+/// lost every filter past the queue's capacity (1 024) at start, so a
+/// configuration of 10 000 per-channel topics received telemetry on 1 024.
+pub fn subscribe_packets(subscriptions: &[(String, QoS)]) -> Vec<Vec<SubscribeFilter>> {
+    let mut order: Vec<(String, QoS)> = Vec::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (filter, q) in subscriptions {
+        match seen.get(filter.as_str()) {
+            Some(&i) if *q as u8 > order[i].1 as u8 => order[i].1 = *q,
+            Some(_) => {}
+            None => {
+                seen.insert(filter, order.len());
+                order.push((filter.clone(), *q));
+            }
+        }
+    }
+    let mut packets: Vec<Vec<SubscribeFilter>> = Vec::new();
+    let mut bytes = 0;
+    for (filter, q) in order {
+        let full = packets.last().is_none_or(|p: &Vec<SubscribeFilter>| {
+            p.len() >= SUBSCRIBE_FILTERS || bytes + filter.len() > SUBSCRIBE_BYTES
+        });
+        if full {
+            packets.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += filter.len();
+        packets
+            .last_mut()
+            .expect("pushed above")
+            .push(SubscribeFilter::new(filter, q));
+    }
+    packets
+}
+
+/// Where the subscriptions of the current session stand: the packets
+/// queued, in order, and those sent awaiting their SUBACK, so a refused
+/// filter can be named.
+#[derive(Debug, Default)]
+struct Subscribing {
+    queued: VecDeque<Vec<String>>,
+    sent: HashMap<u16, Vec<String>>,
+    filters: usize,
+    refused: usize,
+    sender: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Subscribing {
+    /// Starts subscribing to `packets` on a new session: a task of its own
+    /// waits for room in the client's request queue, so the event loop,
+    /// which drains that queue, never waits on it.
+    fn start(&mut self, client: &AsyncClient, packets: Vec<Vec<SubscribeFilter>>) {
+        if let Some(old) = self.sender.take() {
+            old.abort();
+        }
+        self.queued = packets
+            .iter()
+            .map(|p| p.iter().map(|f| f.path.clone()).collect())
+            .collect();
+        self.sent.clear();
+        self.filters = packets.iter().map(Vec::len).sum();
+        self.refused = 0;
+        let client = client.clone();
+        self.sender = Some(tokio::spawn(async move {
+            for packet in packets {
+                if let Err(e) = client.subscribe_many(packet).await {
+                    log::error!(target: "gsinfer::mqtt", "cannot subscribe: {e}");
+                    return;
+                }
+            }
+        }));
+    }
+
+    /// A SUBSCRIBE packet `pkid` went out (in queue order).
+    fn sent(&mut self, pkid: u16) {
+        if let Some(filters) = self.queued.pop_front() {
+            self.sent.insert(pkid, filters);
+        }
+    }
+
+    /// The broker answered SUBSCRIBE `ack.pkid`: each refused filter is
+    /// logged, and the whole set once every packet is answered.
+    fn acked(&mut self, ack: &rumqttc::SubAck) {
+        let Some(filters) = self.sent.remove(&ack.pkid) else {
+            return;
+        };
+        for (filter, code) in filters.iter().zip(&ack.return_codes) {
+            if matches!(code, rumqttc::SubscribeReasonCode::Failure) {
+                self.refused += 1;
+                log::error!(target: "gsinfer::mqtt", "the broker refused the subscription to {filter}: the pipelines on it get no telemetry; check the broker's ACL for this client");
+            }
+        }
+        if self.queued.is_empty() && self.sent.is_empty() {
+            let ok = self.filters - self.refused;
+            log::info!(target: "gsinfer::mqtt", "subscribed to {ok} of {} topic filter(s)", self.filters);
+        }
+    }
+}
+
 /// How often a broker that stays unreachable is reported at `warn`.
 const CONNECT_WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -395,6 +505,8 @@ impl EventLoopTask {
         // last warning about them was logged.
         let mut failures = 0u32;
         let mut last_warning: Option<Instant> = None;
+        let packets = subscribe_packets(&self.subscriptions);
+        let mut subscribing = Subscribing::default();
         loop {
             let event = tokio::select! {
                 e = eventloop.poll() => e,
@@ -409,11 +521,7 @@ impl EventLoopTask {
                     self.events.emit(StageEvent::BrokerConnected {
                         session_present: ack.session_present,
                     });
-                    for (filter, q) in &self.subscriptions {
-                        if let Err(e) = self.client.try_subscribe(filter.clone(), *q) {
-                            log::error!(target: "gsinfer::mqtt", "cannot subscribe to {filter}: {e}");
-                        }
-                    }
+                    subscribing.start(&self.client, packets.clone());
                     if let Some((topic, payload)) = &self.status {
                         let _ = self.client.try_publish(
                             topic.clone(),
@@ -440,6 +548,8 @@ impl EventLoopTask {
                         Err(mpsc::error::TrySendError::Closed(())) => {}
                     }
                 }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Subscribe(pkid))) => subscribing.sent(pkid),
+                Ok(Event::Incoming(Packet::SubAck(ack))) => subscribing.acked(&ack),
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                     // Keep polling until the broker closes the connection:
                     // what was queued before DISCONNECT (the last results,
@@ -501,6 +611,55 @@ mod tests {
         let mut p = rumqttc::Publish::new(topic, qos, payload.as_bytes().to_vec());
         p.pkid = 7;
         Inbound::from_publish(p, Instant::now())
+    }
+
+    #[test]
+    fn subscriptions_are_deduplicated_and_packed_in_order() {
+        let mut subs: Vec<(String, QoS)> = (0..300)
+            .map(|i| (format!("t/c{i}"), QoS::AtMostOnce))
+            .collect();
+        subs.push(("t/c5".into(), QoS::AtLeastOnce));
+        let packets = subscribe_packets(&subs);
+        let sizes: Vec<usize> = packets.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![128, 128, 44]);
+        assert_eq!(packets[0][0].path, "t/c0");
+        assert_eq!(packets[2][43].path, "t/c299");
+        // A filter asked twice is subscribed once, at the higher QoS.
+        assert_eq!(packets[0][5].qos, QoS::AtLeastOnce);
+        // Long filters: no packet carries more than 16 KiB of them.
+        let long: Vec<(String, QoS)> = (0..10)
+            .map(|i| (format!("{i}{}", "x".repeat(4_000)), QoS::AtMostOnce))
+            .collect();
+        let sizes: Vec<usize> = subscribe_packets(&long).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![4, 4, 2]);
+    }
+
+    #[test]
+    fn a_refused_filter_is_counted_against_its_packet() {
+        let mut s = Subscribing {
+            queued: [
+                vec!["a".to_string(), "b".to_string()],
+                vec!["c".to_string()],
+            ]
+            .into(),
+            filters: 3,
+            ..Subscribing::default()
+        };
+        s.sent(7);
+        s.sent(8);
+        s.acked(&rumqttc::SubAck::new(
+            8,
+            vec![rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+        ));
+        s.acked(&rumqttc::SubAck::new(
+            7,
+            vec![
+                rumqttc::SubscribeReasonCode::Failure,
+                rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            ],
+        ));
+        assert_eq!(s.refused, 1);
+        assert!(s.sent.is_empty() && s.queued.is_empty());
     }
 
     #[test]
