@@ -123,6 +123,9 @@ def main():
                     help="QoS of the telemetry published (1: gsinfer holds acks until a state save)")
     ap.add_argument("--save-interval-ms", type=int, default=None,
                     help="state.save_interval_ms (default: gsinfer's)")
+    ap.add_argument("--max-unacked", type=int, default=None,
+                    help="state.max_unacked (default: gsinfer's 16); the broker's in-flight window "
+                         "(mosquitto max_inflight_messages) is set above it")
     ap.add_argument("--seconds", type=int, default=0, help="seconds of one sample per channel per second")
     ap.add_argument("--data-dir", default=None, help="telemanom data set (test split of --channel)")
     ap.add_argument("--channel", default="A-2")
@@ -138,12 +141,16 @@ def main():
         conf = os.path.join(tmp, "mosquitto.conf")
         with open(conf, "w") as f:
             f.write(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n")
+            if args.max_unacked:
+                f.write(f"max_inflight_messages {args.max_unacked + args.max_unacked // 4 + 4}\n")
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         procs.append(subprocess.Popen([mosquitto, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(0.5)
         engine_section = "[engine]\n" + (f"workers = {args.workers}\n" if args.workers else "")
-        if args.save_interval_ms:
-            engine_section = f"[state]\nsave_interval_ms = {args.save_interval_ms}\n\n" + engine_section
+        state = (f"save_interval_ms = {args.save_interval_ms}\n" if args.save_interval_ms else "") + \
+            (f"max_unacked = {args.max_unacked}\n" if args.max_unacked else "")
+        if state:
+            engine_section = f"[state]\n{state}\n" + engine_section
         if args.tract_tuning:
             engine_section += f'tract_tuning = "{args.tract_tuning}"\n'
         cfg = os.path.join(tmp, "gsinfer.toml")
@@ -170,13 +177,16 @@ def main():
             time.sleep(0.1)
         if ready is None:
             sys.exit(f"not ready within {args.ready_timeout} s; log in {log.name}")
-        result = {"n": args.n, "model": args.model, "engine": args.engine or "config",
+        result = {"n": args.n, "model": args.model, "engine": args.engine or "config", "qos": args.qos,
+                  "max_unacked": args.max_unacked,
                   "workers": args.workers, "tract_tuning": args.tract_tuning, "ready_s": round(ready, 2), "at_ready": proc_status(g.pid)}
         if args.seconds > 0:
             result.update(feed(args, mqtt_port, features, length))
             result["at_end"] = proc_status(g.pid)
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
-                result["window_latency"] = window_latency(r.read().decode())
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=60) as r:
+                metrics = r.read().decode()
+            result["window_latency"] = window_latency(metrics)
+            result["counters"] = counters(metrics)
         print(json.dumps(result))
     finally:
         for p in reversed(procs):
@@ -190,6 +200,20 @@ def main():
             print(f"kept {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def counters(metrics):
+    """gsinfer's own counts, summed over every model: samples taken in,
+    rejected, windows dropped, messages dropped at a full ingest queue."""
+    out = {}
+    for name in ("inputs", "samples_rejected", "windows_dropped", "ingest_overflow"):
+        total = 0.0
+        for line in metrics.splitlines():
+            m = re.match(rf"gsinfer_{name}_total(?:{{.*}})? (\S+)$", line)
+            if m:
+                total += float(m.group(1))
+        out[name] = int(total)
+    return out
 
 
 def window_latency(metrics):
@@ -283,6 +307,7 @@ def feed(args, port, features, length):
             pub.publish(f"scale/c{i}", json.dumps(sample(k)), qos=args.qos)
             with lock:
                 sent[(f"c{i}", k)] = now
+    paced = time.monotonic() - t0
     time.sleep(10.0)
     sub.loop_stop()
     pub.loop_stop()
@@ -292,7 +317,9 @@ def feed(args, port, features, length):
             if key in got:
                 lat.append(got[key] - t)
     lat = np.asarray(lat) * 1e3
-    out = {"seconds": args.seconds, "scores_expected": len(sent), "scores_received": int(lat.size)}
+    # paced_s above seconds: the load generator itself could not keep the pace.
+    out = {"seconds": args.seconds, "paced_s": round(paced, 1), "scores_expected": len(sent),
+           "scores_received": int(lat.size)}
     if lat.size:
         out.update({"p50_ms": round(float(np.percentile(lat, 50)), 2),
                     "p99_ms": round(float(np.percentile(lat, 99)), 2),

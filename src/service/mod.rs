@@ -120,7 +120,7 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let mut router = Router::new(lanes, &config.ensembles, distrusted);
     // Each channel goes on from its saved state, before any sample comes.
-    let mut state = Persistence::open(&config, &repo, Instant::now());
+    let (mut state, mut saves_rx) = Persistence::open(&config, &repo, Instant::now());
     for ix in 0..config.pipelines.len() {
         let restored = router.with_pipeline(ix, |p, out| {
             state.restore(ix, p, &board, now_ns(), out);
@@ -180,6 +180,23 @@ pub async fn run(config: Config) -> Result<()> {
                 let _busy = pipeline_stage.begin();
                 deliver(router.on_results(result, Instant::now()), &board, &out_tx).await;
             }
+            done = saves_rx.recv(), if state.saving() => {
+                let Some(done) = done else {
+                    state.writer_lost();
+                    continue;
+                };
+                let _busy = pipeline_stage.begin();
+                for header in state.complete(done, &board) {
+                    mqtt::acknowledge(&sources.client, &header).await;
+                }
+                // Acknowledgements held meanwhile may already call for the next.
+                if state.due(Instant::now()) {
+                    let acks = checkpoint(&mut router, &mut state, &mut results_rx, &board, &out_tx).await;
+                    for header in acks {
+                        mqtt::acknowledge(&sources.client, &header).await;
+                    }
+                }
+            }
             _ = tick.tick() => if state.due(Instant::now()) {
                 let _busy = pipeline_stage.begin();
                 let acks = checkpoint(&mut router, &mut state, &mut results_rx, &board, &out_tx).await;
@@ -222,6 +239,14 @@ pub async fn run(config: Config) -> Result<()> {
     // closed they stop instead of waiting for room.
     drop(results_rx);
     engines.join();
+    // The save with the state writer, if any, is finished first.
+    if state.saving() {
+        if let Some(done) = saves_rx.recv().await {
+            for header in state.complete(done, &board) {
+                mqtt::acknowledge(&sources.client, &header).await;
+            }
+        }
+    }
     // Every window that will be scored is: the pipelines' state is final.
     // A window still in flight is settled as dropped when it is restored.
     for header in state.save(router.pipelines(), &board, Instant::now(), now_ns()) {

@@ -10,9 +10,19 @@
 //! models a checkpoint every 16 QoS 1 messages no longer drains every
 //! model's queue.
 //!
-//! Time comes in as arguments (`now`, `now_ns`); the files are written on
-//! the pipeline task, which the save briefly holds (its cost per channel is
-//! in BENCHMARKS.md).
+//! A checkpoint's pipelines are copied on the pipeline task ([`Snapshot`],
+//! ~10 µs each) and encoded and written by the *state writer*, a thread of
+//! its own, as one group commit; the acknowledgements held for it are sent
+//! when the writer reports the save done (`SaveDone`, on a channel the
+//! pipeline task selects on). One save is in flight at a time (queue of
+//! one, policy: the next checkpoint waits until the writer is done, its
+//! acknowledgements held meanwhile, so the broker's in-flight window is
+//! the backpressure). Why: at 10 000 models a save of every file took the
+//! pipeline task for about a second per interval, during which no window
+//! was scored (BENCHMARKS.md). The final save at stop is written on the
+//! task itself.
+//!
+//! Time comes in as arguments (`now`, `now_ns`).
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +36,7 @@ use crate::ingest::now_ns;
 use crate::pipeline::{ChannelOutput, Pipeline};
 use crate::publish::Outgoing;
 use crate::repository::ModelRepository;
-use crate::state::{Restore, StateConfig, StateKey, StateStore};
+use crate::state::{Restore, SaveReport, Snapshot, StateConfig, StateError, StateKey, StateStore};
 use crate::status::StatusBoard;
 
 /// Longest a state save waits for the windows in flight to be scored.
@@ -40,6 +50,52 @@ fn progress(p: &Pipeline) -> Progress {
     p.channel_states().iter().fold((0, 0), |(s, w), c| {
         (s + c.samples(), w + c.windows_settled())
     })
+}
+
+/// One save for the state writer: the pipelines (index, progress at the
+/// snapshot) and their snapshots, and the acknowledgements it releases.
+struct SaveJob {
+    pipelines: Vec<(usize, Progress)>,
+    snapshots: Vec<Snapshot>,
+    now_ns: i64,
+    acks: Vec<rumqttc::Publish>,
+}
+
+/// A save the state writer finished: one result per pipeline of its job.
+#[derive(Debug)]
+pub struct SaveDone {
+    pipelines: Vec<(usize, Progress)>,
+    results: Vec<Result<SaveReport, StateError>>,
+    took: Duration,
+    acks: Vec<rumqttc::Publish>,
+}
+
+/// The state writer thread: takes one [`SaveJob`] at a time, reports each
+/// on `done`; ends when the job sender is dropped.
+fn start_writer(
+    store: StateStore,
+    done: mpsc::Sender<SaveDone>,
+) -> std::sync::mpsc::SyncSender<SaveJob> {
+    let (jobs, rx) = std::sync::mpsc::sync_channel::<SaveJob>(1);
+    std::thread::Builder::new()
+        .name("state-writer".into())
+        .spawn(move || {
+            while let Ok(job) = rx.recv() {
+                let started = Instant::now();
+                let results = store.save_snapshots(&job.snapshots, job.now_ns);
+                let report = SaveDone {
+                    pipelines: job.pipelines,
+                    results,
+                    took: started.elapsed(),
+                    acks: job.acks,
+                };
+                if done.blocking_send(report).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("spawn the state writer");
+    jobs
 }
 
 /// See the module docs.
@@ -59,13 +115,29 @@ pub struct Persistence {
     last_save: Instant,
     /// When a skipped save was last logged.
     last_skip_log: Option<Instant>,
+    /// The state writer's job queue (`None`: persistence is off).
+    writer: Option<std::sync::mpsc::SyncSender<SaveJob>>,
+    /// A save is with the writer.
+    saving: bool,
+}
+
+impl std::fmt::Debug for SaveJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SaveJob({} pipelines)", self.pipelines.len())
+    }
 }
 
 impl Persistence {
     /// Opens the state folder of `config`, keying each pipeline by its
     /// model's version and file sha256 in `repo`; `now` starts the save
     /// interval. Never fails: what cannot be used is logged and left off.
-    pub fn open(config: &Config, repo: &ModelRepository, now: Instant) -> Self {
+    /// Also returns where the state writer reports finished saves (hand
+    /// each to [`Persistence::complete`]).
+    pub fn open(
+        config: &Config,
+        repo: &ModelRepository,
+        now: Instant,
+    ) -> (Self, mpsc::Receiver<SaveDone>) {
         let state = config.state.clone();
         let store = if state.enabled {
             let dir = state.dir();
@@ -89,7 +161,9 @@ impl Persistence {
                 Some((StateKey::new(p, entry.version, sha), (0, 0)))
             })
             .collect();
-        Self {
+        let (done_tx, done_rx) = mpsc::channel(1);
+        let writer = store.clone().map(|s| start_writer(s, done_tx));
+        let persistence = Self {
             config: state,
             store,
             failing: vec![false; config.pipelines.len()],
@@ -97,7 +171,15 @@ impl Persistence {
             held: Vec::new(),
             last_save: now,
             last_skip_log: None,
-        }
+            writer,
+            saving: false,
+        };
+        (persistence, done_rx)
+    }
+
+    /// Whether a save is with the state writer (its [`SaveDone`] will come).
+    pub fn saving(&self) -> bool {
+        self.saving
     }
 
     /// Whether acknowledgements wait for a save.
@@ -169,10 +251,11 @@ impl Persistence {
         self.held.push(ack);
     }
 
-    /// Whether a save is due at `now`: enough acknowledgements held, or the
-    /// interval passed with something held or new.
+    /// Whether a save is due at `now`: none with the writer, and enough
+    /// acknowledgements held, or the interval passed.
     pub fn due(&self, now: Instant) -> bool {
         self.store.is_some()
+            && !self.saving
             && (self.held.len() >= self.config.max_unacked
                 || now.duration_since(self.last_save)
                     >= Duration::from_millis(self.config.save_interval_ms))
@@ -243,26 +326,115 @@ impl Persistence {
         let results = store.save_all(&batch, now_ns);
         let took = started.elapsed();
         for ((ix, _, now_progress), result) in due.into_iter().zip(results) {
-            let (key, saved) = self.keys[ix].as_mut().expect("due has keys");
-            let failing = &mut self.failing[ix];
-            match result {
-                Ok(report) => {
-                    *saved = now_progress;
-                    log::debug!(target: "gsinfer::state", "model {}: channel state saved ({} channel(s), {} bytes; the group's save took {} µs)", key.model, report.channels, report.bytes, took.as_micros());
-                    board.record_state_save(&key.model, Ok((report.bytes, took)));
-                    if std::mem::take(failing) {
-                        log::info!(target: "gsinfer::state", "model {}: channel state saved again", key.model);
-                    }
-                }
-                Err(e) => {
-                    if !std::mem::replace(failing, true) {
-                        log::error!(target: "gsinfer::state", "model {}: channel state not saved: {e}; scoring goes on, but a crash now loses what came since the last save (logged once until a save succeeds)", key.model);
-                    }
-                    board.record_state_save(&key.model, Err(e.to_string()));
-                }
-            }
+            self.record(ix, now_progress, result, took, board);
         }
         std::mem::take(&mut self.held)
+    }
+
+    /// Hands the pipelines `dirty` (from [`Persistence::dirty`]) of all
+    /// `pipelines` to the state writer as copies, with the acknowledgements
+    /// held, at `now_ns`; returns the acknowledgements to send now: all of
+    /// them when there is nothing to save (or no writer), else none (they
+    /// come back with the [`SaveDone`]).
+    fn begin_save(
+        &mut self,
+        pipelines: &[&Pipeline],
+        dirty: &[usize],
+        now: Instant,
+        now_ns: i64,
+    ) -> Vec<rumqttc::Publish> {
+        self.last_save = now;
+        let Some(writer) = &self.writer else {
+            return std::mem::take(&mut self.held);
+        };
+        let mut job = SaveJob {
+            pipelines: Vec::new(),
+            snapshots: Vec::new(),
+            now_ns,
+            acks: Vec::new(),
+        };
+        for &ix in dirty {
+            let (Some(p), Some(Some((key, _)))) = (pipelines.get(ix), self.keys.get(ix)) else {
+                continue;
+            };
+            job.pipelines.push((ix, progress(p)));
+            job.snapshots.push(Snapshot {
+                key: key.clone(),
+                channels: p.channel_states().to_vec(),
+            });
+        }
+        if job.pipelines.is_empty() {
+            return std::mem::take(&mut self.held);
+        }
+        job.acks = std::mem::take(&mut self.held);
+        match writer.try_send(job) {
+            Ok(()) => {
+                self.saving = true;
+                Vec::new()
+            }
+            // Not expected (one job at a time, and the writer lives as long
+            // as this): nothing saved, telemetry not held back.
+            Err(e) => {
+                let job = match e {
+                    std::sync::mpsc::TrySendError::Full(j)
+                    | std::sync::mpsc::TrySendError::Disconnected(j) => j,
+                };
+                log::error!(target: "gsinfer::state", "channel state not saved: the state writer is gone");
+                job.acks
+            }
+        }
+    }
+
+    /// The state writer ended without reporting its save (it panicked):
+    /// channel state is no longer saved while running, which is logged;
+    /// the acknowledgements of that save are lost, so the broker keeps
+    /// those messages in flight until the next connection redelivers them.
+    pub fn writer_lost(&mut self) {
+        log::error!(target: "gsinfer::state", "the state writer stopped: channel state is no longer saved while running (only at stop); restart gsinfer to save again");
+        self.writer = None;
+        self.saving = false;
+    }
+
+    /// Takes a save the writer finished: records each pipeline's result
+    /// (saved progress, the board, errors logged once per run of
+    /// failures); returns the acknowledgements it releases.
+    pub fn complete(&mut self, done: SaveDone, board: &StatusBoard) -> Vec<rumqttc::Publish> {
+        self.saving = false;
+        for ((ix, at), result) in done.pipelines.into_iter().zip(done.results) {
+            self.record(ix, at, result, done.took, board);
+        }
+        done.acks
+    }
+
+    /// Records the result of saving pipeline `ix` at progress `at`.
+    fn record(
+        &mut self,
+        ix: usize,
+        at: Progress,
+        result: Result<SaveReport, StateError>,
+        took: Duration,
+        board: &StatusBoard,
+    ) {
+        let Some(Some((key, saved))) = self.keys.get_mut(ix) else {
+            return;
+        };
+        let failing = &mut self.failing[ix];
+        match result {
+            Ok(report) => {
+                *saved = at;
+                log::debug!(target: "gsinfer::state", "model {}: channel state saved ({} channel(s), {} bytes; the group's save took {} µs)", key.model, report.channels, report.bytes, took.as_micros());
+                board.record_state_save(&key.model, Ok((report.bytes, took)));
+                if std::mem::take(failing) {
+                    log::info!(target: "gsinfer::state", "model {}: channel state saved again", key.model);
+                }
+            }
+            Err(e) => {
+                if !std::mem::replace(failing, true) {
+                    log::error!(target: "gsinfer::state", "model {}: channel state not saved: {e}; scoring goes on, but a crash now loses what came since the last save (logged once until a save succeeds)", key.model);
+                }
+                board.record_state_save(&key.model, Err(e.to_string()));
+            }
+        }
     }
 
     /// Gives up this save at `now` (`in_flight` windows still unscored),
@@ -300,10 +472,12 @@ impl Persistence {
     }
 }
 
-/// Saves the channel state of the pipelines with something new once none
-/// of their windows is in flight (their queued ones dispatched at once, the
-/// results scored as they come within [`SAVE_BARRIER`]; the other models'
-/// results are scored meanwhile too); returns the acknowledgements now due.
+/// Hands the channel state of the pipelines with something new to the
+/// state writer once none of their windows is in flight (their queued ones
+/// dispatched at once, the results scored as they come within
+/// [`SAVE_BARRIER`]; the other models' results are scored meanwhile too);
+/// returns the acknowledgements now due (those of the save come with its
+/// [`SaveDone`]).
 /// Without that point (an engine far behind), nothing is saved this time
 /// and the acknowledgements are released anyway: telemetry is not held
 /// back for a save.
@@ -331,8 +505,92 @@ pub async fn checkpoint(
     match router.windows_in_flight(&dirty) {
         0 => {
             let pipelines: Vec<&Pipeline> = router.pipelines().collect();
-            state.save_dirty(&pipelines, &dirty, board, Instant::now(), now_ns())
+            state.begin_save(&pipelines, &dirty, Instant::now(), now_ns())
         }
         n => state.skip(n, Instant::now()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::decode::RawSample;
+    use crate::status::StatusConfig;
+
+    /// A configuration of one pipeline (the shipped persist_A-1) whose
+    /// state goes to `dir`.
+    fn config(dir: &std::path::Path) -> Config {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("model_repository");
+        let text = format!(
+            "[broker]\nhost = \"127.0.0.1\"\n\n[repository]\npath = {:?}\n\n\
+             [state]\ndir = {:?}\n\n\
+             [[pipeline]]\nmodel = \"persist_A-1\"\ntopics = [\"t/+\"]\nfeatures = 25\n\
+             window = {{ length = 2, stride = 1 }}\n\
+             scoring = {{ kind = \"forecast\", threshold = {{ method = \"static\", value = 1.0 }} }}\n",
+            repo.display().to_string(),
+            dir.join("state").display().to_string(),
+        );
+        let path = dir.join("gsinfer.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path).unwrap()
+    }
+
+    fn ack(pkid: u16) -> rumqttc::Publish {
+        let mut p = rumqttc::Publish::new("t/A-1", rumqttc::QoS::AtLeastOnce, vec![]);
+        p.pkid = pkid;
+        p
+    }
+
+    #[test]
+    fn the_writer_saves_a_snapshot_and_then_releases_the_acknowledgements_held_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let repo = ModelRepository::open(&config.repository.path).unwrap();
+        let board = StatusBoard::new(StatusConfig::default());
+        let (mut state, mut done_rx) = Persistence::open(&config, &repo, Instant::now());
+        let mut p = Pipeline::new(&config.pipelines[0]);
+        let mut out = Vec::new();
+        for i in 0..3u64 {
+            let s = RawSample {
+                t_ns: None,
+                seq: Some(i),
+                values: vec![i as f32; 25],
+            };
+            p.on_sample("A-1", i as i64, &s, Instant::now(), &mut out)
+                .unwrap();
+        }
+        state.hold(ack(1));
+        state.hold(ack(2));
+        assert!(state.due(Instant::now() + Duration::from_secs(3600)));
+
+        let dirty = state.dirty([&p].into_iter());
+        assert_eq!(dirty, vec![0]);
+        let now_acks = state.begin_save(&[&p], &dirty, Instant::now(), 1);
+        assert!(now_acks.is_empty(), "held until the save is on disk");
+        assert!(state.saving());
+        // One save at a time: none is due while the writer has one.
+        assert!(!state.due(Instant::now() + Duration::from_secs(3600)));
+        // The pipeline goes on meanwhile; the snapshot is what was taken.
+        let s = RawSample {
+            t_ns: None,
+            seq: Some(3),
+            values: vec![3.0; 25],
+        };
+        p.on_sample("A-1", 3, &s, Instant::now(), &mut out).unwrap();
+
+        let done = done_rx.blocking_recv().expect("the writer reports");
+        let acks = state.complete(done, &board);
+        assert_eq!(acks.iter().map(|a| a.pkid).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(!state.saving());
+        let file = state.store.as_ref().unwrap().path("persist_A-1");
+        let saved = crate::state::decode(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(saved.channels.len(), 1);
+        assert_eq!(
+            saved.channels[0].samples(),
+            3,
+            "the snapshot, not the sample after it"
+        );
+        // Saved up to the snapshot: the sample taken since makes it dirty again.
+        assert_eq!(state.dirty([&p].into_iter()), vec![0]);
     }
 }
