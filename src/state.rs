@@ -399,42 +399,55 @@ impl StateStore {
         self.save_states(&states, now_ns)
     }
 
+    /// Encodes and writes `states` as one group commit, each file encoded
+    /// only when its turn comes (one file's bytes in memory at a time).
     fn save_states(
         &self,
         states: &[(&StateKey, &[ChannelState])],
         now_ns: i64,
     ) -> Vec<Result<SaveReport, StateError>> {
-        let mut results: Vec<Result<SaveReport, StateError>> = Vec::new();
-        let mut files = Vec::new();
-        let mut slots = Vec::new();
-        for (key, channels) in states {
-            let path = self.path(&key.model);
-            match encode(key, now_ns, channels) {
-                Ok(bytes) => {
-                    results.push(Ok(SaveReport {
-                        bytes: bytes.len(),
-                        channels: channels.len(),
-                    }));
-                    slots.push(results.len() - 1);
-                    files.push((path, bytes));
-                }
-                Err(why) => results.push(Err(StateError::Corrupt { path, why })),
-            }
-        }
-        let refs: Vec<(&Path, &[u8])> = files
+        use std::io::Write;
+        let paths: Vec<PathBuf> = states
             .iter()
-            .map(|(p, b): &(PathBuf, Vec<u8>)| (p.as_path(), b.as_slice()))
+            .map(|(key, _)| self.path(&key.model))
             .collect();
-        let written = crate::engine::cache::write_atomic_all(&self.dir, &refs);
-        for ((slot, (path, _)), w) in slots.into_iter().zip(&files).zip(written) {
-            if let Err(e) = w {
-                results[slot] = Err(StateError::Io {
+        let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        let mut reports: Vec<Result<SaveReport, StateError>> = Vec::with_capacity(states.len());
+        let written = crate::engine::cache::write_atomic_all_with(&self.dir, &refs, |i, file| {
+            let (key, channels) = states[i];
+            let bytes = match encode(key, now_ns, channels) {
+                Ok(b) => b,
+                Err(why) => {
+                    reports.push(Err(StateError::Corrupt {
+                        path: paths[i].clone(),
+                        why: why.clone(),
+                    }));
+                    return Err(crate::engine::cache::CacheError::io(
+                        &paths[i],
+                        io::Error::other(why),
+                    ));
+                }
+            };
+            reports.push(Ok(SaveReport {
+                bytes: bytes.len(),
+                channels: channels.len(),
+            }));
+            file.write_all(&bytes)
+                .map_err(|e| crate::engine::cache::CacheError::io(&paths[i], e))
+        });
+        reports
+            .into_iter()
+            .zip(written)
+            .zip(&paths)
+            .map(|((report, w), path)| match (report, w) {
+                (Err(e), _) => Err(e),
+                (Ok(_), Err(e)) => Err(StateError::Io {
                     path: path.clone(),
                     source: io::Error::other(e.to_string()),
-                });
-            }
-        }
-        results
+                }),
+                (Ok(r), Ok(())) => Ok(r),
+            })
+            .collect()
     }
 
     /// Reads the state of the pipeline keyed `key`, at `now_ns`; a state
