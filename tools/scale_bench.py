@@ -204,9 +204,10 @@ def main():
 
 def counters(metrics):
     """gsinfer's own counts, summed over every model: samples taken in,
-    rejected, windows dropped, messages dropped at a full ingest queue."""
+    rejected, windows dropped, messages dropped at a full ingest queue,
+    failed state saves."""
     out = {}
-    for name in ("inputs", "samples_rejected", "windows_dropped", "ingest_overflow"):
+    for name in ("inputs", "samples_rejected", "windows_dropped", "ingest_overflow", "state_save_errors"):
         total = 0.0
         for line in metrics.splitlines():
             m = re.match(rf"gsinfer_{name}_total(?:{{.*}})? (\S+)$", line)
