@@ -640,7 +640,9 @@ mod tests {
         // 1 024, and a checkpoint of 1 200 models used to fail every save
         // with EMFILE).
         let dir = tempfile::tempdir().unwrap();
-        let paths: Vec<PathBuf> = (0..2_000).map(|i| dir.path().join(format!("m{i}"))).collect();
+        let paths: Vec<PathBuf> = (0..2_000)
+            .map(|i| dir.path().join(format!("m{i}")))
+            .collect();
         let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
         let open = || fs::read_dir("/proc/self/fd").unwrap().count();
         let (mut least, mut most) = (usize::MAX, 0);
@@ -652,7 +654,10 @@ mod tests {
                 .map_err(|e| CacheError::io(refs[i], e))
         });
         assert!(results.iter().all(Result::is_ok));
-        assert!(most - least < 500, "descriptors grew from {least} to {most}");
+        assert!(
+            most - least < 500,
+            "descriptors grew from {least} to {most}"
+        );
         assert_eq!(fs::read_to_string(&paths[1_999]).unwrap(), "1999");
     }
 
