@@ -298,8 +298,9 @@ pub enum Restore {
 }
 
 /// A pipeline's channel state copied at a checkpoint, to be encoded and
-/// written off the pipeline task ([`StateStore::save_snapshots`]): a copy
-/// of a few hundred KB is ~10 µs, encoding and writing it ~1 ms.
+/// written off the pipeline task ([`StateStore::save_snapshots`]): copying
+/// one shipped model's state (50-110 KB) is ~10 µs, encoding it ~100 µs
+/// (BENCHMARKS.md, "Channel state: save cost per channel").
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     /// What it is saved for.
@@ -412,40 +413,47 @@ impl StateStore {
             .map(|(key, _)| self.path(&key.model))
             .collect();
         let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-        let mut reports: Vec<Result<SaveReport, StateError>> = Vec::with_capacity(states.len());
+        // Per file: what its encoding gave, `None` when it never got that far
+        // (its temporary file could not be created), so each result stays
+        // with its own file.
+        let mut reports: Vec<Option<Result<SaveReport, StateError>>> =
+            (0..states.len()).map(|_| None).collect();
         let written = crate::engine::cache::write_atomic_all_with(&self.dir, &refs, |i, file| {
             let (key, channels) = states[i];
-            let bytes = match encode(key, now_ns, channels) {
-                Ok(b) => b,
+            let io_error = |e: io::Error| crate::engine::cache::CacheError::io(&paths[i], e);
+            match encode(key, now_ns, channels) {
+                Ok(bytes) => {
+                    reports[i] = Some(Ok(SaveReport {
+                        bytes: bytes.len(),
+                        channels: channels.len(),
+                    }));
+                    file.write_all(&bytes).map_err(io_error)
+                }
                 Err(why) => {
-                    reports.push(Err(StateError::Corrupt {
+                    reports[i] = Some(Err(StateError::Corrupt {
                         path: paths[i].clone(),
                         why: why.clone(),
                     }));
-                    return Err(crate::engine::cache::CacheError::io(
-                        &paths[i],
-                        io::Error::other(why),
-                    ));
+                    Err(io_error(io::Error::other(why)))
                 }
-            };
-            reports.push(Ok(SaveReport {
-                bytes: bytes.len(),
-                channels: channels.len(),
-            }));
-            file.write_all(&bytes)
-                .map_err(|e| crate::engine::cache::CacheError::io(&paths[i], e))
+            }
         });
         reports
             .into_iter()
             .zip(written)
             .zip(&paths)
             .map(|((report, w), path)| match (report, w) {
-                (Err(e), _) => Err(e),
-                (Ok(_), Err(e)) => Err(StateError::Io {
+                (Some(Err(e)), _) => Err(e),
+                (Some(Ok(r)), Ok(())) => Ok(r),
+                (_, Err(e)) => Err(StateError::Io {
                     path: path.clone(),
                     source: io::Error::other(e.to_string()),
                 }),
-                (Ok(r), Ok(())) => Ok(r),
+                // Not produced: a file written without its report.
+                (None, Ok(())) => Err(StateError::Io {
+                    path: path.clone(),
+                    source: io::Error::other("not encoded"),
+                }),
             })
             .collect()
     }
@@ -524,6 +532,25 @@ mod tests {
                 reconstruction_features: vec![],
             },
         }
+    }
+
+    #[test]
+    fn a_file_that_cannot_even_be_created_gets_its_own_error() {
+        // Every result stays with its file: with the folder gone, no
+        // temporary file can be created, and each pipeline is told so.
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("state")).unwrap();
+        std::fs::remove_dir(dir.path().join("state")).unwrap();
+        let (a, b) = (Pipeline::new(&config()), Pipeline::new(&config()));
+        let k = key();
+        let results = store.save_all(&[(&k, &a), (&k, &b)], 1);
+        assert_eq!(results.len(), 2);
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Err(StateError::Io { .. }))),
+            "{results:?}"
+        );
     }
 
     fn key() -> StateKey {

@@ -98,19 +98,19 @@ pub fn nominal_alarms(entry: &ModelEntry) -> Option<u64> {
 /// records alarms on nominal data: those that do not vote in a
 /// `trusted_only` ensemble ([`crate::score::fusion::EnsembleConfig::voters`]).
 /// A model that does not load is left out (its own load reports why).
-pub fn distrusted<'a>(
+pub fn distrusted(
     repo: &ModelRepository,
-    models: impl IntoIterator<Item = &'a str>,
+    models: impl IntoIterator<Item = impl AsRef<str>>,
 ) -> HashSet<String> {
     models
         .into_iter()
         .filter(|m| {
-            repo.load(m)
+            repo.load(m.as_ref())
                 .ok()
                 .and_then(|e| nominal_alarms(&e))
                 .is_some_and(|n| n > 0)
         })
-        .map(str::to_string)
+        .map(|m| m.as_ref().to_string())
         .collect()
 }
 

@@ -355,15 +355,9 @@ pub fn run(config: &Config, opts: &EvalOptions, out: &mut dyn Write) -> Result<(
     };
     // A trusted-vote ensemble's members that alarmed on their nominal data.
     let distrusted = match ensemble {
-        Some(e) if e.trusted_only => crate::engine::prepare::distrusted(
-            &repo,
-            listed
-                .iter()
-                .flat_map(|ch| e.members(ch))
-                .collect::<Vec<_>>()
-                .iter()
-                .map(String::as_str),
-        ),
+        Some(e) if e.trusted_only => {
+            crate::engine::prepare::distrusted(&repo, listed.iter().flat_map(|ch| e.members(ch)))
+        }
         _ => Default::default(),
     };
     let mut channels = Vec::new();

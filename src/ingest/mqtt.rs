@@ -409,34 +409,38 @@ pub fn subscribe_packets(subscriptions: &[(String, QoS)]) -> Vec<Vec<SubscribeFi
     packets
 }
 
-/// Where the subscriptions of the current session stand: the packets
-/// queued, in order, and those sent awaiting their SUBACK, so a refused
-/// filter can be named.
+/// Where the subscriptions of the current session stand: the SUBSCRIBE
+/// packets (from [`subscribe_packets`]), those still queued (indices, in
+/// order) and those sent awaiting their SUBACK, so a refused filter can be
+/// named.
 #[derive(Debug, Default)]
 struct Subscribing {
-    queued: VecDeque<Vec<String>>,
-    sent: HashMap<u16, Vec<String>>,
-    filters: usize,
+    packets: Vec<Vec<SubscribeFilter>>,
+    queued: VecDeque<usize>,
+    sent: HashMap<u16, usize>,
     refused: usize,
     sender: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Subscribing {
-    /// Starts subscribing to `packets` on a new session: a task of its own
-    /// waits for room in the client's request queue, so the event loop,
-    /// which drains that queue, never waits on it.
-    fn start(&mut self, client: &AsyncClient, packets: Vec<Vec<SubscribeFilter>>) {
+    fn new(packets: Vec<Vec<SubscribeFilter>>) -> Self {
+        Self {
+            packets,
+            ..Self::default()
+        }
+    }
+
+    /// Starts subscribing on a new session: a task of its own waits for
+    /// room in the client's request queue, so the event loop, which drains
+    /// that queue, never waits on it.
+    fn start(&mut self, client: &AsyncClient) {
         if let Some(old) = self.sender.take() {
             old.abort();
         }
-        self.queued = packets
-            .iter()
-            .map(|p| p.iter().map(|f| f.path.clone()).collect())
-            .collect();
+        self.queued = (0..self.packets.len()).collect();
         self.sent.clear();
-        self.filters = packets.iter().map(Vec::len).sum();
         self.refused = 0;
-        let client = client.clone();
+        let (client, packets) = (client.clone(), self.packets.clone());
         self.sender = Some(tokio::spawn(async move {
             for packet in packets {
                 if let Err(e) = client.subscribe_many(packet).await {
@@ -449,26 +453,27 @@ impl Subscribing {
 
     /// A SUBSCRIBE packet `pkid` went out (in queue order).
     fn sent(&mut self, pkid: u16) {
-        if let Some(filters) = self.queued.pop_front() {
-            self.sent.insert(pkid, filters);
+        if let Some(packet) = self.queued.pop_front() {
+            self.sent.insert(pkid, packet);
         }
     }
 
     /// The broker answered SUBSCRIBE `ack.pkid`: each refused filter is
     /// logged, and the whole set once every packet is answered.
     fn acked(&mut self, ack: &rumqttc::SubAck) {
-        let Some(filters) = self.sent.remove(&ack.pkid) else {
+        let Some(packet) = self.sent.remove(&ack.pkid) else {
             return;
         };
-        for (filter, code) in filters.iter().zip(&ack.return_codes) {
+        for (filter, code) in self.packets[packet].iter().zip(&ack.return_codes) {
             if matches!(code, rumqttc::SubscribeReasonCode::Failure) {
                 self.refused += 1;
-                log::error!(target: "gsinfer::mqtt", "the broker refused the subscription to {filter}: the pipelines on it get no telemetry; check the broker's ACL for this client");
+                log::error!(target: "gsinfer::mqtt", "the broker refused the subscription to {}: the pipelines on it get no telemetry; check the broker's ACL for this client", filter.path);
             }
         }
         if self.queued.is_empty() && self.sent.is_empty() {
-            let ok = self.filters - self.refused;
-            log::info!(target: "gsinfer::mqtt", "subscribed to {ok} of {} topic filter(s)", self.filters);
+            let filters: usize = self.packets.iter().map(Vec::len).sum();
+            let ok = filters - self.refused;
+            log::info!(target: "gsinfer::mqtt", "subscribed to {ok} of {filters} topic filter(s)");
         }
     }
 }
@@ -505,8 +510,7 @@ impl EventLoopTask {
         // last warning about them was logged.
         let mut failures = 0u32;
         let mut last_warning: Option<Instant> = None;
-        let packets = subscribe_packets(&self.subscriptions);
-        let mut subscribing = Subscribing::default();
+        let mut subscribing = Subscribing::new(subscribe_packets(&self.subscriptions));
         loop {
             let event = tokio::select! {
                 e = eventloop.poll() => e,
@@ -521,7 +525,7 @@ impl EventLoopTask {
                     self.events.emit(StageEvent::BrokerConnected {
                         session_present: ack.session_present,
                     });
-                    subscribing.start(&self.client, packets.clone());
+                    subscribing.start(&self.client);
                     if let Some((topic, payload)) = &self.status {
                         let _ = self.client.try_publish(
                             topic.clone(),
@@ -636,15 +640,9 @@ mod tests {
 
     #[test]
     fn a_refused_filter_is_counted_against_its_packet() {
-        let mut s = Subscribing {
-            queued: [
-                vec!["a".to_string(), "b".to_string()],
-                vec!["c".to_string()],
-            ]
-            .into(),
-            filters: 3,
-            ..Subscribing::default()
-        };
+        let filter = |f: &str| SubscribeFilter::new(f.into(), QoS::AtLeastOnce);
+        let mut s = Subscribing::new(vec![vec![filter("a"), filter("b")], vec![filter("c")]]);
+        s.queued = [0, 1].into();
         s.sent(7);
         s.sent(8);
         s.acked(&rumqttc::SubAck::new(

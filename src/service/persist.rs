@@ -121,12 +121,6 @@ pub struct Persistence {
     saving: bool,
 }
 
-impl std::fmt::Debug for SaveJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SaveJob({} pipelines)", self.pipelines.len())
-    }
-}
-
 impl Persistence {
     /// Opens the state folder of `config`, keying each pipeline by its
     /// model's version and file sha256 in `repo`; `now` starts the save
@@ -289,31 +283,17 @@ impl Persistence {
         now: Instant,
         now_ns: i64,
     ) -> Vec<rumqttc::Publish> {
-        let pipelines: Vec<&Pipeline> = pipelines.collect();
-        let dirty = self.dirty(pipelines.iter().copied());
-        self.save_dirty(&pipelines, &dirty, board, now, now_ns)
-    }
-
-    /// [`Persistence::save`] of the pipelines `dirty` (from
-    /// [`Persistence::dirty`]) out of all `pipelines`.
-    fn save_dirty(
-        &mut self,
-        pipelines: &[&Pipeline],
-        dirty: &[usize],
-        board: &StatusBoard,
-        now: Instant,
-        now_ns: i64,
-    ) -> Vec<rumqttc::Publish> {
         self.last_save = now;
         let Some(store) = &self.store else {
             return std::mem::take(&mut self.held);
         };
-        // Written as one group commit (two syncs for all, not two per file).
-        let due: Vec<(usize, &Pipeline, Progress)> = dirty
-            .iter()
-            .filter_map(|&ix| Some((ix, *pipelines.get(ix)?)))
-            .filter(|(ix, _)| self.keys.get(*ix).is_some_and(Option::is_some))
-            .map(|(ix, p)| (ix, p, progress(p)))
+        // Written as one group commit (two syncs for all, not two per file),
+        // from the pipelines themselves: nothing runs beside this save.
+        let pipelines: Vec<&Pipeline> = pipelines.collect();
+        let due: Vec<(usize, &Pipeline, Progress)> = self
+            .dirty(pipelines.iter().copied())
+            .into_iter()
+            .map(|ix| (ix, pipelines[ix], progress(pipelines[ix])))
             .collect();
         if due.is_empty() {
             return std::mem::take(&mut self.held);
