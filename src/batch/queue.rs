@@ -22,6 +22,9 @@ const COST_EWMA_WEIGHT: f64 = 0.3;
 /// once at a bad moment is measured again and can win back.
 const EXPLORE_EVERY: u64 = 16;
 
+/// Weight of the newest gap in the running mean time between arrivals.
+const GAP_EWMA_WEIGHT: f64 = 0.3;
+
 /// One queued item with its channel and dispatch deadline.
 #[derive(Debug)]
 struct Entry<T> {
@@ -81,6 +84,11 @@ pub struct BatchQueue<T> {
     runs: Vec<u32>,
     /// Batches dispatched so far.
     dispatched: u64,
+    /// When the last item (or group of items) arrived.
+    last_arrival: Option<Instant>,
+    /// Running mean time between arrivals in µs (EWMA, weight
+    /// [`GAP_EWMA_WEIGHT`]); `None` until two arrivals were seen.
+    gap_us: Option<f64>,
 }
 
 impl<T> BatchQueue<T> {
@@ -105,6 +113,30 @@ impl<T> BatchQueue<T> {
             cost_us,
             runs,
             dispatched: 0,
+            last_arrival: None,
+            gap_us: None,
+        }
+    }
+
+    /// Notes an arrival at `now` in the running mean gap between arrivals.
+    fn arrived(&mut self, now: Instant) {
+        if let Some(last) = self.last_arrival {
+            let gap = now.saturating_duration_since(last).as_secs_f64() * 1e6;
+            self.gap_us = Some(match self.gap_us {
+                None => gap,
+                Some(mean) => mean + GAP_EWMA_WEIGHT * (gap - mean),
+            });
+        }
+        self.last_arrival = Some(now);
+    }
+
+    /// Whether no other window is expected before `deadline`: the last
+    /// arrival plus the mean gap between arrivals falls after it. `false`
+    /// until two arrivals have been seen.
+    fn alone_until(&self, deadline: Instant) -> bool {
+        match (self.last_arrival, self.gap_us) {
+            (Some(last), Some(gap_us)) => last + Duration::from_secs_f64(gap_us / 1e6) > deadline,
+            _ => false,
         }
     }
 
@@ -218,6 +250,7 @@ impl<T> BatchQueue<T> {
     /// Queues `item` of `channel` arriving at `now`, applying the full-policy
     /// when the queue is at capacity.
     pub fn push(&mut self, channel: u32, item: T, now: Instant) -> PushOutcome<T> {
+        self.arrived(now);
         if self.entries.len() < self.capacity || self.policy == BatchPolicy::MaxQueueDelay {
             self.entries.push_back(Entry {
                 channel,
@@ -256,6 +289,7 @@ impl<T> BatchQueue<T> {
         {
             return Err(items);
         }
+        self.arrived(now);
         let deadline = now + self.budget;
         self.entries.extend(items.into_iter().map(|item| Entry {
             channel,
@@ -269,6 +303,9 @@ impl<T> BatchQueue<T> {
     /// (the largest bucket until the engine's times say a smaller one is as
     /// efficient) as soon as that many are queued; otherwise everything
     /// queued, up to that size, once the oldest deadline is reached;
+    /// or at once when no other window is expected before that deadline
+    /// (the last arrival plus the running mean gap between arrivals falls
+    /// after it: waiting could not fill the batch, only delay it);
     /// otherwise says when to ask again. While draining, up to the largest
     /// bucket at once. Under [`BatchPolicy::MaxQueueDelay`] a queued count
     /// equal to a bucket also dispatches at once, and the batch is not
@@ -292,7 +329,11 @@ impl<T> BatchQueue<T> {
             }
         };
         let preferred = self.policy == BatchPolicy::MaxQueueDelay && self.buckets.contains(&len);
-        if len >= size || oldest.deadline <= now || self.draining || preferred {
+        // Waiting pays only if another window can join before the deadline:
+        // a model fed by one channel at 1 Hz never gets company within a
+        // 20 ms budget, and its window would wait out the budget for nothing.
+        let alone = self.policy == BatchPolicy::Deadline && self.alone_until(oldest.deadline);
+        if len >= size || oldest.deadline <= now || self.draining || preferred || alone {
             self.dispatched += 1;
             let n = len.min(size);
             let items: Vec<T> = self.entries.drain(..n).map(|e| e.item).collect();
@@ -414,6 +455,90 @@ mod tests {
             q.record(16, us(1600));
         }
         assert_eq!(q.dispatch_size(), 16);
+    }
+
+    #[test]
+    fn a_window_no_other_can_join_goes_at_once() {
+        // One channel at 1 Hz, a 10 ms budget: after two arrivals the queue
+        // knows nothing comes within the budget and stops waiting.
+        let t0 = Instant::now();
+        let mut q = queue(64);
+        q.push(0, 1, t0);
+        assert_eq!(
+            q.next_batch(t0),
+            Next::WaitUntil(t0 + BUDGET),
+            "no gap known yet"
+        );
+        assert_eq!(items(q.next_batch(t0 + BUDGET)), (vec![1], 1));
+        let t1 = t0 + Duration::from_secs(1);
+        q.push(0, 2, t1);
+        assert_eq!(items(q.next_batch(t1)), (vec![2], 1));
+        // A burst brings the mean gap down (1 s × 0.7^19 ≈ 1 ms): the queue
+        // waits for company again.
+        let t2 = t1 + Duration::from_secs(1);
+        for (i, k) in (3..23).enumerate() {
+            q.push(0, k, t2 + us(i as u64));
+        }
+        let last = t2 + us(19);
+        assert_eq!(
+            items(q.next_batch(last)),
+            ((3..11).collect(), 8),
+            "a full bucket"
+        );
+        assert_eq!(
+            items(q.next_batch(last)),
+            ((11..19).collect(), 8),
+            "a full bucket"
+        );
+        assert_eq!(q.next_batch(last), Next::WaitUntil(t2 + us(16) + BUDGET));
+        // Quiet again: one more 1 s gap is enough (the mean moves 30 % of it).
+        let t3 = last + Duration::from_secs(1);
+        assert_eq!(items(q.next_batch(t3)), ((19..23).collect(), 4));
+        q.push(0, 23, t3);
+        assert_eq!(items(q.next_batch(t3)), (vec![23], 1));
+    }
+
+    #[test]
+    fn windows_that_keep_coming_within_the_budget_wait_for_company() {
+        // Every 2 ms against a 10 ms budget: the batch fills before the deadline.
+        let t0 = Instant::now();
+        let mut q = queue(16);
+        for k in 0..8u32 {
+            let now = t0 + Duration::from_millis(2 * k as u64);
+            q.push(k, k, now);
+            if k < 4 {
+                assert_eq!(
+                    q.next_batch(now),
+                    Next::WaitUntil(t0 + BUDGET),
+                    "window {k}"
+                );
+            }
+        }
+        let now = t0 + Duration::from_millis(14);
+        assert_eq!(items(q.next_batch(now)), ((0..8).collect(), 8));
+    }
+
+    #[test]
+    fn triton_style_policy_waits_out_the_delay_even_alone() {
+        let t0 = Instant::now();
+        let mut q = queue(16).with_policy(BatchPolicy::MaxQueueDelay);
+        q.push(0, 1, t0);
+        assert_eq!(items(q.next_batch(t0 + BUDGET)), (vec![1], 1));
+        let t1 = t0 + Duration::from_secs(1);
+        q.push(0, 2, t1);
+        assert_eq!(
+            items(q.next_batch(t1)),
+            (vec![2], 1),
+            "1 is a preferred count"
+        );
+        q.push(0, 3, t1);
+        q.push(0, 4, t1);
+        q.push(0, 5, t1);
+        assert_eq!(
+            q.next_batch(t1),
+            Next::WaitUntil(t1 + BUDGET),
+            "3 is no bucket"
+        );
     }
 
     #[test]
@@ -673,13 +798,16 @@ mod tests {
                 let target = now + Duration::from_micros(*gap_us);
                 loop {
                     let size = q.dispatch_size();
+                    // Whether the arrivals so far say nothing joins the oldest
+                    // window before its deadline (the one early exit allowed).
+                    let alone = q.entries.front().is_some_and(|e| q.alone_until(e.deadline));
                     match q.next_batch(now) {
                         Next::Dispatch(b) => {
                             proptest::prop_assert!(!b.items.is_empty() && b.items.len() <= 8);
                             proptest::prop_assert_eq!(b.bucket, q.bucket_for(b.items.len()));
                             let oldest = pushed[b.items[0] as usize];
                             proptest::prop_assert!(
-                                b.items.len() >= size || oldest + BUDGET <= now,
+                                b.items.len() >= size || oldest + BUDGET <= now || alone,
                                 "a partial batch left before its oldest deadline"
                             );
                             // The engine's time per window in this bucket, if any.
