@@ -22,7 +22,7 @@ Mosquitto and `gsinfer run`, and measures:
   in batches of up to 70 errors, which would time the threshold.
 
     python3 tools/scale_bench.py --binary target/release/gsinfer --n 1000 \
-        --model lstm_A-2 --seconds 60 [--engine tract|onnxruntime|auto] [--workers W]
+        --model lstm_A-2 --seconds 60 [--engine tract|onnxruntime|auto] [--workers W] [--repo R]
 
 Prints one JSON line. Needs mosquitto and paho-mqtt (`pip install paho-mqtt`).
 Uses the real telemetry when --data-dir is given (the model's test split,
@@ -80,7 +80,7 @@ def pipeline_template(config_path, model):
 def build(tmp, args):
     repo = os.path.join(tmp, "repo")
     os.makedirs(repo)
-    src = os.path.join(ROOT, "model_repository", args.model)
+    src = os.path.join(args.repo, args.model)
     pbtxt = open(os.path.join(src, "config.pbtxt")).read()
     onnx = os.path.realpath(os.path.join(src, "1", "model.onnx"))
     template = pipeline_template(args.config, args.model)
@@ -113,6 +113,8 @@ def main():
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/gsinfer"))
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--model", default="lstm_A-2")
+    ap.add_argument("--repo", default=os.path.join(ROOT, "model_repository"),
+                    help="repository holding --model (e.g. the int8 one tools/quantize_models.py writes)")
     ap.add_argument("--config", default=os.path.join(ROOT, "config/smap_lstm.toml"),
                     help="the shipped configuration whose pipeline for --model is copied")
     ap.add_argument("--engine", choices=["auto", "tract", "onnxruntime"], default=None)
@@ -177,7 +179,7 @@ def main():
             time.sleep(0.1)
         if ready is None:
             sys.exit(f"not ready within {args.ready_timeout} s; log in {log.name}")
-        result = {"n": args.n, "model": args.model, "engine": args.engine or "config", "qos": args.qos,
+        result = {"n": args.n, "model": args.model, "repo": args.repo, "engine": args.engine or "config", "qos": args.qos,
                   "max_unacked": args.max_unacked,
                   "workers": args.workers, "tract_tuning": args.tract_tuning, "ready_s": round(ready, 2), "at_ready": proc_status(g.pid)}
         if args.seconds > 0:
