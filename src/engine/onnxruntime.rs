@@ -311,9 +311,14 @@ impl OnnxRuntimeEngine {
         // the process allocator without a memory pattern (which would
         // otherwise keep its own per-shape blocks).
         // Pre-packed weights are a second copy of the weights per session:
-        // 63 MiB over a thousand LSTM models, and no measurable speed on the
-        // shipped models (BENCHMARKS.md, "N models").
-        builder = builder.with_prepacking(false).map_err(step)?;
+        // 63 MiB over a thousand fp32 LSTM models, and no measurable speed
+        // on them (BENCHMARKS.md, "N models"). Integer kernels are another
+        // matter: without packed weights the int8 LSTM of
+        // tools/quantize_models.py runs at 854 instead of 1 505 windows/s
+        // (batch 1, one thread), slower than fp32.
+        builder = builder
+            .with_prepacking(uses_integer_kernels(path))
+            .map_err(step)?;
         builder = if rt.shared_arena {
             builder.with_env_allocators().map_err(step)?
         } else {
@@ -447,6 +452,38 @@ impl Engine for OnnxRuntimeEngine {
     }
 }
 
+/// Operators of quantized ONNX graphs (onnxruntime's contrib set and the
+/// standard integer ones) whose kernels run on pre-packed int8 weights.
+const INTEGER_OPERATORS: [&str; 9] = [
+    "DynamicQuantizeLSTM",
+    "DynamicQuantizeMatMul",
+    "MatMulInteger",
+    "MatMulIntegerToFloat",
+    "ConvInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "QAttention",
+];
+
+/// Whether the ONNX model at `path` has a node of [`INTEGER_OPERATORS`] in
+/// its main graph (subgraphs are not searched). `false` when the file cannot
+/// be read or decoded: the session's own load then reports why.
+fn uses_integer_kernels(path: &Path) -> bool {
+    use prost::Message;
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    let Ok(model) = tract_onnx::pb::ModelProto::decode(bytes.as_slice()) else {
+        return false;
+    };
+    model
+        .graph
+        .iter()
+        .flat_map(|g| &g.node)
+        .any(|n| INTEGER_OPERATORS.contains(&n.op_type.as_str()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,6 +505,45 @@ mod tests {
             Some(dir.path().join("libonnxruntime.so.1.22.0"))
         );
         assert!(bundled_dir().unwrap().ends_with("lib/gsinfer"));
+    }
+
+    #[test]
+    fn integer_kernels_are_found_in_the_graph() {
+        use prost::Message;
+        use tract_onnx::pb::{GraphProto, ModelProto, NodeProto};
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, ops: &[&str]| {
+            let model = ModelProto {
+                graph: Some(GraphProto {
+                    node: ops
+                        .iter()
+                        .map(|op| NodeProto {
+                            op_type: op.to_string(),
+                            ..NodeProto::default()
+                        })
+                        .collect(),
+                    ..GraphProto::default()
+                }),
+                ..ModelProto::default()
+            };
+            let path = dir.path().join(name);
+            std::fs::write(&path, model.encode_to_vec()).unwrap();
+            path
+        };
+        assert!(uses_integer_kernels(&write(
+            "q.onnx",
+            &["Transpose", "DynamicQuantizeLSTM"]
+        )));
+        assert!(!uses_integer_kernels(&write(
+            "f.onnx",
+            &["Transpose", "LSTM", "Gemm"]
+        )));
+        let shipped =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("model_repository/lstm_A-2/1/model.onnx");
+        assert!(!uses_integer_kernels(&shipped));
+        assert!(!uses_integer_kernels(&dir.path().join("missing.onnx")));
+        std::fs::write(dir.path().join("junk.onnx"), b"not protobuf \xff\xff").unwrap();
+        assert!(!uses_integer_kernels(&dir.path().join("junk.onnx")));
     }
 
     #[test]
