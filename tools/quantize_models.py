@@ -15,12 +15,16 @@ serves the int8 models.
 Why: per-channel forecasters cannot be batched across channels (each has its
 own weights), so at scale every window runs at batch 1, and on a small CPU
 the LSTMs' recurrences are the whole cost (BENCHMARKS.md, "N per-channel
-models"). Dynamic int8 runs the shipped LSTM ~1.7x faster at batch 1 on one
-core; its detection on the telemanom channels is measured in EVALUATION.md.
+models"). Dynamic int8 runs the shipped LSTM 1.4-1.7x faster at batch 1 on
+one core (gsinfer pre-packs the int8 weights, which the quantized kernels
+need); its detection on the telemanom channels is measured in EVALUATION.md
+(6.: the trusted vote is unchanged).
 
 The quantized graphs use onnxruntime's contrib operators
 (`com.microsoft.DynamicQuantizeLSTM`, `MatMulInteger`), so they need
-`engine = "onnxruntime"`; tract refuses them at load, with the operator named.
+`engine = "onnxruntime"` (or `auto` where onnxruntime's library is found);
+tract cannot load them, and a model no engine loads is marked unavailable
+while the others are served.
 Needs `pip install onnxruntime onnx`.
 """
 import argparse
