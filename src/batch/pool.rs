@@ -14,7 +14,10 @@
 //!   arms the lane's timer (a min-heap of instants, one live entry per
 //!   lane); an empty lane rests until its next push;
 //! - an instance that finishes marks its lane due again (more may be
-//!   queued), as does a timer that expires.
+//!   queued), as does a timer that expires;
+//! - an expedited lane ([`BatchHandle::expedite`]: a state save waits for
+//!   its windows, and the pipeline task with it) is *urgent*: workers take
+//!   urgent lanes first, in the order they were expedited, then due ones.
 //!
 //! So a model's batching policy is what it was with its own threads; only
 //! who runs the batch changed. The cost per push is one uncontended lock of
@@ -46,6 +49,11 @@ struct Lane<T> {
     /// The lane's armed deadline, if any (stale heap entries are skipped).
     timer: Option<Instant>,
     due: bool,
+    /// In the urgent list.
+    urgent: bool,
+    /// Taken from the urgent list while every instance was busy: the
+    /// instance that finishes puts it back there.
+    rush: bool,
     /// Closed and drained, or its consumer gone: never asked again.
     retired: bool,
 }
@@ -53,6 +61,8 @@ struct Lane<T> {
 struct Sched<T> {
     lanes: Vec<Lane<T>>,
     due: VecDeque<usize>,
+    /// Expedited lanes, taken before `due` (a lane may be in both).
+    urgent: VecDeque<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Lanes not retired.
     open: usize,
@@ -66,6 +76,26 @@ impl<T> Sched<T> {
             l.due = true;
             self.due.push_back(lane);
         }
+    }
+
+    fn mark_urgent(&mut self, lane: usize) {
+        let l = &mut self.lanes[lane];
+        if !l.urgent && !l.retired {
+            l.urgent = true;
+            self.urgent.push_back(lane);
+        }
+    }
+
+    /// The next lane to ask for a batch: urgent ones first; and whether it
+    /// came from the urgent list.
+    fn next_lane(&mut self) -> Option<(usize, bool)> {
+        if let Some(ix) = self.urgent.pop_front() {
+            self.lanes[ix].urgent = false;
+            return Some((ix, true));
+        }
+        let ix = self.due.pop_front()?;
+        self.lanes[ix].due = false;
+        Some((ix, false))
     }
 
     fn arm(&mut self, lane: usize, at: Instant) {
@@ -108,8 +138,14 @@ impl<T> Shared<T> {
         self.sched.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn wake(&self, lane: usize) {
-        self.lock().mark_due(lane);
+    fn wake(&self, lane: usize, urgent: bool) {
+        let mut s = self.lock();
+        if urgent {
+            s.mark_urgent(lane);
+        } else {
+            s.mark_due(lane);
+        }
+        drop(s);
         self.wake.notify_one();
     }
 }
@@ -135,6 +171,7 @@ impl<T: Send + 'static> WorkerPool<T> {
             sched: Mutex::new(Sched {
                 lanes: Vec::new(),
                 due: VecDeque::new(),
+                urgent: VecDeque::new(),
                 timers: BinaryHeap::new(),
                 open: 0,
                 stopping: false,
@@ -173,19 +210,21 @@ impl<T: Send + 'static> WorkerPool<T> {
                 idle: instances,
                 timer: None,
                 due: false,
+                urgent: false,
+                rush: false,
                 retired: false,
             });
             s.open += 1;
             s.lanes.len() - 1
         };
         let shared = Arc::downgrade(&self.shared);
-        handle.set_waker(Box::new(move || {
+        handle.set_waker(Box::new(move |urgent| {
             if let Some(shared) = shared.upgrade() {
-                shared.wake(lane);
+                shared.wake(lane, urgent);
             }
         }));
         // Anything queued before the waker was set.
-        self.shared.wake(lane);
+        self.shared.wake(lane, false);
     }
 
     /// Waits for the workers to stop: after every lane's handle is closed
@@ -199,18 +238,19 @@ impl<T: Send + 'static> WorkerPool<T> {
     }
 }
 
-/// A worker: takes the next due lane with an idle instance, runs one batch
-/// on it, and repeats; sleeps until a push or the earliest deadline.
+/// A worker: takes the next urgent, else due, lane with an idle instance,
+/// runs one batch on it, and repeats; sleeps until a push or the earliest
+/// deadline.
 fn work<T>(shared: &Shared<T>) {
     let mut s = shared.lock();
     loop {
         let now = Instant::now();
         s.expire(now);
-        if let Some(ix) = s.due.pop_front() {
-            s.lanes[ix].due = false;
+        if let Some((ix, urgent)) = s.next_lane() {
             if s.lanes[ix].retired || s.lanes[ix].idle.is_empty() {
                 // Retired, or every instance busy: the one that finishes
-                // marks the lane due again.
+                // marks the lane due again (urgent, if it was).
+                s.lanes[ix].rush |= urgent;
                 continue;
             }
             let handle = s.lanes[ix].handle.clone();
@@ -222,14 +262,22 @@ fn work<T>(shared: &Shared<T>) {
                     let mut instance = s.lanes[ix].idle.pop().expect("checked above");
                     if !s.lanes[ix].idle.is_empty() {
                         // Another worker may take the rest at once.
-                        s.mark_due(ix);
+                        if urgent {
+                            s.mark_urgent(ix);
+                        } else {
+                            s.mark_due(ix);
+                        }
                         shared.wake.notify_one();
                     }
                     drop(s);
                     let alive = instance.run(batch);
                     s = shared.lock();
                     s.lanes[ix].idle.push(instance);
-                    if alive {
+                    let rush = std::mem::take(&mut s.lanes[ix].rush);
+                    if alive && (urgent || rush) {
+                        // What is left of an expedited queue stays ahead.
+                        s.mark_urgent(ix);
+                    } else if alive {
                         s.mark_due(ix);
                     } else {
                         s.retire(ix);
@@ -293,6 +341,73 @@ mod tests {
             self.running.fetch_sub(1, Ordering::SeqCst);
             true
         }
+    }
+
+    /// Blocks its first batch until the test releases it.
+    struct Gate {
+        started: std::sync::mpsc::Sender<()>,
+        release: std::sync::mpsc::Receiver<()>,
+        seen: Seen,
+    }
+
+    impl Instance<u32> for Gate {
+        fn run(&mut self, batch: Batch<u32>) -> bool {
+            let _ = self.started.send(());
+            let _ = self.release.recv();
+            self.seen.lock().unwrap().push(("gate", batch.items));
+            true
+        }
+    }
+
+    #[test]
+    fn an_expedited_lane_runs_before_lanes_that_were_due_earlier() {
+        let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let pool = WorkerPool::start(1);
+        // A 1 s budget: nothing is dispatched by its deadline in this test,
+        // only by a full bucket (1) or by being expedited.
+        let queue = |buckets: Vec<usize>| BatchQueue::new(64, buckets, Duration::from_secs(1));
+        let gate = BatchHandle::new(queue(vec![1]));
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        pool.add(
+            &gate,
+            vec![Box::new(Gate {
+                started: started_tx,
+                release: release_rx,
+                seen: Arc::clone(&seen),
+            })],
+        );
+        let lane = |name: &'static str, buckets: Vec<usize>| {
+            let handle = BatchHandle::new(queue(buckets));
+            let recorder = Recorder {
+                lane: name,
+                seen: Arc::clone(&seen),
+                running: Arc::clone(&running),
+                most: Arc::clone(&most),
+            };
+            pool.add(&handle, vec![Box::new(recorder)]);
+            handle
+        };
+        let early: Vec<BatchHandle<u32>> = ["a", "b", "c"].map(|n| lane(n, vec![1])).into();
+        // Waits for a batch of 4 that never fills, until expedited.
+        let late = lane("late", vec![4]);
+
+        gate.push(0, 0, Instant::now());
+        started.recv().unwrap(); // the only worker is busy from now on
+        for (i, h) in early.iter().enumerate() {
+            h.push(0, 10 + i as u32, Instant::now());
+        }
+        late.push(0, 99, Instant::now());
+        late.expedite(Instant::now());
+        release.send(()).unwrap();
+
+        gate.close();
+        early.iter().chain([&late]).for_each(BatchHandle::close);
+        pool.join();
+        let order: Vec<&str> = seen.lock().unwrap().iter().map(|(l, _)| *l).collect();
+        assert_eq!(order, ["gate", "late", "a", "b", "c"]);
     }
 
     #[test]

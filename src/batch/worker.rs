@@ -17,8 +17,10 @@ struct Shared<T> {
     closed: bool,
 }
 
-/// Tells a [`super::pool::WorkerPool`] that its lane may have work.
-type Waker = Box<dyn Fn() + Send + Sync>;
+/// Tells a [`super::pool::WorkerPool`] that its lane may have work; `true`:
+/// work that is due now ([`BatchHandle::expedite`]), to be run before
+/// lanes that are merely due.
+type Waker = Box<dyn Fn(bool) + Send + Sync>;
 
 /// A cloneable handle over one model's [`BatchQueue`].
 pub struct BatchHandle<T> {
@@ -75,7 +77,7 @@ impl<T> BatchHandle<T> {
 
     fn wake(&self) {
         if let Some(w) = self.waker.get() {
-            w();
+            w(false);
         }
     }
 
@@ -136,12 +138,15 @@ impl<T> BatchHandle<T> {
     }
 
     /// Dispatches everything queued now without waiting out the budget
-    /// ([`BatchQueue::expedite`]).
+    /// ([`BatchQueue::expedite`]); in a worker pool the lane also goes ahead
+    /// of lanes that are merely due.
     pub fn expedite(&self, now: Instant) {
         let (lock, cvar) = &*self.inner;
         lock.lock().expect("batch queue lock").queue.expedite(now);
         cvar.notify_all();
-        self.wake();
+        if let Some(w) = self.waker.get() {
+            w(true);
+        }
     }
 
     /// Stops accepting waits: everything queued is dispatched at once, then
