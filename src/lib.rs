@@ -9,6 +9,7 @@
 //! telemetry to a running service.
 #![deny(missing_docs)]
 
+pub mod background;
 pub mod batch;
 pub mod cli;
 pub mod config;

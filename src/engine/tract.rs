@@ -267,14 +267,8 @@ fn tuner() -> &'static Tuner {
         std::thread::Builder::new()
             .name("tract-tuner".into())
             .spawn(move || {
-                // SAFETY: setpriority on this thread's own id (Linux
-                // threads are tasks with their own nice value); no memory
-                // is touched.
-                let niced = unsafe {
-                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19)
-                };
-                if niced != 0 {
-                    log::debug!(target: "gsinfer::engine", "tract tuner keeps its priority: {}", std::io::Error::last_os_error());
+                if let Err(e) = crate::background::lower_this_thread(19) {
+                    log::debug!(target: "gsinfer::engine", "tract tuner keeps its priority: {e}");
                 }
                 for job in rx {
                     let started = Instant::now();
