@@ -75,9 +75,10 @@ impl<T> BatchHandle<T> {
         );
     }
 
-    fn wake(&self) {
+    /// Calls the pool's waker, if any; `urgent` for an expedited queue.
+    fn wake(&self, urgent: bool) {
         if let Some(w) = self.waker.get() {
-            w(false);
+            w(urgent);
         }
     }
 
@@ -98,7 +99,7 @@ impl<T> BatchHandle<T> {
             .queue
             .push(channel, item, now);
         cvar.notify_one();
-        self.wake();
+        self.wake(false);
         outcome
     }
 
@@ -120,7 +121,7 @@ impl<T> BatchHandle<T> {
         let outcome = shared.queue.push_all_if_room(channel, items, now);
         drop(shared);
         cvar.notify_one();
-        self.wake();
+        self.wake(false);
         outcome
     }
 
@@ -144,9 +145,7 @@ impl<T> BatchHandle<T> {
         let (lock, cvar) = &*self.inner;
         lock.lock().expect("batch queue lock").queue.expedite(now);
         cvar.notify_all();
-        if let Some(w) = self.waker.get() {
-            w(true);
-        }
+        self.wake(true);
     }
 
     /// Stops accepting waits: everything queued is dispatched at once, then
@@ -158,7 +157,7 @@ impl<T> BatchHandle<T> {
         shared.queue.drain();
         drop(shared);
         cvar.notify_all();
-        self.wake();
+        self.wake(false);
     }
 
     /// Blocks until the policy dispatches a batch; `None` once closed and
