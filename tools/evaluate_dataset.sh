@@ -30,7 +30,8 @@
 #
 # Environment:
 #   FAMILIES=lstm,vae,tfm   families to train and evaluate
-#   BASELINES=persist,zscore  baselines to write and evaluate (empty: none)
+#   BASELINES=persist,zscore  baselines to write and evaluate: persist, zscore, nn
+#                           (tools/make_baselines.py; empty: none)
 #   VOTE=lstm,vae,tfm,persist  members of the reference vote (empty: none)
 #   THRESHOLD=ndt           threshold method in the configurations: ndt, pot or static
 #   EPOCHS=                 most epochs per model (default: lstm 35, tfm 35, vae 100,

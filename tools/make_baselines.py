@@ -17,6 +17,17 @@ scores exactly like the trained families:
                   tools/make_config.py --family zscore. sigma is floored at
                   1e-6 so a constant train split still gives a finite score.
 
+  nn_<chan>       nearest nominal neighbour: "window" [B, 50, F] -> "reconstruction"
+                  [B, 50, F] = the window with feature 0 replaced by the nearest
+                  (Euclidean) 50-sample subsequence of feature 0 among all the
+                  subsequences of the channel's train split, the other features
+                  copied. Its reconstruction error over feature 0 is the RMS
+                  distance to the nearest nominal subsequence: the AB-join of the
+                  matrix profile (Yeh et al., ICDM 2016) with the train split as
+                  the reference. Scored like the VAE (EWMA span 105, NDT) by
+                  tools/make_config.py --family nn. The subsequences are stored in
+                  the graph: 4 x 50 x (train length - 49) bytes (~0.55 MB on SMAP).
+
 F is read from each channel's data (25 on SMAP, 55 on MSL); mu and sigma from
 `<data-dir>/train/<chan>.npy`, column 0.
 
@@ -37,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_models import SERVING_PBTXT, chan_key, spacecraft_of  # noqa: E402
 
 HORIZON = 10
+NN_WINDOW = 50
 SIGMA_FLOOR = 1e-6
 
 
@@ -72,6 +84,40 @@ def zscore_model(features, mu, sigma):
         helper.make_node("Sub", ["window", "z"], ["reconstruction"]),
     ]
     graph = helper.make_graph(nodes, "zscore", [window], [rec])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="gsinfer-baselines")
+
+
+def nn_model(features, train_value, window=NN_WINDOW):
+    """Nearest-nominal-neighbour "reconstruction" of feature 0 (see the module doc).
+
+    argmin_j |x - T_j|^2 = argmin_j (|T_j|^2 - 2 x.T_j): |x|^2 is the same for every j.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+    series = np.asarray(train_value, dtype=np.float32)
+    if series.shape[0] < window:
+        raise SystemExit(f"train split has {series.shape[0]} samples, fewer than the window {window}")
+    subs = np.lib.stride_tricks.sliding_window_view(series, window).astype(np.float32)  # [N, m]
+    x_in = helper.make_tensor_value_info("window", TensorProto.FLOAT, ["batch", window, features])
+    rec = helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, ["batch", window, features])
+    inits = [
+        numpy_helper.from_array(subs, "subsequences"),                                     # [N, m]
+        numpy_helper.from_array((subs.astype(np.float64) ** 2).sum(1).astype(np.float32), "norms"),  # [N]
+        numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "axis_f"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
+        numpy_helper.from_array(np.array([features], dtype=np.int64), "end"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["window", "zero"], ["value"], axis=2),            # [B, m]
+        # -2 x.T_j + |T_j|^2 = |x - T_j|^2 - |x|^2, [B, N]
+        helper.make_node("Gemm", ["value", "subsequences", "norms"], ["distance"], alpha=-2.0, beta=1.0, transB=1),
+        helper.make_node("ArgMin", ["distance"], ["nearest"], axis=1, keepdims=0),    # [B]
+        helper.make_node("Gather", ["subsequences", "nearest"], ["neighbour"], axis=0),  # [B, m]
+        helper.make_node("Unsqueeze", ["neighbour", "axis_f"], ["neighbour3"]),      # [B, m, 1]
+        helper.make_node("Slice", ["window", "one", "end", "axis_f"], ["others"]),   # [B, m, F-1]
+        helper.make_node("Concat", ["neighbour3", "others"], ["reconstruction"], axis=2),
+    ]
+    graph = helper.make_graph(nodes, "nearest_nominal_neighbour", [x_in], [rec], initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="gsinfer-baselines")
 
 
@@ -125,12 +171,12 @@ def main():
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--channels", default=None)
-    ap.add_argument("--families", default="persist,zscore")
+    ap.add_argument("--families", default="persist,zscore", help="comma-separated: persist, zscore, nn")
     args = ap.parse_args()
     fams = [f for f in args.families.split(",") if f]
     for f in fams:
-        if f not in ("persist", "zscore"):
-            raise SystemExit(f"unknown baseline {f!r}; choose persist, zscore")
+        if f not in ("persist", "zscore", "nn"):
+            raise SystemExit(f"unknown baseline {f!r}; choose persist, zscore, nn")
     chans = sorted((os.path.basename(p)[:-4] for p in glob.glob(os.path.join(args.data_dir, "train", "*.npy"))),
                    key=chan_key)
     if args.channels:
@@ -154,6 +200,13 @@ def main():
                                f"Reconstruction error over feature 0 = |x - mu| / sigma, train mu {mu:.6g}, "
                                f"sigma {sigma:.6g}."),
                   features, 1)
+        if "nn" in fams:
+            name = f"nn_{chan}"
+            write(args.out, name, nn_model(features, train[:, 0]),
+                  config_pbtxt(name, chan, craft, features, NN_WINDOW, "reconstruction", [NN_WINDOW, features],
+                               f"Feature 0 replaced by its nearest subsequence of the train split "
+                               f"({train.shape[0] - NN_WINDOW + 1} subsequences of {NN_WINDOW})."),
+                  features, NN_WINDOW)
     print(f"wrote {len(fams)} baseline(s) for {len(chans)} channels into {args.out}")
 
 

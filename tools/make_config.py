@@ -7,8 +7,8 @@ tools/make_baselines.py) and writes one `[[pipeline]]` per channel model: model
 `<family>_<chan>`, topic `telemetry/<spacecraft>/<chan>`, channels [<chan>],
 the features its config.pbtxt declares (25 on SMAP, 55 on MSL: one file mixes
 spacecraft), the family's window (lstm 250, vae 50, tfm 64, persist 2,
-zscore 1; stride 1), the scoring kind (forecast for lstm, tfm and persist,
-reconstruction for vae and zscore) and the threshold method (the zscore
+nn 50, zscore 1; stride 1), the scoring kind (forecast for lstm, tfm and persist,
+reconstruction for vae, nn and zscore) and the threshold method (the zscore
 baseline is always a static 3: a z-score above 3 is anomalous).
 
 The spacecraft of a channel comes from `--data-dir`'s labeled_anomalies.csv
@@ -36,6 +36,7 @@ FAMILIES = {
     "vae": {"window": 50, "kind": "reconstruction", "extra": "reconstruction_features = [0], "},
     "tfm": {"window": 64, "kind": "forecast"},
     "persist": {"window": 2, "kind": "forecast"},
+    "nn": {"window": 50, "kind": "reconstruction", "extra": "reconstruction_features = [0], "},
     "zscore": {"window": 1, "kind": "reconstruction", "extra": "reconstruction_features = [0], ",
                "span": 1.0, "threshold": '{ method = "static", value = 3.0 }'},
 }
