@@ -28,6 +28,11 @@ are also counted as *trusted votes*: on each channel only the families that
 raised no alarm on its nominal data vote; when fewer than k are trusted, the
 plain k-of-n over every family applies.
 
+With --skill SKILL_JSON (tools/validation_skill.py) the trusted votes also
+apply the skill gate of EVALUATION.md, 8.: an input named lstm or tfm (by its
+file name) does not vote on a channel where its validation skill against
+persistence is <= 0 or undefined.
+
 With --cv K it also estimates how the search itself generalises across
 channels (nested leave-channels-out): SPACECRAFT's channels are shuffled
 (--seeds) into K folds; for each fold the search runs on the other K-1 and
@@ -184,6 +189,8 @@ def main():
     ap.add_argument("--top", type=int, default=10, help="rules printed by --search")
     ap.add_argument("--trust", nargs="+", default=None, metavar="NOMINAL",
                     help="one eval --json --metrics file per input on nominal data: also count trusted votes")
+    ap.add_argument("--skill", default=None, metavar="SKILL_JSON",
+                    help="with --trust: gate lstm/tfm inputs by tools/validation_skill.py's skill (> 0 votes)")
     ap.add_argument("--cv", type=int, default=0, metavar="K",
                     help="with --search: also a nested K-fold leave-channels-out estimate of the search")
     ap.add_argument("--seeds", default="0,1,2", help="channel shuffles for --cv")
@@ -207,6 +214,19 @@ def main():
             ap.error("--trust needs one nominal file per input, in the same order")
         nominal = [load(p, args.variant) for p in args.trust]
         rules += [f"trusted {r}" for r in rules if r != "any"]
+    skill = None
+    if args.skill:
+        if nominal is None:
+            ap.error("--skill needs --trust")
+        with open(args.skill) as fh:
+            skill = json.load(fh)
+    family_of = [n.split(".")[0].split("_")[-1] for n in names]
+
+    def unskilled(ch, i):
+        if skill is None or family_of[i] not in ("lstm", "tfm"):
+            return False
+        s = skill.get(ch, {}).get(family_of[i])
+        return s is None or s["skill"] is None or s["skill"] <= 0
     for rule in ["each"] + rules:
         for label, fam_ix in ([(n, [i]) for i, n in enumerate(names)] if rule == "each" else [(rule, None)]):
             groups = {}
@@ -217,6 +237,7 @@ def main():
                     pred = fams[0]
                 elif rule.startswith("trusted "):
                     alarms = [len(n[ch][1]) if ch in n else 1 for n in nominal]
+                    alarms = [1 if unskilled(ch, i) else a for i, a in enumerate(alarms)]
                     pred = trusted(fams, alarms, int(rule.split()[1]))
                 else:
                     pred = fuse(fams, 1 if rule == "any" else int(rule))
