@@ -3,10 +3,16 @@
 //!
 //! Each pipeline's channels ([`ChannelState`]: window ring, sample index,
 //! last time stamp and `seq`, smoothing, threshold history, open anomaly)
-//! are saved to `<dir>/<model>.state`, one file per pipeline, written
-//! atomically as engine plans are ([`write_atomic`]: temporary file, fsync,
-//! rename, folder fsync; the service saves a checkpoint's models as one
-//! group commit, [`StateStore::save_all`]). The file is:
+//! are saved in two files per pipeline that take turns, `<dir>/<model>.state`
+//! and `<dir>/<model>.state.b` (slots A and B): each save overwrites, in
+//! place, the slot that does *not* hold the newest intact save, and carries
+//! a generation one above it, so a save torn by a crash leaves the previous
+//! one whole. The service saves a checkpoint's models as one group commit
+//! ([`StateStore::save_all`]: every file written, then one `syncfs(2)`).
+//! Why not a temporary file renamed over the old one, as engine plans are
+//! written: each rename frees an inode and each temporary file allocates
+//! one, and at a thousand models per save that inode churn was most of the
+//! save's CPU (BENCHMARKS.md, "Channel state: saves in place"). A file is:
 //!
 //! ```text
 //! "GSINFST1" | u32 LE header length | header (JSON) | payload (postcard) | CRC-32 (u32 LE)
@@ -14,25 +20,29 @@
 //!
 //! The header holds the [`StateKey`] (what must be unchanged for the state
 //! to be continued: model name, version and the model file's sha256, the
-//! features, window and scoring settings) and when the state was saved;
-//! the CRC-32 (IEEE, over everything before it) catches a truncated or
-//! corrupt file, which is then never trusted. A file is read once at start:
-//! [`StateStore::load`] says whether to continue it, close what it left
-//! open (too old), or start fresh, and why.
+//! features, window and scoring settings), when the state was saved and
+//! its generation (0 in files written before slots existed: a lone
+//! `<model>.state` of an older gsinfer is continued); the CRC-32 (IEEE,
+//! over everything before it) catches a truncated, torn or corrupt file,
+//! which is then never trusted. The files are read once at start:
+//! [`StateStore::load`] takes the intact slot of the highest generation and
+//! says whether to continue it, close what it left open (too old), or start
+//! fresh, and why.
 //!
 //! The state is saved only at points where no window of the pipeline is
 //! in flight (cut but not yet scored), so restoring it loses and repeats
 //! nothing ([`crate::pipeline::Pipeline::windows_in_flight`]).
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::PipelineConfig;
-use crate::engine::cache::write_atomic;
 use crate::pipeline::{ChannelState, Pipeline};
 use crate::window::WindowConfig;
 
@@ -176,6 +186,10 @@ struct Header {
     saved_at_ns: i64,
     /// Channels in the payload.
     channels: usize,
+    /// One above the generation of the save it replaces (0: written
+    /// before slots existed).
+    #[serde(default)]
+    generation: u64,
 }
 
 /// Errors reading or writing state files.
@@ -199,7 +213,8 @@ pub enum StateError {
     },
 }
 
-/// Encodes `channels` under `key`, saved at `saved_at_ns` (ns since epoch).
+/// Encodes `channels` under `key`, saved at `saved_at_ns` (ns since epoch),
+/// as generation 1 (see [`encode_generation`]).
 ///
 /// # Errors
 /// Only if a channel's state cannot be serialised (not expected).
@@ -208,10 +223,25 @@ pub fn encode(
     saved_at_ns: i64,
     channels: &[ChannelState],
 ) -> Result<Vec<u8>, String> {
+    encode_generation(key, saved_at_ns, 1, channels)
+}
+
+/// [`encode`] with the save's `generation` (the slot of the higher one wins
+/// at [`StateStore::load`]).
+///
+/// # Errors
+/// Only if a channel's state cannot be serialised (not expected).
+pub fn encode_generation(
+    key: &StateKey,
+    saved_at_ns: i64,
+    generation: u64,
+    channels: &[ChannelState],
+) -> Result<Vec<u8>, String> {
     let header = serde_json::to_vec(&Header {
         key: key.clone(),
         saved_at_ns,
         channels: channels.len(),
+        generation,
     })
     .map_err(|e| e.to_string())?;
     let payload = postcard::to_allocvec(channels).map_err(|e| e.to_string())?;
@@ -232,6 +262,8 @@ pub struct Saved {
     pub key: StateKey,
     /// When, ns since the Unix epoch.
     pub saved_at_ns: i64,
+    /// Its generation (0: written before slots existed).
+    pub generation: u64,
     /// The channels.
     pub channels: Vec<ChannelState>,
 }
@@ -267,6 +299,7 @@ pub fn decode(bytes: &[u8]) -> Result<Saved, String> {
     Ok(Saved {
         key: header.key,
         saved_at_ns: header.saved_at_ns,
+        generation: header.generation,
         channels,
     })
 }
@@ -282,6 +315,10 @@ pub enum Restore {
         channels: Vec<ChannelState>,
         /// How long ago it was saved.
         age: Duration,
+        /// The other slot, when it is there but not intact (a save torn by
+        /// a crash, or a damaged file): the state continued is then the
+        /// save before it, which the operator is told.
+        damaged: Option<StateError>,
     },
     /// A state older than `max_age_s`: its open anomalies are to be closed,
     /// then the pipeline starts fresh.
@@ -309,10 +346,33 @@ pub struct Snapshot {
     pub channels: Vec<ChannelState>,
 }
 
-/// The state folder: one file per pipeline.
+/// One of the two files a pipeline's state takes turns in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// `<model>.state` (also the one file of gsinfer before slots).
+    A,
+    /// `<model>.state.b`.
+    B,
+}
+
+impl Slot {
+    fn other(self) -> Self {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+}
+
+/// The state folder: two files per pipeline (see the module docs).
 #[derive(Debug, Clone)]
 pub struct StateStore {
     dir: PathBuf,
+    /// Per model: the slot holding its newest intact save and that save's
+    /// generation, as last read or written; the next save goes to the
+    /// other slot, one generation up. Shared by the clones (the state
+    /// writer's and the pipeline task's), which never save at once.
+    newest: Arc<Mutex<HashMap<String, (Slot, u64)>>>,
 }
 
 /// What one save wrote.
@@ -322,6 +382,12 @@ pub struct SaveReport {
     pub bytes: usize,
     /// Channels saved.
     pub channels: usize,
+}
+
+/// What reading one slot gave.
+enum Found {
+    Intact(Slot, Saved),
+    Damaged(StateError),
 }
 
 impl StateStore {
@@ -336,44 +402,90 @@ impl StateStore {
         })?;
         Ok(Self {
             dir: dir.to_path_buf(),
+            newest: Arc::default(),
         })
     }
 
-    /// The file of `model`'s pipeline.
+    /// The first file of `model`'s pipeline (slot A, `<model>.state`; the
+    /// second is the same with `.b` appended).
     pub fn path(&self, model: &str) -> PathBuf {
-        self.dir.join(format!("{model}.state"))
+        self.slot_path(model, Slot::A)
+    }
+
+    fn slot_path(&self, model: &str, slot: Slot) -> PathBuf {
+        match slot {
+            Slot::A => self.dir.join(format!("{model}.state")),
+            Slot::B => self.dir.join(format!("{model}.state.b")),
+        }
+    }
+
+    /// Both slots of `model` as they are on disk (missing ones left out),
+    /// remembering the newest intact one for the next save.
+    fn read_slots(&self, model: &str) -> Vec<Found> {
+        let mut found = Vec::new();
+        for slot in [Slot::A, Slot::B] {
+            let path = self.slot_path(model, slot);
+            match fs::read(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => found.push(Found::Damaged(StateError::Io { path, source })),
+                Ok(bytes) => found.push(match decode(&bytes) {
+                    Ok(saved) => Found::Intact(slot, saved),
+                    Err(why) => Found::Damaged(StateError::Corrupt { path, why }),
+                }),
+            }
+        }
+        let newest = found.iter().filter_map(|f| match f {
+            Found::Intact(slot, saved) => Some((*slot, saved.generation)),
+            Found::Damaged(_) => None,
+        });
+        let mut map = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        match newest.max_by_key(|(_, generation)| *generation) {
+            Some(n) => map.insert(model.to_string(), n),
+            None => map.remove(model),
+        };
+        found
+    }
+
+    /// Where the next save of `model` goes and its generation: the slot
+    /// that does not hold the newest intact save, one generation above it.
+    fn next_slot(&self, model: &str) -> (Slot, u64) {
+        let known = self
+            .newest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+            .copied();
+        // Not read at start (a store used only to save): read it now, once.
+        let newest = known.or_else(|| {
+            self.read_slots(model);
+            let map = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+            map.get(model).copied()
+        });
+        match newest {
+            Some((slot, generation)) => (slot.other(), generation + 1),
+            None => (Slot::A, 1),
+        }
     }
 
     /// Saves `pipeline`'s channels under `key` at `now_ns` (ns since epoch).
     ///
     /// # Errors
     /// [`StateError::Io`] naming the file (a full disk says so); the
-    /// previous file, if any, is left intact.
+    /// previous save is left intact in the other slot.
     pub fn save(
         &self,
         key: &StateKey,
         pipeline: &Pipeline,
         now_ns: i64,
     ) -> Result<SaveReport, StateError> {
-        let path = self.path(&key.model);
-        let channels = pipeline.channel_states();
-        let bytes = encode(key, now_ns, channels).map_err(|why| StateError::Corrupt {
-            path: path.clone(),
-            why,
-        })?;
-        write_atomic(&path, &bytes).map_err(|e| StateError::Io {
-            path: path.clone(),
-            source: io::Error::other(e.to_string()),
-        })?;
-        Ok(SaveReport {
-            bytes: bytes.len(),
-            channels: channels.len(),
-        })
+        self.save_states(&[(key, pipeline.channel_states())], now_ns)
+            .pop()
+            .expect("one result per pipeline")
     }
 
-    /// Saves several pipelines at `now_ns` as one group commit
-    /// ([`crate::engine::cache::write_atomic_all`]: one file-system sync and
-    /// one folder fsync for all of them); one result per pipeline, in order.
+    /// Saves several pipelines at `now_ns` as one group commit (every file
+    /// written in place, then one file-system sync for all of them); one
+    /// result per pipeline, in order.
     pub fn save_all(
         &self,
         pipelines: &[(&StateKey, &Pipeline)],
@@ -401,75 +513,93 @@ impl StateStore {
     }
 
     /// Encodes and writes `states` as one group commit, each file encoded
-    /// only when its turn comes (one file's bytes in memory at a time).
+    /// only when its turn comes (one file's bytes in memory at a time) and
+    /// closed once written: every file overwritten in place (its other
+    /// slot untouched), then one `syncfs(2)`, then, only if a file was
+    /// created, one fsync of the folder. A save counts once the sync
+    /// returned; until then the other slot stays the newest intact one.
     fn save_states(
         &self,
         states: &[(&StateKey, &[ChannelState])],
         now_ns: i64,
     ) -> Vec<Result<SaveReport, StateError>> {
-        use std::io::Write;
-        let paths: Vec<PathBuf> = states
-            .iter()
-            .map(|(key, _)| self.path(&key.model))
-            .collect();
-        let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-        // Per file: what its encoding gave, `None` when it never got that far
-        // (its temporary file could not be created), so each result stays
-        // with its own file.
-        let mut reports: Vec<Option<Result<SaveReport, StateError>>> =
-            (0..states.len()).map(|_| None).collect();
-        let written = crate::engine::cache::write_atomic_all_with(&self.dir, &refs, |i, file| {
-            let (key, channels) = states[i];
-            let io_error = |e: io::Error| crate::engine::cache::CacheError::io(&paths[i], e);
-            match encode(key, now_ns, channels) {
-                Ok(bytes) => {
-                    reports[i] = Some(Ok(SaveReport {
-                        bytes: bytes.len(),
-                        channels: channels.len(),
-                    }));
-                    file.write_all(&bytes).map_err(io_error)
-                }
+        let mut written: Vec<Result<(SaveReport, Slot, u64), StateError>> =
+            Vec::with_capacity(states.len());
+        let mut created = false;
+        for (key, channels) in states {
+            let (slot, generation) = self.next_slot(&key.model);
+            let path = self.slot_path(&key.model, slot);
+            let io_error = |source: io::Error| StateError::Io {
+                path: path.clone(),
+                source,
+            };
+            let bytes = match encode_generation(key, now_ns, generation, channels) {
+                Ok(b) => b,
                 Err(why) => {
-                    reports[i] = Some(Err(StateError::Corrupt {
-                        path: paths[i].clone(),
-                        why: why.clone(),
+                    written.push(Err(StateError::Corrupt {
+                        path: path.clone(),
+                        why,
                     }));
-                    Err(io_error(io::Error::other(why)))
+                    continue;
                 }
+            };
+            let result = overwrite(&path, &bytes).map_err(io_error).map(|new| {
+                created |= new;
+                let report = SaveReport {
+                    bytes: bytes.len(),
+                    channels: channels.len(),
+                };
+                (report, slot, generation)
+            });
+            written.push(result);
+        }
+        if written.iter().any(Result::is_ok) {
+            if let Err(e) = sync_folder(&self.dir, created) {
+                let failed = |r: &mut Result<_, StateError>| {
+                    if r.is_ok() {
+                        *r = Err(StateError::Io {
+                            path: self.dir.clone(),
+                            source: io::Error::new(e.kind(), e.to_string()),
+                        });
+                    }
+                };
+                written.iter_mut().for_each(failed);
             }
-        });
-        reports
+        }
+        let mut map = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        written
             .into_iter()
-            .zip(written)
-            .zip(&paths)
-            .map(|((report, w), path)| match (report, w) {
-                (Some(Err(e)), _) => Err(e),
-                (Some(Ok(r)), Ok(())) => Ok(r),
-                (_, Err(e)) => Err(StateError::Io {
-                    path: path.clone(),
-                    source: io::Error::other(e.to_string()),
-                }),
-                // Not produced: a file written without its report.
-                (None, Ok(())) => Err(StateError::Io {
-                    path: path.clone(),
-                    source: io::Error::other("not encoded"),
-                }),
+            .zip(states)
+            .map(|(r, (key, _))| {
+                r.map(|(report, slot, generation)| {
+                    map.insert(key.model.clone(), (slot, generation));
+                    report
+                })
             })
             .collect()
     }
 
-    /// Reads the state of the pipeline keyed `key`, at `now_ns`; a state
-    /// older than `max_age` is [`Restore::Stale`].
+    /// Reads the state of the pipeline keyed `key`, at `now_ns`: the intact
+    /// slot of the highest generation; a state older than `max_age` is
+    /// [`Restore::Stale`].
     pub fn load(&self, key: &StateKey, now_ns: i64, max_age: Duration) -> Restore {
-        let path = self.path(&key.model);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Restore::Missing,
-            Err(source) => return Restore::Unreadable(StateError::Io { path, source }),
-        };
-        let saved = match decode(&bytes) {
-            Ok(s) => s,
-            Err(why) => return Restore::Unreadable(StateError::Corrupt { path, why }),
+        let mut newest: Option<Saved> = None;
+        let mut damaged = None;
+        for found in self.read_slots(&key.model) {
+            match found {
+                Found::Intact(_, saved) => {
+                    if newest
+                        .as_ref()
+                        .is_none_or(|n| saved.generation > n.generation)
+                    {
+                        newest = Some(saved);
+                    }
+                }
+                Found::Damaged(e) => damaged = Some(e),
+            }
+        }
+        let Some(saved) = newest else {
+            return damaged.map_or(Restore::Missing, Restore::Unreadable);
         };
         let differences = key.differences(&saved.key);
         if !differences.is_empty() {
@@ -485,9 +615,41 @@ impl StateStore {
             Restore::Continue {
                 channels: saved.channels,
                 age,
+                damaged,
             }
         }
     }
+}
+
+/// Writes `bytes` over the file at `path` from its start, in place (created
+/// if missing, cut to `bytes.len()`), and closes it; returns whether it was
+/// created. Not durable until the folder's file system is synced.
+fn overwrite(path: &Path, bytes: &[u8]) -> io::Result<bool> {
+    use std::io::Write;
+    let existed = path.exists();
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.set_len(bytes.len() as u64)?;
+    Ok(!existed)
+}
+
+/// Syncs the file system holding `dir` (`syncfs(2)`: every file written
+/// there), then, when a file was `created`, `dir` itself (its new entry).
+fn sync_folder(dir: &Path, created: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = fs::File::open(dir)?;
+    // SAFETY: syncfs on a file descriptor owned for the call.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if created {
+        d.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -657,6 +819,108 @@ mod tests {
             store.load(&key(), 1_000, hour),
             Restore::Unreadable(StateError::Corrupt { .. })
         ));
+    }
+
+    /// Samples taken by the channels of the pipeline `load` continues.
+    fn continued(store: &StateStore) -> (u64, bool) {
+        match store.load(&key(), 1_000, Duration::from_secs(3600)) {
+            Restore::Continue {
+                channels, damaged, ..
+            } => (channels[0].samples(), damaged.is_some()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn saves_take_turns_in_two_slots_and_a_torn_one_leaves_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("state")).unwrap();
+        let (a, b) = (store.path("m"), store.dir.join("m.state.b"));
+        let mut p = Pipeline::new(&config());
+        feed(&mut p, 0, 10);
+        store.save(&key(), &p, 1_000).unwrap();
+        assert!(a.is_file() && !b.exists(), "the first save goes to slot A");
+        feed(&mut p, 10, 20);
+        store.save(&key(), &p, 1_000).unwrap();
+        assert!(b.is_file(), "the second to slot B");
+        assert_eq!(continued(&store), (20, false), "the newest wins");
+        feed(&mut p, 20, 30);
+        store.save(&key(), &p, 1_000).unwrap();
+        assert_eq!(decode(&fs::read(&a).unwrap()).unwrap().generation, 3);
+        assert_eq!(continued(&store), (30, false));
+
+        // A crash in the middle of the next save (into B): B is torn, A whole.
+        let bytes = fs::read(&b).unwrap();
+        fs::write(&b, &bytes[..bytes.len() / 2]).unwrap();
+        assert_eq!(continued(&store), (30, true), "the save before, and why");
+        // The next save goes over the torn slot, not over the good one.
+        feed(&mut p, 30, 40);
+        store.save(&key(), &p, 1_000).unwrap();
+        assert_eq!(decode(&fs::read(&b).unwrap()).unwrap().generation, 4);
+        assert_eq!(continued(&store), (40, false));
+
+        // Both damaged: nothing is trusted.
+        for f in [&a, &b] {
+            let mut bytes = fs::read(f).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0xff;
+            fs::write(f, &bytes).unwrap();
+        }
+        assert!(matches!(
+            store.load(&key(), 1_000, Duration::from_secs(3600)),
+            Restore::Unreadable(StateError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_restart_goes_on_with_the_generations_and_continues_a_file_from_before_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("state");
+        let mut p = Pipeline::new(&config());
+        feed(&mut p, 0, 10);
+        // A lone <model>.state as gsinfer wrote it before slots: no generation.
+        let mut old = encode(&key(), 1_000, p.channel_states()).unwrap();
+        let len = u32::from_le_bytes(old[8..12].try_into().unwrap()) as usize;
+        let header = String::from_utf8(old[12..12 + len].to_vec()).unwrap();
+        let without = header.replace(",\"generation\":1", "");
+        assert_ne!(header, without);
+        let mut bytes = b"GSINFST1".to_vec();
+        bytes.extend_from_slice(&(without.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(without.as_bytes());
+        bytes.extend_from_slice(&old[12 + len..old.len() - 4]);
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        old = bytes;
+        fs::create_dir_all(&folder).unwrap();
+        fs::write(folder.join("m.state"), &old).unwrap();
+
+        let store = StateStore::open(&folder).unwrap();
+        assert_eq!(continued(&store), (10, false), "continued as generation 0");
+        feed(&mut p, 10, 20);
+        store.save(&key(), &p, 1_000).unwrap();
+        assert!(folder.join("m.state.b").is_file(), "the old file is kept");
+        // A new store (the next start) reads the generations from disk.
+        let again = StateStore::open(&folder).unwrap();
+        assert_eq!(continued(&again), (20, false));
+        feed(&mut p, 20, 30);
+        again.save(&key(), &p, 1_000).unwrap();
+        assert_eq!(
+            decode(&fs::read(folder.join("m.state")).unwrap())
+                .unwrap()
+                .generation,
+            2
+        );
+        // A store that saves without loading first still writes over the older slot.
+        let blind = StateStore::open(&folder).unwrap();
+        feed(&mut p, 30, 40);
+        blind.save(&key(), &p, 1_000).unwrap();
+        assert_eq!(
+            decode(&fs::read(folder.join("m.state.b")).unwrap())
+                .unwrap()
+                .generation,
+            3
+        );
+        assert_eq!(continued(&blind), (40, false));
     }
 
     #[test]

@@ -833,11 +833,20 @@ fn a_corrupt_or_mismatched_state_is_discarded_with_one_line_and_the_service_runs
     publish_samples(broker.port, 0..WINDOW + 20);
     assert!(wait_until(|| scores_by_sample(&sub).len() == 20));
     assert!(terminate(&mut service).success());
-    let file = dir.path().join("state").join("smap_lstm.state");
-    let mut bytes = std::fs::read(&file).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
-    std::fs::write(&file, &bytes).unwrap();
+    // Both slots the saves take turns in (the second exists once two saves
+    // were made); with one of them intact the run would continue from it.
+    let state = dir.path().join("state");
+    for file in [
+        state.join("smap_lstm.state"),
+        state.join("smap_lstm.state.b"),
+    ] {
+        let Ok(mut bytes) = std::fs::read(&file) else {
+            continue;
+        };
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+    }
 
     let mut service = Service::run(&cfg, dir.path());
     ready(port, &service);

@@ -209,17 +209,25 @@ impl Persistence {
         };
         let model = key.model.clone();
         let max_age = Duration::from_secs(self.config.max_age_s);
-        let path = store.path(&model);
         match store.load(key, now_ns, max_age) {
             Restore::Missing => {
                 log::info!(target: "gsinfer::state", "model {model}: no saved channel state; channels start fresh");
                 board.set_state_restore(&model, "fresh", "no saved state", &[]);
             }
-            Restore::Continue { channels, age } => {
+            Restore::Continue {
+                channels,
+                age,
+                damaged,
+            } => {
                 let names: Vec<String> = channels.iter().map(|c| c.name().to_string()).collect();
                 let n = pipeline.restore(channels);
                 *saved = progress(pipeline);
                 let age_s = age.as_secs_f64();
+                if let Some(e) = damaged {
+                    // A save torn by a crash: its messages were never
+                    // acknowledged, so the broker sends them again.
+                    log::warn!(target: "gsinfer::state", "model {model}: {e}; the save before it is continued");
+                }
                 log::info!(target: "gsinfer::state", "model {model}: channel state of {n} channel(s) restored (saved {age_s:.0} s ago); scoring goes on from it");
                 let names: Vec<&str> = names.iter().map(String::as_str).collect();
                 board.set_state_restore(
@@ -247,7 +255,6 @@ impl Persistence {
             Restore::Unreadable(e) => {
                 log::warn!(target: "gsinfer::state", "model {model}: {e}");
                 board.set_state_restore(&model, "discarded", &e.to_string(), &[]);
-                let _ = path;
             }
         }
     }
