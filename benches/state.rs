@@ -5,20 +5,32 @@
 //!
 //! - `encode`: the channel's state to the file's bytes (header, postcard
 //!   payload, CRC-32);
-//! - `save`: encode and write atomically (temporary file, fsync, rename,
-//!   folder fsync) into a folder under `target/`, i.e. on the disk the
-//!   state folder would be on;
-//! - anchor `fsync_floor`: [`write_atomic`] of the same number of bytes
-//!   without encoding, the part that is the disk's, measured in the same run.
+//! - `save`: encode and write in place into the slot the save goes to,
+//!   then sync the file system, into a folder under `target/`, i.e. on the
+//!   disk the state folder would be on;
+//! - anchor `fsync_floor`: [`write_atomic`] (temporary file, fsync, rename,
+//!   folder fsync) of the same number of bytes without encoding, the part
+//!   that is the disk's, measured in the same run.
+//!
+//! And one checkpoint of 1 000 such LSTM channels, one model each, as the
+//! service saves them (one group commit), timed in *CPU time of this
+//! process* (what a save takes from the engines; the kernel's writeback
+//! threads are not counted), not wall time:
+//!
+//! - `group_1000/in_place`: [`StateStore::save_all`], the two slots;
+//! - anchor `group_1000/temp_rename`: the same bytes encoded and written as
+//!   the store did before (a temporary file per model renamed over the
+//!   old one, [`write_atomic_all_with`]: one `syncfs`, one folder fsync).
 //!
 //! The size of each state is printed. Results: BENCHMARKS.md ("Channel state").
 
 use std::hint::black_box;
-use std::time::Instant;
+use std::io::Write;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use gsinfer::config::PipelineConfig;
-use gsinfer::engine::cache::write_atomic;
+use gsinfer::engine::cache::{write_atomic, write_atomic_all_with};
 use gsinfer::ingest::decode::RawSample;
 use gsinfer::pipeline::Pipeline;
 use gsinfer::score::WindowOutcome;
@@ -96,5 +108,66 @@ fn state_bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, state_bench);
+/// CPU time this process has used (user and system, all threads).
+fn process_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+fn group_bench(c: &mut Criterion) {
+    const MODELS: usize = 1_000;
+    let mut g = c.benchmark_group("state/group_1000");
+    g.sample_size(10);
+    let config = pipeline_config(250, "forecast");
+    let p = warm(&config, 10);
+    let keys: Vec<StateKey> = (0..MODELS)
+        .map(|i| {
+            let mut c = config.clone();
+            c.model = format!("m{i}");
+            StateKey::new(&c, 1, "0".repeat(64))
+        })
+        .collect();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let store = StateStore::open(&dir.path().join("slots")).unwrap();
+    let batch: Vec<(&StateKey, &Pipeline)> = keys.iter().map(|k| (k, &p)).collect();
+    g.bench_function("in_place", |b| {
+        b.iter_custom(|iters| {
+            let start = process_cpu();
+            for _ in 0..iters {
+                let saved = store.save_all(&batch, 0);
+                assert!(saved.iter().all(Result::is_ok));
+            }
+            process_cpu() - start
+        })
+    });
+    let renamed = dir.path().join("renamed");
+    std::fs::create_dir_all(&renamed).unwrap();
+    let paths: Vec<std::path::PathBuf> = keys
+        .iter()
+        .map(|k| renamed.join(format!("{}.state", k.model)))
+        .collect();
+    let refs: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
+    g.bench_function("temp_rename", |b| {
+        b.iter_custom(|iters| {
+            let start = process_cpu();
+            for _ in 0..iters {
+                let written = write_atomic_all_with(&renamed, &refs, |i, file| {
+                    let bytes = encode(&keys[i], 0, p.channel_states()).unwrap();
+                    file.write_all(&bytes).unwrap();
+                    Ok(())
+                });
+                assert!(written.iter().all(Result::is_ok));
+            }
+            process_cpu() - start
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, state_bench, group_bench);
 criterion_main!(benches);
