@@ -5,7 +5,7 @@
 //! on an engine ([`engine`]), scored ([`score`]) and published ([`publish`]),
 //! while [`status`] shows what is happening; [`kserve`] takes inference
 //! requests from KServe v2 clients into the same batchers. [`service`] wires the stages;
-//! [`eval`] runs the same [`pipeline`] offline; [`replay`] feeds recorded
+//! [`eval`] runs the same [`pipeline`] offline; [`cli::replay`] feeds recorded
 //! telemetry to a running service.
 #![deny(missing_docs)]
 

@@ -372,7 +372,7 @@ const SUBSCRIBE_BYTES: usize = 16 * 1024;
 
 /// The SUBSCRIBE packets for `subscriptions`: each filter once (at the
 /// highest QoS asked for it), in first-seen order, packed at most
-/// [`SUBSCRIBE_FILTERS`] filters and [`SUBSCRIBE_BYTES`] bytes a packet.
+/// `SUBSCRIBE_FILTERS` filters and `SUBSCRIBE_BYTES` bytes a packet.
 ///
 /// Why: one packet per filter through the client's bounded request queue
 /// lost every filter past the queue's capacity (1 024) at start, so a

@@ -72,7 +72,7 @@ struct ModelStatus {
     recent: Recent,
 }
 
-/// How long a [`Recent`] period lasts: the health looks at the current
+/// How long a `Recent` period lasts: the health looks at the current
 /// period and the one before it, i.e. the last one to two minutes.
 pub const RECENT_PERIOD: Duration = Duration::from_secs(60);
 

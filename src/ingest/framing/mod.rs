@@ -16,7 +16,7 @@
 //! - `cobs`: Consistent Overhead Byte Stuffing (Cheshire and Baker, 1999),
 //!   frames delimited by `0x00`; [`cobs`].
 //! - `line`: newline-terminated lines (`\n`, an optional `\r` before it is
-//!   removed); [`line`].
+//!   removed); [`line`](mod@line).
 
 pub mod cobs;
 pub mod kiss;

@@ -65,7 +65,7 @@ pub struct MissionDb {
 }
 
 impl MissionDb {
-    /// Compiles validated packet definitions (see [`validate`]).
+    /// Compiles validated packet definitions (see [`super::validate`]).
     pub fn new(packets: &[PacketConfig]) -> MissionDb {
         let mut db = MissionDb::default();
         for p in packets {

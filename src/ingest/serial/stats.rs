@@ -2,7 +2,7 @@
 //! packet errors and per-APID sequence accounting. Atomics, so the link's
 //! task updates them without locks and the status server reads them at
 //! any time; registered with the status board as a
-//! [`SourceStatus`](crate::report::SourceStatus).
+//! [`crate::report::SourceStatus`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
