@@ -821,6 +821,11 @@ mod tests {
         ));
     }
 
+    /// The generation of the save in the file at `path`.
+    fn generation(path: &Path) -> u64 {
+        decode(&fs::read(path).unwrap()).unwrap().generation
+    }
+
     /// Samples taken by the channels of the pipeline `load` continues.
     fn continued(store: &StateStore) -> (u64, bool) {
         match store.load(&key(), 1_000, Duration::from_secs(3600)) {
@@ -846,7 +851,7 @@ mod tests {
         assert_eq!(continued(&store), (20, false), "the newest wins");
         feed(&mut p, 20, 30);
         store.save(&key(), &p, 1_000).unwrap();
-        assert_eq!(decode(&fs::read(&a).unwrap()).unwrap().generation, 3);
+        assert_eq!(generation(&a), 3);
         assert_eq!(continued(&store), (30, false));
 
         // A crash in the middle of the next save (into B): B is torn, A whole.
@@ -856,7 +861,7 @@ mod tests {
         // The next save goes over the torn slot, not over the good one.
         feed(&mut p, 30, 40);
         store.save(&key(), &p, 1_000).unwrap();
-        assert_eq!(decode(&fs::read(&b).unwrap()).unwrap().generation, 4);
+        assert_eq!(generation(&b), 4);
         assert_eq!(continued(&store), (40, false));
 
         // Both damaged: nothing is trusted.
@@ -904,22 +909,12 @@ mod tests {
         assert_eq!(continued(&again), (20, false));
         feed(&mut p, 20, 30);
         again.save(&key(), &p, 1_000).unwrap();
-        assert_eq!(
-            decode(&fs::read(folder.join("m.state")).unwrap())
-                .unwrap()
-                .generation,
-            2
-        );
+        assert_eq!(generation(&folder.join("m.state")), 2);
         // A store that saves without loading first still writes over the older slot.
         let blind = StateStore::open(&folder).unwrap();
         feed(&mut p, 30, 40);
         blind.save(&key(), &p, 1_000).unwrap();
-        assert_eq!(
-            decode(&fs::read(folder.join("m.state.b")).unwrap())
-                .unwrap()
-                .generation,
-            3
-        );
+        assert_eq!(generation(&folder.join("m.state.b")), 3);
         assert_eq!(continued(&blind), (40, false));
     }
 
