@@ -833,9 +833,39 @@ fn a_corrupt_or_mismatched_state_is_discarded_with_one_line_and_the_service_runs
     publish_samples(broker.port, 0..WINDOW + 20);
     assert!(wait_until(|| scores_by_sample(&sub).len() == 20));
     assert!(terminate(&mut service).success());
-    // Both slots the saves take turns in (the second exists once two saves
-    // were made); with one of them intact the run would continue from it.
+    // The saves take turns in two files; the stop's save is the newest.
     let state = dir.path().join("state");
+    let slots = [
+        state.join("smap_lstm.state"),
+        state.join("smap_lstm.state.b"),
+    ];
+    let generation = |f: &Path| {
+        let bytes = std::fs::read(f).ok()?;
+        Some(gsinfer::state::decode(&bytes).ok()?.generation)
+    };
+    assert!(
+        slots.iter().all(|f| generation(f).is_some()),
+        "the run saved more than once (QoS 1: every 16 messages)"
+    );
+    // The newest torn, as by a crash mid-save: the one before it is
+    // continued, and the journal says so.
+    let newest = slots.iter().max_by_key(|f| generation(f)).unwrap();
+    let bytes = std::fs::read(newest).unwrap();
+    std::fs::write(newest, &bytes[..bytes.len() / 2]).unwrap();
+    let mut service = Service::run(&cfg, dir.path());
+    ready(port, &service);
+    assert_eq!(
+        status(port)["models"][0]["channel_state"]["restore"],
+        "continued"
+    );
+    let log = service.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("corrupt") && l.contains("the save before it is continued")),
+        "{log}"
+    );
+    assert!(terminate(&mut service).success());
+    // Both damaged: nothing is trusted.
     for file in [
         state.join("smap_lstm.state"),
         state.join("smap_lstm.state.b"),
@@ -845,7 +875,7 @@ fn a_corrupt_or_mismatched_state_is_discarded_with_one_line_and_the_service_runs
         };
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0xff;
-        std::fs::write(&file, &bytes).unwrap();
+        std::fs::write(file, &bytes).unwrap();
     }
 
     let mut service = Service::run(&cfg, dir.path());
