@@ -384,12 +384,6 @@ pub struct SaveReport {
     pub channels: usize,
 }
 
-/// What reading one slot gave.
-enum Found {
-    Intact(Slot, Saved),
-    Damaged(StateError),
-}
-
 impl StateStore {
     /// The store in `dir`, created if missing.
     ///
@@ -419,47 +413,51 @@ impl StateStore {
         }
     }
 
-    /// Both slots of `model` as they are on disk (missing ones left out),
-    /// remembering the newest intact one for the next save.
-    fn read_slots(&self, model: &str) -> Vec<Found> {
-        let mut found = Vec::new();
+    /// The map of newest saves (see [`StateStore::newest`]).
+    fn newest(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Slot, u64)>> {
+        self.newest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads both slots of `model`: the intact save of the highest
+    /// generation, if any, and the error of a slot that is there but not
+    /// intact, if any; remembers the newest for the next save.
+    fn read_slots(&self, model: &str) -> (Option<Saved>, Option<StateError>) {
+        let (mut newest, mut damaged): (Option<(Slot, Saved)>, _) = (None, None);
         for slot in [Slot::A, Slot::B] {
             let path = self.slot_path(model, slot);
             match fs::read(&path) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => found.push(Found::Damaged(StateError::Io { path, source })),
-                Ok(bytes) => found.push(match decode(&bytes) {
-                    Ok(saved) => Found::Intact(slot, saved),
-                    Err(why) => Found::Damaged(StateError::Corrupt { path, why }),
-                }),
+                Err(source) => damaged = Some(StateError::Io { path, source }),
+                Ok(bytes) => match decode(&bytes) {
+                    Ok(saved)
+                        if newest
+                            .as_ref()
+                            .is_none_or(|(_, n)| saved.generation > n.generation) =>
+                    {
+                        newest = Some((slot, saved));
+                    }
+                    Ok(_) => {}
+                    Err(why) => damaged = Some(StateError::Corrupt { path, why }),
+                },
             }
         }
-        let newest = found.iter().filter_map(|f| match f {
-            Found::Intact(slot, saved) => Some((*slot, saved.generation)),
-            Found::Damaged(_) => None,
-        });
-        let mut map = self.newest.lock().unwrap_or_else(|e| e.into_inner());
-        match newest.max_by_key(|(_, generation)| *generation) {
-            Some(n) => map.insert(model.to_string(), n),
-            None => map.remove(model),
+        match &newest {
+            Some((slot, saved)) => self
+                .newest()
+                .insert(model.to_string(), (*slot, saved.generation)),
+            None => self.newest().remove(model),
         };
-        found
+        (newest.map(|(_, saved)| saved), damaged)
     }
 
     /// Where the next save of `model` goes and its generation: the slot
     /// that does not hold the newest intact save, one generation above it.
     fn next_slot(&self, model: &str) -> (Slot, u64) {
-        let known = self
-            .newest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(model)
-            .copied();
-        // Not read at start (a store used only to save): read it now, once.
+        let known = self.newest().get(model).copied();
+        // Not read at start (a store used only to save): read the files now.
         let newest = known.or_else(|| {
             self.read_slots(model);
-            let map = self.newest.lock().unwrap_or_else(|e| e.into_inner());
-            map.get(model).copied()
+            self.newest().get(model).copied()
         });
         match newest {
             Some((slot, generation)) => (slot.other(), generation + 1),
@@ -566,7 +564,7 @@ impl StateStore {
                 written.iter_mut().for_each(failed);
             }
         }
-        let mut map = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.newest();
         written
             .into_iter()
             .zip(states)
@@ -583,21 +581,7 @@ impl StateStore {
     /// slot of the highest generation; a state older than `max_age` is
     /// [`Restore::Stale`].
     pub fn load(&self, key: &StateKey, now_ns: i64, max_age: Duration) -> Restore {
-        let mut newest: Option<Saved> = None;
-        let mut damaged = None;
-        for found in self.read_slots(&key.model) {
-            match found {
-                Found::Intact(_, saved) => {
-                    if newest
-                        .as_ref()
-                        .is_none_or(|n| saved.generation > n.generation)
-                    {
-                        newest = Some(saved);
-                    }
-                }
-                Found::Damaged(e) => damaged = Some(e),
-            }
-        }
+        let (newest, damaged) = self.read_slots(&key.model);
         let Some(saved) = newest else {
             return damaged.map_or(Restore::Missing, Restore::Unreadable);
         };

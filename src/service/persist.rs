@@ -70,11 +70,11 @@ pub struct SaveDone {
     acks: Vec<rumqttc::Publish>,
 }
 
-/// The state writer thread: takes one [`SaveJob`] at a time, reports each
-/// on `done`; ends when the job sender is dropped.
 /// The state writer's nice value (0 normal, 19 lowest).
 const WRITER_NICE: i32 = 10;
 
+/// The state writer thread: takes one [`SaveJob`] at a time, reports each
+/// on `done`; ends when the job sender is dropped.
 fn start_writer(
     store: StateStore,
     done: mpsc::Sender<SaveDone>,
@@ -83,12 +83,13 @@ fn start_writer(
     std::thread::Builder::new()
         .name("state-writer".into())
         .spawn(move || {
-            // A save of 1 000 models is ~0.3 s of encoding and writing; at
-            // normal priority, on 2 cores, it took that from the engines and
-            // every window of the next 0.4 s came late (BENCHMARKS.md,
-            // "N per-channel models"). Nice 10 still leaves it ~10 % of a
-            // busy core, so saves (and at QoS 1 the acknowledgements they
-            // release) are slowed under load, not stopped.
+            // A save of 1 000 models was ~0.3 s of CPU (~0.15 s since saves
+            // are written in place); at normal priority, on 2 cores, it took
+            // that from the engines and every window of the next 0.4 s came
+            // late (BENCHMARKS.md, "N per-channel models"). Nice 10 still
+            // leaves it ~10 % of a busy core, so saves (and at QoS 1 the
+            // acknowledgements they release) are slowed under load, not
+            // stopped.
             if let Err(e) = crate::background::lower_this_thread(WRITER_NICE) {
                 log::debug!(target: "gsinfer::state", "the state writer keeps its priority: {e}");
             }
