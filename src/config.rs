@@ -358,6 +358,15 @@ impl Config {
                 "max_payload_bytes, max_samples_per_payload and queue_capacity must be positive",
             );
         }
+        if self.ingest.pipeline_tasks > crate::ingest::MAX_PIPELINE_TASKS {
+            bad(
+                "ingest.pipeline_tasks".into(),
+                &format!(
+                    "must be at most {} (each task has a state writer thread); 0 picks one per two cores",
+                    crate::ingest::MAX_PIPELINE_TASKS
+                ),
+            );
+        }
         if !self.publish.score_max_rate_hz.is_finite() || self.publish.score_max_rate_hz < 0.0 {
             bad(
                 "publish.score_max_rate_hz".into(),

@@ -68,7 +68,9 @@ pub struct StateConfig {
     /// Save as soon as this many QoS 1/2 messages await their
     /// acknowledgement, which is sent only once the state holding their
     /// samples is on disk; keep it under the broker's in-flight limit
-    /// (mosquitto's `max_inflight_messages`, 20 by default).
+    /// (mosquitto's `max_inflight_messages`, 20 by default). With several
+    /// pipeline tasks (`ingest.pipeline_tasks`) each saves at its share,
+    /// `max_unacked / tasks` (at least 1).
     pub max_unacked: usize,
 }
 

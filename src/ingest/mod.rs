@@ -11,7 +11,7 @@ pub mod mqtt;
 pub mod serial;
 pub mod tls;
 
-pub use batch::{now_ns, Decoding, Origin, SampleBatch};
+pub use batch::{now_ns, Ack, Decoding, Dispatch, Origin, Owner, Refused, SampleBatch};
 pub use decode::{decode, DecodeLimits, Decoded, PayloadFormat, RawSample, Reject, RejectReason};
 
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,16 @@ pub struct IngestConfig {
     /// (`gsinfer_ingest_overflow_total`) so the event loop never blocks.
     #[serde(default = "default_queue")]
     pub queue_capacity: usize,
+    /// Pipeline tasks the pipelines are split over (each windows, scores
+    /// and saves the state of its own channels, on its own core when
+    /// there are enough); 0: one per two cores. The queue above is per
+    /// task.
+    #[serde(default)]
+    pub pipeline_tasks: usize,
 }
+
+/// Most pipeline tasks `ingest.pipeline_tasks` may ask for.
+pub const MAX_PIPELINE_TASKS: usize = 64;
 
 fn default_max_payload() -> usize {
     1 << 20
@@ -61,6 +70,7 @@ impl Default for IngestConfig {
             max_payload_bytes: default_max_payload(),
             max_samples_per_payload: default_max_samples(),
             queue_capacity: default_queue(),
+            pipeline_tasks: 0,
         }
     }
 }

@@ -30,9 +30,8 @@ use rumqttc::{
     TlsConfiguration, Transport,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
-use super::batch::{now_ns, Decoding, Origin, SampleBatch};
+use super::batch::{now_ns, Ack, Decoding, Dispatch, Origin, Refused, SampleBatch};
 use super::decode::{decode, DecodeLimits, PayloadFormat};
 use super::tls::{self, TlsConfig, TlsError};
 use crate::events::{EventSink, StageEvent};
@@ -303,7 +302,8 @@ impl TopicRoutes {
             received_ns,
             bytes: msg.payload.len(),
             decoded: decoded.into_iter().map(|(_, d)| d).collect(),
-            ack: msg.ack,
+            ack: msg.ack.map(Ack::new),
+            message: true,
         }
     }
 }
@@ -490,8 +490,8 @@ pub struct EventLoopTask {
     pub subscriptions: Vec<(String, QoS)>,
     /// Which pipelines a message is for, and how to decode it.
     pub topics: TopicRoutes,
-    /// Where telemetry goes, decoded.
-    pub inbound: mpsc::Sender<SampleBatch>,
+    /// Where telemetry goes, decoded: the pipeline tasks' queues.
+    pub inbound: Dispatch,
     /// Retained status topic and its `online` payload.
     pub status: Option<(String, Vec<u8>)>,
     /// Reconnect backoff bounds.
@@ -537,19 +537,19 @@ impl EventLoopTask {
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let msg = Inbound::from_publish(p, Instant::now());
-                    match self.inbound.try_reserve() {
-                        Ok(room) => room.send(self.topics.batch(msg, now_ns())),
-                        Err(mpsc::error::TrySendError::Full(())) => {
+                    match self.inbound.try_send(self.topics.batch(msg, now_ns())) {
+                        Ok(()) => {}
+                        Err(Refused::Full(header)) => {
                             self.events.emit(StageEvent::IngestOverflow);
                             // Dropped by the overload policy: acknowledge now so the
                             // broker's in-flight window for this client stays open.
-                            if let Some(header) = &msg.ack {
+                            if let Some(header) = &header {
                                 let _ = self.client.try_ack(header);
                             }
                         }
                         // Shutting down: left unacknowledged, the broker keeps it
                         // for the next run of this persistent session.
-                        Err(mpsc::error::TrySendError::Closed(())) => {}
+                        Err(Refused::Closed) => {}
                     }
                 }
                 Ok(Event::Outgoing(rumqttc::Outgoing::Subscribe(pkid))) => subscribing.sent(pkid),
@@ -675,7 +675,10 @@ mod tests {
         assert_eq!((&**channel, sample.t_ns), ("A-1", None));
         assert_eq!(batch.received_ns, 5);
         assert_eq!(batch.origin.to_string(), "telemetry/A-1");
-        assert_eq!(batch.ack.as_ref().map(|a| a.pkid), Some(7));
+        assert_eq!(
+            batch.ack.as_ref().and_then(Ack::header).map(|a| a.pkid),
+            Some(7)
+        );
     }
 
     #[test]

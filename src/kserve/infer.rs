@@ -236,7 +236,7 @@ pub fn decode_request(req: &HttpRequest, model: &ServedModel) -> Result<DecodedR
 pub fn infer(req: &HttpRequest, model: &ServedModel, ctx: &Context<'_>) -> HttpReply {
     ctx.board
         .metrics
-        .input(RequestSource::Http.as_str(), req.body.len());
+        .input(RequestSource::Http.as_str(), 1, req.body.len());
     let request = match decode_request(req, model) {
         Ok(r) => r,
         Err(reply) => return reply,

@@ -50,9 +50,10 @@ fn record_fact(board: &StatusBoard, fact: &Fact) {
         }
         Fact::Input {
             origin: Origin::Mqtt { .. },
+            messages,
             bytes,
             samples,
-        } => board.record_input(MQTT_SOURCE, *bytes, *samples),
+        } => board.record_input(MQTT_SOURCE, *messages, *bytes, *samples),
         // The link counts its own messages and bytes (status::sources).
         Fact::Input {
             origin: Origin::Serial { link },
@@ -142,6 +143,7 @@ mod tests {
                 },
                 Fact::Input {
                     origin,
+                    messages: 1,
                     bytes: 10,
                     samples: 2,
                 },

@@ -24,18 +24,19 @@ mod account;
 mod models;
 mod persist;
 pub mod router;
+mod shard;
 mod sources;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::config::Config;
+use crate::config::{Config, PipelineConfig};
 use crate::http::StatusServer;
 use crate::infer::BatchResult;
-use crate::ingest::{mqtt, now_ns, SampleBatch};
+use crate::ingest::{Dispatch, Owner, SampleBatch};
 use crate::kserve::ServedModels;
 use crate::pipeline::Pipeline;
 use crate::publish::{run_publisher, Outgoing};
@@ -44,9 +45,9 @@ use crate::shutdown::Stop;
 use crate::status::board::MQTT_SOURCE;
 use crate::status::StatusBoard;
 use crate::watchdog::{queued, Notifier, Stage};
-use account::deliver;
-use persist::{checkpoint, Persistence};
+use persist::Persistence;
 use router::Router;
+use shard::{PipelineTask, ResultRoutes, Shared};
 use sources::Sources;
 
 /// Capacity of the engine → pipeline results channel, in batches.
@@ -92,25 +93,38 @@ pub async fn run(config: Config) -> Result<()> {
     )?;
     board.register_source(MQTT_SOURCE, "mqtt", &broker);
 
-    // The pipeline task's queues (docs/architecture.md lists every queue).
-    let (mqtt_tx, mut mqtt_rx) = mpsc::channel::<SampleBatch>(config.ingest.queue_capacity);
-    let (serial_tx, mut serial_rx) = mpsc::channel::<SampleBatch>(SERIAL_CAPACITY);
-    let (results_tx, mut results_rx) = mpsc::channel::<BatchResult>(RESULTS_CAPACITY);
-    let (out_tx, out_rx) = mpsc::channel::<Outgoing>(OUTGOING_CAPACITY);
-    let pipeline_stage = {
+    // The pipeline tasks and their queues (docs/architecture.md lists every queue).
+    let tasks = shard::task_count(&config);
+    let owners: Arc<[Owner]> = shard::partition(&config.pipelines, &config.ensembles, tasks).into();
+    let (mut mqtt_txs, mut serial_txs, mut results_txs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut queues = Vec::new();
+    for _ in 0..tasks {
+        let (mqtt_tx, mqtt_rx) = mpsc::channel::<SampleBatch>(config.ingest.queue_capacity);
+        let (serial_tx, serial_rx) = mpsc::channel::<SampleBatch>(SERIAL_CAPACITY);
+        let (results_tx, results_rx) = mpsc::channel::<BatchResult>(RESULTS_CAPACITY);
         let (m, s, r) = (
             mqtt_tx.downgrade(),
             serial_tx.downgrade(),
             results_tx.downgrade(),
         );
-        Stage::with_backlog("pipeline", move || queued(&m) + queued(&s) + queued(&r))
-    };
-    notifier.supervise(pipeline_stage.clone());
+        let name = match tasks {
+            1 => "pipeline".to_string(),
+            _ => format!("pipeline {}", queues.len()),
+        };
+        let stage = Stage::with_backlog(name, move || queued(&m) + queued(&s) + queued(&r));
+        notifier.supervise(stage.clone());
+        mqtt_txs.push(mqtt_tx);
+        serial_txs.push(serial_tx);
+        results_txs.push(results_tx);
+        queues.push((mqtt_rx, serial_rx, results_rx, stage));
+    }
+    if tasks > 1 {
+        log::info!(target: "gsinfer", "{} pipelines on {tasks} pipeline tasks", config.pipelines.len());
+    }
 
-    let engines = models::load(&config, &repo, &board, &kserve, &notifier, &results_tx)?;
-    drop(results_tx);
-    let pipelines = config.pipelines.iter().map(Pipeline::new);
-    let lanes = pipelines.zip(engines.queues.iter().cloned()).collect();
+    let routes = ResultRoutes::new(results_txs, Arc::clone(&owners));
+    let engines = models::load(&config, &repo, &board, &kserve, &notifier, &routes)?;
+    drop(routes);
     // Members of trusted-vote ensembles that alarmed on their nominal data.
     let distrusted = if config.ensembles.iter().any(|e| e.trusted_only) {
         let models = config.pipelines.iter().map(|p| p.model.as_str());
@@ -118,17 +132,59 @@ pub async fn run(config: Config) -> Result<()> {
     } else {
         Default::default()
     };
-    let mut router = Router::new(lanes, &config.ensembles, distrusted);
-    // Each channel goes on from its saved state, before any sample comes.
-    let (mut state, mut saves_rx) = Persistence::open(&config, &repo, Instant::now());
-    for ix in 0..config.pipelines.len() {
-        let restored = router.with_pipeline(ix, |p, out| {
-            state.restore(ix, p, &board, now_ns(), out);
+    // Each task's share of the pipelines, their engines' queues and the state.
+    let mut lanes: Vec<Vec<_>> = (0..tasks).map(|_| Vec::new()).collect();
+    let mut own: Vec<Vec<PipelineConfig>> = (0..tasks).map(|_| Vec::new()).collect();
+    for ((p, queue), o) in config
+        .pipelines
+        .iter()
+        .zip(&engines.queues)
+        .zip(owners.iter())
+    {
+        lanes[o.task].push((Pipeline::new(p), queue.clone()));
+        own[o.task].push(p.clone());
+    }
+    let (out_tx, out_rx) = mpsc::channel::<Outgoing>(OUTGOING_CAPACITY);
+    let stop = Stop::default();
+    let mut shards = Vec::with_capacity(tasks);
+    for ((lanes, pipelines), (mqtt, serial, results, stage)) in
+        lanes.into_iter().zip(own).zip(queues)
+    {
+        let mut part = Config {
+            pipelines,
+            ..config.clone()
+        };
+        // The broker's in-flight window is shared by every task: each holds
+        // at most its share of `max_unacked`, so together they force a save
+        // before the window closes (else each waits for the interval with
+        // the broker sending nothing).
+        part.state.max_unacked = (config.state.max_unacked / tasks).max(1);
+        let (state, saves) = Persistence::open(&part, &repo, Instant::now());
+        shards.push(PipelineTask {
+            router: Router::new(lanes, &config.ensembles, distrusted.clone()),
+            state,
+            saves,
+            mqtt,
+            serial,
+            results,
+            stage,
         });
-        deliver(restored, &board, &out_tx).await;
     }
 
-    let mut sources = Sources::start(&config, &board, mqtt_tx, serial_tx)?;
+    let mqtt = Dispatch::new(mqtt_txs, Arc::clone(&owners));
+    let serial = Dispatch::new(serial_txs, Arc::clone(&owners));
+    let mut sources = Sources::start(&config, &board, mqtt, serial)?;
+    let shared = Shared {
+        board: Arc::clone(&board),
+        out: out_tx.clone(),
+        client: sources.client.clone(),
+        stop: stop.clone(),
+        drain_budget: DRAIN_BUDGET,
+    };
+    // Each channel goes on from its saved state, before any sample is taken.
+    for shard in &mut shards {
+        shard.restore(&shared).await;
+    }
     let publisher_stage = {
         let out = out_tx.downgrade();
         Stage::with_backlog("publisher", move || queued(&out))
@@ -142,74 +198,16 @@ pub async fn run(config: Config) -> Result<()> {
         publisher_stage,
     ));
 
-    let stop = Stop::default();
-    tokio::spawn(stop.clone().on_signals());
-    let mut serial_open = true;
-    let mut tick = tokio::time::interval(Duration::from_millis(config.state.save_interval_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            batch = mqtt_rx.recv(), if !stop.is_triggered() => {
-                let Some(mut batch) = batch else { break };
-                let _busy = pipeline_stage.begin();
-                let ack = batch.ack.take();
-                deliver(router.on_batch(batch, Instant::now()), &board, &out_tx).await;
-                match ack {
-                    // Taken, and held until a saved state holds its samples.
-                    Some(header) if state.holds_acks() => state.hold(header),
-                    // Taken: only now may the broker forget it (see ingest::mqtt).
-                    Some(header) => mqtt::acknowledge(&sources.client, &header).await,
-                    None => {}
-                }
-                if state.due(Instant::now()) {
-                    let acks = checkpoint(&mut router, &mut state, &mut results_rx, &board, &out_tx).await;
-                    for header in acks {
-                        mqtt::acknowledge(&sources.client, &header).await;
-                    }
-                }
-            }
-            batch = serial_rx.recv(), if serial_open && !stop.is_triggered() => match batch {
-                Some(batch) => {
-                    let _busy = pipeline_stage.begin();
-                    deliver(router.on_batch(batch, Instant::now()), &board, &out_tx).await;
-                }
-                None => serial_open = false, // no serial links
-            },
-            result = results_rx.recv() => {
-                let Some(result) = result else { break };
-                let _busy = pipeline_stage.begin();
-                deliver(router.on_results(result, Instant::now()), &board, &out_tx).await;
-            }
-            done = saves_rx.recv(), if state.saving() => {
-                let Some(done) = done else {
-                    state.writer_lost();
-                    continue;
-                };
-                let _busy = pipeline_stage.begin();
-                for header in state.complete(done, &board) {
-                    mqtt::acknowledge(&sources.client, &header).await;
-                }
-                // Acknowledgements held meanwhile may already call for the next.
-                if state.due(Instant::now()) {
-                    let acks = checkpoint(&mut router, &mut state, &mut results_rx, &board, &out_tx).await;
-                    for header in acks {
-                        mqtt::acknowledge(&sources.client, &header).await;
-                    }
-                }
-            }
-            _ = tick.tick() => if state.due(Instant::now()) {
-                let _busy = pipeline_stage.begin();
-                let acks = checkpoint(&mut router, &mut state, &mut results_rx, &board, &out_tx).await;
-                for header in acks {
-                    mqtt::acknowledge(&sources.client, &header).await;
-                }
-            },
-            _ = stop.wait(), if !stop.is_triggered() => {}
-        }
-        if stop.is_triggered() {
-            break;
-        }
+    let save_every = Duration::from_millis(config.state.save_interval_ms);
+    let mut running = Vec::with_capacity(tasks);
+    for shard in shards {
+        let (closed_tx, closed_rx) = oneshot::channel();
+        let task = tokio::spawn(shard.run(shared.clone(), save_every, closed_tx));
+        running.push((task, closed_rx));
     }
+    drop(shared);
+    tokio::spawn(stop.clone().on_signals());
+    stop.wait().await;
 
     // Graceful drain: engines finish what is queued; results are scored and published.
     log::info!(target: "gsinfer", "stopping: draining queued windows");
@@ -218,42 +216,35 @@ pub async fn run(config: Config) -> Result<()> {
         sd_notify::NotifyState::Stopping,
         sd_notify::NotifyState::Status("stopping: draining queued windows"),
     ]);
-    mqtt_rx.close();
-    serial_rx.close();
     sources.stop_serial().await;
+    // No window is cut once every task has stopped taking telemetry.
+    let mut ends = Vec::with_capacity(tasks);
+    for (task, closed) in running {
+        let _ = closed.await;
+        ends.push(task);
+    }
     engines.close();
-    // Bounded: with the broker gone the publisher cannot empty its queue,
-    // and systemd's TimeoutStopSec (30 s) would end the drain by SIGKILL.
-    let deadline = tokio::time::Instant::now() + DRAIN_BUDGET;
-    let scored = tokio::time::timeout_at(deadline, async {
-        while let Some(result) = results_rx.recv().await {
-            deliver(router.on_results(result, Instant::now()), &board, &out_tx).await;
+    let mut unsaved = Vec::with_capacity(tasks);
+    let mut drain_cut = false;
+    for task in ends {
+        match task.await {
+            Ok(end) => {
+                drain_cut |= end.drain_cut;
+                unsaved.push(end.unsaved);
+            }
+            Err(e) => log::error!(target: "gsinfer", "a pipeline task failed: {e}"),
         }
-    })
-    .await;
-    if scored.is_err() {
+    }
+    if drain_cut {
         let left = engines.depth();
         log::warn!(target: "gsinfer", "drain: not every queued window was scored within {DRAIN_BUDGET:?}; {left} windows left in the batch queues are dropped");
     }
-    // Engine threads finish their current batch; with the results channel
+    // Engine threads finish their current batch; with the results queues
     // closed they stop instead of waiting for room.
-    drop(results_rx);
     engines.join();
-    // The save with the state writer, if any, is finished first.
-    if state.saving() {
-        if let Some(done) = saves_rx.recv().await {
-            for header in state.complete(done, &board) {
-                mqtt::acknowledge(&sources.client, &header).await;
-            }
-        }
-    }
-    // Every window that will be scored is: the pipelines' state is final.
-    // A window still in flight is settled as dropped when it is restored.
-    for header in state.save(router.pipelines(), &board, Instant::now(), now_ns()) {
-        mqtt::acknowledge(&sources.client, &header).await;
-    }
-    state.log_stop();
+    persist::log_stop(unsaved);
     drop(out_tx);
+    let deadline = tokio::time::Instant::now() + DRAIN_BUDGET;
     if tokio::time::timeout_at(deadline, &mut publisher)
         .await
         .is_err()

@@ -14,15 +14,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::shard::ResultRoutes;
 use anyhow::Result;
-use tokio::sync::mpsc;
 
 use crate::batch::{BatchHandle, BatchQueue, Instance, WorkerPool};
 use crate::config::Config;
 use crate::config::PipelineConfig;
 use crate::engine::plans::{open_on_cpu, wanted, CpuEngine, EngineSet, Opened, Progress, Wanted};
 use crate::engine::prepare::{ModelError, PreparedModel};
-use crate::infer::{BatchResult, EngineContext, EngineInstance, Job};
+use crate::infer::{EngineContext, EngineInstance, Job};
 use crate::kserve::{ServedModel, ServedModels};
 use crate::repository::ModelRepository;
 use crate::status::{ModelState, StatusBoard};
@@ -62,8 +62,8 @@ impl Engines {
 }
 
 /// Loads every pipeline's model onto one engine worker pool of
-/// `engine.workers` threads; its instances send window results to
-/// `results`.
+/// `engine.workers` threads; its instances send window results where
+/// `results` routes them (the pipeline task that owns the pipeline).
 ///
 /// # Errors
 /// A model that cannot be prepared from the repository (with context), or
@@ -74,7 +74,7 @@ pub fn load(
     board: &Arc<StatusBoard>,
     kserve: &ServedModels,
     notifier: &Notifier,
-    results: &mpsc::Sender<BatchResult>,
+    results: &ResultRoutes,
 ) -> Result<Engines> {
     let pool = WorkerPool::start(config.engine.workers());
     // The pipelines' models, then the other versions their policies select.
@@ -182,7 +182,7 @@ struct LoadContext<'a> {
     board: &'a Arc<StatusBoard>,
     kserve: &'a ServedModels,
     notifier: &'a Notifier,
-    results: &'a mpsc::Sender<BatchResult>,
+    results: &'a ResultRoutes,
     pool: &'a WorkerPool<Job>,
     engines: &'a Mutex<EngineSet>,
 }
@@ -323,11 +323,12 @@ fn load_one(ctx: &LoadContext<'_>, ix: usize, p: &PipelineConfig) -> Option<Batc
             p.model, config.engine.threads);
     }
     let detail = opened.detail.clone();
+    let (results, pipeline) = results.route(ix);
     let context = Arc::new(EngineContext {
         name: p.model.clone(),
-        pipeline: ix,
+        pipeline,
         handle: handle.clone(),
-        results: results.clone(),
+        results,
         events: Arc::clone(board) as Arc<dyn crate::events::EventSink>,
         stats: Arc::clone(&stats),
         stage: engine_stage.clone(),

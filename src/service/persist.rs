@@ -32,7 +32,7 @@ use super::account::deliver;
 use super::router::Router;
 use crate::config::Config;
 use crate::infer::BatchResult;
-use crate::ingest::now_ns;
+use crate::ingest::{now_ns, Ack};
 use crate::pipeline::{ChannelOutput, Pipeline};
 use crate::publish::Outgoing;
 use crate::repository::ModelRepository;
@@ -58,7 +58,7 @@ struct SaveJob {
     pipelines: Vec<(usize, Progress)>,
     snapshots: Vec<Snapshot>,
     now_ns: i64,
-    acks: Vec<rumqttc::Publish>,
+    acks: Vec<Ack>,
 }
 
 /// A save the state writer finished: one result per pipeline of its job.
@@ -67,7 +67,7 @@ pub struct SaveDone {
     pipelines: Vec<(usize, Progress)>,
     results: Vec<Result<SaveReport, StateError>>,
     took: Duration,
-    acks: Vec<rumqttc::Publish>,
+    acks: Vec<Ack>,
 }
 
 /// The state writer's nice value (0 normal, 19 lowest).
@@ -124,7 +124,7 @@ pub struct Persistence {
     /// Per pipeline: its last save failed (the error is logged once per run of failures).
     failing: Vec<bool>,
     /// Acknowledgements held until the next save.
-    held: Vec<rumqttc::Publish>,
+    held: Vec<Ack>,
     last_save: Instant,
     /// When a skipped save was last logged.
     last_skip_log: Option<Instant>,
@@ -261,7 +261,7 @@ impl Persistence {
     }
 
     /// Holds the acknowledgement of a message whose samples were taken.
-    pub fn hold(&mut self, ack: rumqttc::Publish) {
+    pub fn hold(&mut self, ack: Ack) {
         self.held.push(ack);
     }
 
@@ -302,7 +302,7 @@ impl Persistence {
         board: &StatusBoard,
         now: Instant,
         now_ns: i64,
-    ) -> Vec<rumqttc::Publish> {
+    ) -> Vec<Ack> {
         self.last_save = now;
         let Some(store) = &self.store else {
             return std::mem::take(&mut self.held);
@@ -342,7 +342,7 @@ impl Persistence {
         dirty: &[usize],
         now: Instant,
         now_ns: i64,
-    ) -> Vec<rumqttc::Publish> {
+    ) -> Vec<Ack> {
         self.last_save = now;
         let Some(writer) = &self.writer else {
             return std::mem::take(&mut self.held);
@@ -398,7 +398,7 @@ impl Persistence {
     /// Takes a save the writer finished: records each pipeline's result
     /// (saved progress, the board, errors logged once per run of
     /// failures); returns the acknowledgements it releases.
-    pub fn complete(&mut self, done: SaveDone, board: &StatusBoard) -> Vec<rumqttc::Publish> {
+    pub fn complete(&mut self, done: SaveDone, board: &StatusBoard) -> Vec<Ack> {
         self.saving = false;
         for ((ix, at), result) in done.pipelines.into_iter().zip(done.results) {
             self.record(ix, at, result, done.took, board);
@@ -439,7 +439,7 @@ impl Persistence {
 
     /// Gives up this save at `now` (`in_flight` windows still unscored),
     /// logging it at most once a minute; returns the acknowledgements held.
-    pub fn skip(&mut self, in_flight: u64, now: Instant) -> Vec<rumqttc::Publish> {
+    pub fn skip(&mut self, in_flight: u64, now: Instant) -> Vec<Ack> {
         if self
             .last_skip_log
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
@@ -451,24 +451,36 @@ impl Persistence {
         std::mem::take(&mut self.held)
     }
 
-    /// Logs the final save at stop: which models' state the next start
-    /// will not find (their last save failed), or that all were saved.
-    pub fn log_stop(&self) {
-        if self.store.is_none() {
-            return;
-        }
-        let unsaved: Vec<&str> = self
-            .keys
-            .iter()
-            .zip(&self.failing)
+    /// After the final save at stop: the models whose state the next start
+    /// will not find (their last save failed); `None` when state is not
+    /// kept.
+    pub fn unsaved(&self) -> Option<Vec<String>> {
+        self.store.as_ref()?;
+        let unsaved = (self.keys.iter().zip(&self.failing))
             .filter(|(_, failing)| **failing)
-            .filter_map(|(key, _)| key.as_ref().map(|(k, _)| k.model.as_str()))
+            .filter_map(|(key, _)| key.as_ref().map(|(k, _)| k.model.clone()))
             .collect();
-        if unsaved.is_empty() {
-            log::info!(target: "gsinfer::state", "channel state saved for the next start");
-        } else {
-            log::error!(target: "gsinfer::state", "channel state of {} not saved at stop (see the save error above): the next start continues from an older save or starts fresh", unsaved.join(", "));
-        }
+        Some(unsaved)
+    }
+}
+
+/// Logs the final save at stop, from every pipeline task's
+/// [`Persistence::unsaved`]: which models' state the next start will not
+/// find, or that all were saved.
+pub fn log_stop(unsaved: impl IntoIterator<Item = Option<Vec<String>>>) {
+    let mut kept = false;
+    let mut models = Vec::new();
+    for u in unsaved.into_iter().flatten() {
+        kept = true;
+        models.extend(u);
+    }
+    if !kept {
+        return;
+    }
+    if models.is_empty() {
+        log::info!(target: "gsinfer::state", "channel state saved for the next start");
+    } else {
+        log::error!(target: "gsinfer::state", "channel state of {} not saved at stop (see the save error above): the next start continues from an older save or starts fresh", models.join(", "));
     }
 }
 
@@ -487,7 +499,7 @@ pub async fn checkpoint(
     results_rx: &mut mpsc::Receiver<BatchResult>,
     board: &StatusBoard,
     out_tx: &mpsc::Sender<Outgoing>,
-) -> Vec<rumqttc::Publish> {
+) -> Vec<Ack> {
     let deadline = tokio::time::Instant::now() + SAVE_BARRIER;
     let dirty = state.dirty(router.pipelines());
     if router.windows_in_flight(&dirty) > 0 {
@@ -535,10 +547,10 @@ mod tests {
         Config::load(&path).unwrap()
     }
 
-    fn ack(pkid: u16) -> rumqttc::Publish {
+    fn ack(pkid: u16) -> Ack {
         let mut p = rumqttc::Publish::new("t/A-1", rumqttc::QoS::AtLeastOnce, vec![]);
         p.pkid = pkid;
-        p
+        Ack::new(p)
     }
 
     #[test]
@@ -580,7 +592,8 @@ mod tests {
 
         let done = done_rx.blocking_recv().expect("the writer reports");
         let acks = state.complete(done, &board);
-        assert_eq!(acks.iter().map(|a| a.pkid).collect::<Vec<_>>(), vec![1, 2]);
+        let headers = acks.into_iter().filter_map(Ack::release);
+        assert_eq!(headers.map(|a| a.pkid).collect::<Vec<_>>(), vec![1, 2]);
         assert!(!state.saving());
         let file = state.store.as_ref().unwrap().path("persist_A-1");
         let saved = crate::state::decode(&std::fs::read(&file).unwrap()).unwrap();

@@ -97,7 +97,10 @@ pub enum Fact {
     Input {
         /// The source.
         origin: Origin,
-        /// Payload size.
+        /// Messages: 1, or 0 for a part of a message split over pipeline
+        /// tasks other than the first (the message is counted once).
+        messages: u64,
+        /// Payload size (0 for such a part).
         bytes: usize,
         /// Samples accepted.
         samples: usize,
@@ -307,6 +310,7 @@ impl<Q: JobQueue> Router<Q> {
         }
         routed.facts.push(Fact::Input {
             origin: batch.origin,
+            messages: u64::from(batch.message),
             bytes: batch.bytes,
             samples: accepted,
         });
@@ -549,7 +553,7 @@ impl RejectLog {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::cell::RefCell;
     use std::rc::Rc;
 
@@ -589,7 +593,7 @@ mod tests {
 
     /// One feature, windows of two samples, stride one; the score is the
     /// window's reconstruction error as it is, anomalous above 1.
-    fn config(model: &str, topic: &str) -> PipelineConfig {
+    pub(in crate::service) fn config(model: &str, topic: &str) -> PipelineConfig {
         PipelineConfig {
             model: model.into(),
             engine: Default::default(),
@@ -655,6 +659,7 @@ mod tests {
                 rejects: vec![],
             }],
             ack: None,
+            message: true,
         }
     }
 

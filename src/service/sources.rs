@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use anyhow::Result;
 use rumqttc::AsyncClient;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::ingest::mqtt::{self, EventLoopTask, TopicRoute, TopicRoutes};
 use crate::ingest::serial::SerialSource;
-use crate::ingest::SampleBatch;
+use crate::ingest::Dispatch;
 use crate::shutdown::Stop;
 use crate::status::StatusBoard;
 
@@ -44,8 +43,8 @@ impl Sources {
     pub fn start(
         config: &Config,
         board: &Arc<StatusBoard>,
-        mqtt: mpsc::Sender<SampleBatch>,
-        serial: mpsc::Sender<SampleBatch>,
+        mqtt: Dispatch,
+        serial: Dispatch,
     ) -> Result<Sources> {
         let status_topic = config.publish.status_topic();
         let broker = &config.broker;

@@ -342,13 +342,15 @@ impl StatusBoard {
         s.connected = connected;
     }
 
-    /// Counts one message of `bytes` from source `name`, carrying `samples` accepted samples.
-    pub fn record_input(&self, name: &str, bytes: usize, samples: usize) {
-        self.metrics.input(name, bytes);
+    /// Counts `messages` (1, or 0 for a later part of a message split over
+    /// pipeline tasks) of `bytes` from source `name`, carrying `samples`
+    /// accepted samples.
+    pub fn record_input(&self, name: &str, messages: u64, bytes: usize, samples: usize) {
+        self.metrics.input(name, messages, bytes);
         let now = Instant::now();
         let mut inner = self.lock();
         let s = inner.sources.entry(name.to_string()).or_default();
-        s.messages += 1;
+        s.messages += messages;
         s.bytes += bytes as u64;
         s.samples += samples as u64;
         let (messages, samples) = (s.messages, s.samples);
@@ -782,7 +784,7 @@ mod tests {
         board.set_model_state("m", ModelState::Rebuilding { progress: 0.25 });
         board.register_source(MQTT_SOURCE, "mqtt", "127.0.0.1:1883");
         board.set_connected(true);
-        board.record_input(MQTT_SOURCE, 100, 10);
+        board.record_input(MQTT_SOURCE, 1, 100, 10);
         for i in 0..5 {
             board.record_score("m", "A-1", &score(i, i as f32 * 0.2));
         }

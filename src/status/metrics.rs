@@ -414,12 +414,13 @@ impl Metrics {
             .map_or(0, |c| c.get())
     }
 
-    /// Counts one input of `bytes` from `source` (`mqtt`, `http`, ...).
-    pub fn input(&self, source: &str, bytes: usize) {
+    /// Counts `messages` inputs (1, or 0 for a later part of a split
+    /// message) of `bytes` from `source` (`mqtt`, `http`, ...).
+    pub fn input(&self, source: &str, messages: u64, bytes: usize) {
         let label = SourceLabel {
             source: source.into(),
         };
-        self.inputs.get_or_create(&label).inc();
+        self.inputs.get_or_create(&label).inc_by(messages);
         self.input_bytes.get_or_create(&label).inc_by(bytes as u64);
     }
 

@@ -15,13 +15,12 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
 use tokio_serial::SerialPortBuilderExt;
 
 use super::config::{FlowControl, Parity, SerialConfig};
 use super::decoder::{DecodedBatch, SerialDecoder};
 use super::stats::SerialStats;
-use crate::ingest::batch::{now_ns, Decoding, Origin, SampleBatch};
+use crate::ingest::batch::{now_ns, Decoding, Dispatch, Origin, SampleBatch};
 use crate::ingest::decode::DecodeLimits;
 use crate::shutdown::Stop;
 
@@ -87,7 +86,7 @@ pub struct SerialSource {
     pipeline: usize,
     name: Arc<str>,
     decoder: SerialDecoder,
-    tx: mpsc::Sender<SampleBatch>,
+    tx: Dispatch,
 }
 
 /// How a session with an open device ended.
@@ -98,12 +97,13 @@ enum Ended {
 
 impl SerialSource {
     /// A source for the validated link `config` feeding pipeline
-    /// `pipeline` through `tx`; its counters are returned for the status board.
+    /// `pipeline` through `tx` (the pipeline tasks' queues, or one queue);
+    /// its counters are returned for the status board.
     pub fn new(
         config: &SerialConfig,
         pipeline: usize,
         limits: DecodeLimits,
-        tx: mpsc::Sender<SampleBatch>,
+        tx: impl Into<Dispatch>,
     ) -> (SerialSource, Arc<SerialStats>) {
         let stats = Arc::new(SerialStats::new(config));
         let source = SerialSource {
@@ -111,7 +111,7 @@ impl SerialSource {
             pipeline,
             name: Arc::from(config.label()),
             decoder: SerialDecoder::new(config, limits, Arc::clone(&stats)),
-            tx,
+            tx: tx.into(),
         };
         (source, stats)
     }
@@ -191,6 +191,7 @@ impl SerialSource {
                     rejects: out.rejects,
                 }],
                 ack: None,
+                message: true,
             };
             tokio::select! {
                 r = self.tx.send(batch) => if r.is_err() { return Ended::Stopped },

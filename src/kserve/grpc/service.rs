@@ -256,7 +256,7 @@ impl KserveGrpc {
         protocol::require_ready(&self.context(), &model).map_err(|e| status(&e))?;
         self.board
             .metrics
-            .input(RequestSource::Grpc.as_str(), request.encoded_len());
+            .input(RequestSource::Grpc.as_str(), 1, request.encoded_len());
         let decoded = convert::decode_infer(&request, &model).map_err(|e| status(&e))?;
         let slot = Arc::clone(&self.infer_slots)
             .acquire_owned()
