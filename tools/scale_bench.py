@@ -119,6 +119,8 @@ def main():
                     help="the shipped configuration whose pipeline for --model is copied")
     ap.add_argument("--engine", choices=["auto", "tract", "onnxruntime"], default=None)
     ap.add_argument("--workers", type=int, default=None, help="engine.workers (default: gsinfer's)")
+    ap.add_argument("--pipeline-tasks", type=int, default=None,
+                    help="ingest.pipeline_tasks (default: gsinfer's, one per two cores)")
     ap.add_argument("--tract-tuning", choices=["background", "at_load"], default=None,
                     help="engine.tract_tuning (default: gsinfer's)")
     ap.add_argument("--qos", type=int, choices=[0, 1], default=1,
@@ -155,6 +157,8 @@ def main():
             engine_section = f"[state]\n{state}\n" + engine_section
         if args.tract_tuning:
             engine_section += f'tract_tuning = "{args.tract_tuning}"\n'
+        if args.pipeline_tasks is not None:
+            engine_section = f"[ingest]\npipeline_tasks = {args.pipeline_tasks}\n\n" + engine_section
         cfg = os.path.join(tmp, "gsinfer.toml")
         with open(cfg, "w") as f:
             f.write(f'[broker]\nhost = "127.0.0.1"\nport = {mqtt_port}\nclient_id = "gsinfer-scale"\n\n'
@@ -181,7 +185,8 @@ def main():
             sys.exit(f"not ready within {args.ready_timeout} s; log in {log.name}")
         result = {"n": args.n, "model": args.model, "repo": args.repo, "engine": args.engine or "config", "qos": args.qos,
                   "max_unacked": args.max_unacked,
-                  "workers": args.workers, "tract_tuning": args.tract_tuning, "ready_s": round(ready, 2), "at_ready": proc_status(g.pid)}
+                  "workers": args.workers, "pipeline_tasks": args.pipeline_tasks,
+                  "tract_tuning": args.tract_tuning, "ready_s": round(ready, 2), "at_ready": proc_status(g.pid)}
         if args.seconds > 0:
             result.update(feed(args, mqtt_port, features, length))
             result["at_end"] = proc_status(g.pid)
