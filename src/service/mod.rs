@@ -94,8 +94,8 @@ pub async fn run(config: Config) -> Result<()> {
     board.register_source(MQTT_SOURCE, "mqtt", &broker);
 
     // The pipeline tasks and their queues (docs/architecture.md lists every queue).
-    let tasks = shard::task_count(&config);
-    let owners: Arc<[Owner]> = shard::partition(&config.pipelines, &config.ensembles, tasks).into();
+    let (tasks, owners) = shard::plan(&config);
+    let owners: Arc<[Owner]> = owners.into();
     let (mut mqtt_txs, mut serial_txs, mut results_txs) = (Vec::new(), Vec::new(), Vec::new());
     let mut queues = Vec::new();
     for _ in 0..tasks {

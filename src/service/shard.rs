@@ -51,8 +51,19 @@ pub fn task_count(config: &Config) -> usize {
     wanted.min(config.pipelines.len()).max(1)
 }
 
+/// The number of pipeline tasks `config` runs and the owner of each of its
+/// pipelines: [`partition`] over [`task_count`] tasks, cut to the tasks
+/// that got a pipeline (pipelines that fuse on a channel may be fewer
+/// groups than tasks).
+pub fn plan(config: &Config) -> (usize, Vec<Owner>) {
+    let owners = partition(&config.pipelines, &config.ensembles, task_count(config));
+    let used = owners.iter().map(|o| o.task + 1).max().unwrap_or(1);
+    (used, owners)
+}
+
 /// The task of each pipeline of `pipelines` (config order) over `tasks`
 /// tasks, with its index among that task's pipelines (see the module docs).
+/// With fewer groups than tasks, tasks `0..groups` get one each.
 pub fn partition(
     pipelines: &[PipelineConfig],
     ensembles: &[EnsembleConfig],
@@ -439,6 +450,8 @@ mod tests {
         let t = tasks(&partition(&ps, &e, 3));
         assert_eq!((t[0], t[0]), (t[2], t[3]));
         assert_ne!(t[1], t[0]);
+        // Two groups on three tasks: the first two tasks, the third idle.
+        assert!(t.iter().all(|&t| t < 2), "{t:?}");
     }
 
     #[test]
