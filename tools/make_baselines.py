@@ -48,6 +48,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_models import SERVING_PBTXT, chan_key, spacecraft_of  # noqa: E402
 
 HORIZON = 10
+# IR version of the graphs written: onnx >= 1.18 writes 11+ by default, which
+# onnxruntime before 1.23 (the .deb's 1.22 among them) refuses to load, and
+# gsinfer then falls back to tract with a warning. Opset 17 needs IR 8,
+# what the trained models' exports carry too.
+IR_VERSION = 8
 NN_WINDOW = 50
 SIGMA_FLOOR = 1e-6
 
@@ -151,6 +156,7 @@ output [
 
 def write(out, name, model, pbtxt, features, window):
     import onnx
+    model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     path = os.path.join(out, name, "1", "model.onnx")
     os.makedirs(os.path.dirname(path), exist_ok=True)
