@@ -38,6 +38,13 @@ channels (nested leave-channels-out): SPACECRAFT's channels are shuffled
 (--seeds) into K folds; for each fold the search runs on the other K-1 and
 its winner is counted on the held-out fold; the held-out counts are summed.
 
+--search both ranks by F1 over the pooled counts of every spacecraft's
+channels (EVALUATION.md, 9.). With --cv, each spacecraft's channels are
+shuffled and dealt to the K folds separately, and on the same folds the
+search is run twice: on the training channels of every spacecraft
+("both") and on those of SMAP only ("SMAP", the procedure before); the
+held-out counts of each are summed per spacecraft.
+
 Usage:
     python3 tools/fuse_events.py --data-dir ../shared/data/telemanom \\
         lstm.jsonl vae.jsonl [tfm.jsonl] [--variant 0] [--rules any,2]
@@ -162,10 +169,52 @@ def cross_validate(runs, names, chans, craft, develop, folds, seeds):
               f"P {p:.3f} R {r:.3f} F1 {f1:.3f} F0.5 {f05:.3f}; winners {', '.join(winners)}")
 
 
+def cross_validate_both(runs, names, chans, craft, folds, seeds):
+    """Nested leave-channels-out of the pooled search against the SMAP-only one (see the module doc)."""
+    rules = all_rules(len(runs))
+    crafts = sorted(set(craft.get(ch, "?") for ch in chans))
+    pooled = lambda ch: "both"  # noqa: E731
+    for seed in seeds:
+        rng = random.Random(seed)
+        fold_of = {}
+        for c in crafts:
+            order = sorted(ch for ch in chans if craft.get(ch, "?") == c)
+            rng.shuffle(order)
+            for i, ch in enumerate(order):
+                fold_of[ch] = i % folds
+        held = {p: {c: [0, 0, 0] for c in crafts} for p in ("both", "SMAP")}
+        winners = {"both": [], "SMAP": []}
+        for f in range(folds):
+            test = [ch for ch in chans if fold_of[ch] == f]
+            train = [ch for ch in chans if fold_of[ch] != f]
+            picks = {
+                "both": max(rank(runs, rules, train, pooled), key=by_f1("both")),
+                "SMAP": max(rank(runs, rules, [ch for ch in train if craft.get(ch) == "SMAP"],
+                                 lambda ch: "SMAP"), key=by_f1("SMAP")),
+            }
+            for proc, (sub, k, _) in picks.items():
+                winners[proc].append(rule_name(names, sub, k))
+                counted = rank(runs, [(sub, k)], test, lambda ch: craft.get(ch, "?"))[0][2]
+                for c, t in counted.items():
+                    for j, v in enumerate(t):
+                        held[proc][c][j] += v
+        for proc in ("both", "SMAP"):
+            cols = []
+            for c in crafts:
+                tp, fp, fn = held[proc][c]
+                _, _, f1, f05 = rates(tp, fp, fn)
+                cols.append(f"{c} {tp}/{fp}/{fn} F1 {f1:.3f} F0.5 {f05:.3f}")
+            print(f"held out, seed {seed}, chosen on {proc:4s}: " + " | ".join(cols)
+                  + f"; winners {', '.join(winners[proc])}")
+
+
 def search(runs, names, chans, craft, develop, top):
-    """Ranks every rule by F1 on the `develop` spacecraft (see the module doc)."""
+    """Ranks every rule by F1 on the `develop` spacecraft, or pooled over all with "both" (see the module doc)."""
     crafts = sorted(set(craft.get(ch, "?") for ch in chans))
     ranked = rank(runs, all_rules(len(runs)), chans, lambda ch: craft.get(ch, "?"))
+    if develop == "both":
+        for r in ranked:
+            r[2]["both"] = [sum(t[j] for t in list(r[2].values())) for j in range(3)]
     ranked.sort(key=by_f1(develop), reverse=True)
     for sub, k, totals in ranked[:top]:
         rule = rule_name(names, sub, k)
@@ -185,7 +234,8 @@ def main():
     ap.add_argument("--variant", type=int, default=0, help="threshold variant index within each file")
     ap.add_argument("--rules", default="any,2", help="any, and/or k for k-of-n (comma-separated)")
     ap.add_argument("--search", metavar="SPACECRAFT", default=None,
-                    help="rank every k-of-n rule over every subset by F1 on this spacecraft's channels")
+                    help="rank every k-of-n rule over every subset by F1 on this spacecraft's channels "
+                         "(both: pooled over every spacecraft)")
     ap.add_argument("--top", type=int, default=10, help="rules printed by --search")
     ap.add_argument("--trust", nargs="+", default=None, metavar="NOMINAL",
                     help="one eval --json --metrics file per input on nominal data: also count trusted votes")
@@ -206,7 +256,10 @@ def main():
         search(runs, names, chans, craft, args.search, args.top)
         if args.cv:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-            cross_validate(runs, names, chans, craft, args.search, args.cv, seeds)
+            if args.search == "both":
+                cross_validate_both(runs, names, chans, craft, args.cv, seeds)
+            else:
+                cross_validate(runs, names, chans, craft, args.search, args.cv, seeds)
         return
     nominal = None
     if args.trust:
