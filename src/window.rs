@@ -39,8 +39,10 @@ pub struct WindowData {
     pub values: Vec<f32>,
 }
 
-/// The sliding window state of one channel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The sliding window state of one channel. Saved (serde) with the ring's
+/// first half only, its second half being the same rows again; a saved
+/// state with the whole ring (gsinfer before 2026-12-06) reads as well.
+#[derive(Debug, Clone)]
 pub struct ChannelWindows {
     length: usize,
     stride: usize,
@@ -51,6 +53,77 @@ pub struct ChannelWindows {
     count: u64,
     /// Windows emitted so far.
     windows: u64,
+}
+
+/// [`ChannelWindows`] as saved: the fields in order, the ring's first half.
+#[derive(Serialize)]
+struct SavedWindows<'a> {
+    length: usize,
+    stride: usize,
+    features: usize,
+    ring: &'a [f32],
+    count: u64,
+    windows: u64,
+}
+
+/// [`ChannelWindows`] as read back: the ring's first half, or (older
+/// files) all of it.
+#[derive(Deserialize)]
+struct ReadWindows {
+    length: usize,
+    stride: usize,
+    features: usize,
+    ring: Vec<f32>,
+    count: u64,
+    windows: u64,
+}
+
+impl Serialize for ChannelWindows {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        SavedWindows {
+            length: self.length,
+            stride: self.stride,
+            features: self.features,
+            ring: &self.ring[..self.length * self.features],
+            count: self.count,
+            windows: self.windows,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChannelWindows {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let r = ReadWindows::deserialize(deserializer)?;
+        let half = r
+            .length
+            .checked_mul(r.features)
+            .filter(|&h| h > 0 && r.stride > 0);
+        let Some(half) = half else {
+            return Err(serde::de::Error::custom(
+                "window length, stride and features must be positive",
+            ));
+        };
+        let mut ring = r.ring;
+        if ring.len() == half {
+            ring.extend_from_within(..);
+        } else if ring.len() != 2 * half {
+            return Err(serde::de::Error::custom(format!(
+                "window ring of {} values, expected {half} ({} × {} features)",
+                ring.len(),
+                r.length,
+                r.features
+            )));
+        }
+        Ok(Self {
+            length: r.length,
+            stride: r.stride,
+            features: r.features,
+            ring,
+            count: r.count,
+            windows: r.windows,
+        })
+    }
 }
 
 impl ChannelWindows {
@@ -160,6 +233,56 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_saved_window_state_goes_on_as_the_original_and_older_whole_rings_still_read() {
+        let config = WindowConfig {
+            length: 4,
+            stride: 2,
+        };
+        let mut w = ChannelWindows::new(&config, 3);
+        for i in 0..7 {
+            w.push(&sample(i, 3));
+        }
+        let bytes = postcard::to_allocvec(&w).unwrap();
+        let mut back: ChannelWindows = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.ring, w.ring);
+        // Half the ring is saved.
+        let whole = postcard::to_allocvec(&ReadWindowsOf(&w)).unwrap();
+        assert!(
+            bytes.len() < whole.len() / 2 + 16,
+            "{} vs {}",
+            bytes.len(),
+            whole.len()
+        );
+        let mut older: ChannelWindows = postcard::from_bytes(&whole).unwrap();
+        for i in 7..20 {
+            let s = sample(i, 3);
+            let want = w.push(&s);
+            assert_eq!(back.push(&s), want);
+            assert_eq!(older.push(&s), want);
+        }
+        // A ring of another length is refused, not read.
+        let mut bad = bytes.clone();
+        bad[3] = 5; // the ring's length prefix (length, stride, features are one byte each)
+        assert!(postcard::from_bytes::<ChannelWindows>(&bad).is_err());
+    }
+
+    /// The whole ring, as gsinfer saved it before the ring's first half only.
+    #[derive(Serialize)]
+    struct ReadWindowsOf<'a>(#[serde(serialize_with = "whole")] &'a ChannelWindows);
+
+    fn whole<S: serde::Serializer>(w: &&ChannelWindows, s: S) -> Result<S::Ok, S::Error> {
+        SavedWindows {
+            length: w.length,
+            stride: w.stride,
+            features: w.features,
+            ring: &w.ring,
+            count: w.count,
+            windows: w.windows,
+        }
+        .serialize(s)
     }
 
     #[test]
