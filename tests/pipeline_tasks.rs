@@ -38,16 +38,19 @@ fn models() -> Vec<String> {
 }
 
 /// The example configuration with the four pipelines on two tasks, results
-/// at QoS 1, saves every 200 ms. A static threshold scores each window as
+/// at QoS 1, periodic saves every `save_ms`. A static threshold scores each window as
 /// it comes (NDT decides 70 errors at a time).
-fn config(dir: &Path, broker: u16, status: u16, name: &str) -> PathBuf {
+fn config(dir: &Path, broker: u16, status: u16, name: &str, save_ms: u64) -> PathBuf {
     let path = write_config(dir, broker, status, "");
     let text = std::fs::read_to_string(&path).unwrap();
     let (head, _) = text.split_once("[[pipeline]]").unwrap();
     let mut text = head
         .replace("[ingest]\n", "[ingest]\npipeline_tasks = 2\n")
         .replace("score_qos = 0", "score_qos = 1")
-        .replace("[publish]", "[state]\nsave_interval_ms = 200\n\n[publish]")
+        .replace(
+            "[publish]",
+            &format!("[state]\nsave_interval_ms = {save_ms}\n\n[publish]"),
+        )
         .replace(
             "client_id = \"gsinfer-test-",
             &format!("client_id = \"gsinfer-tasks-{name}-"),
@@ -175,7 +178,7 @@ fn a_message_for_pipelines_on_two_tasks_is_scored_by_both_and_counted_once() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = config(dir.path(), broker.port, port, "split");
+    let cfg = config(dir.path(), broker.port, port, "split", 200);
     let sub = Subscriber::start(broker.port, &["gsinfer/+/+/score"]);
     let service = LoggedService::run(&cfg, dir.path());
     ready(port, &service);
@@ -242,7 +245,7 @@ fn a_sigkill_with_two_pipeline_tasks_loses_no_sample_and_scores_none_differently
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = config(dir.path(), broker.port, port, "sigkill");
+    let cfg = config(dir.path(), broker.port, port, "sigkill", 200);
     let sub = Subscriber::start(broker.port, &["gsinfer/+/+/score"]);
     let mut service = LoggedService::run(&cfg, dir.path());
     ready(port, &service);
@@ -295,7 +298,10 @@ fn a_sigkill_with_two_pipeline_tasks_loses_no_sample_and_scores_none_differently
     let repeated = got.values().filter(|(_, n)| *n > 1).count();
     eprintln!(
         "SIGKILL after {FIRST} of {SAMPLES} samples on two pipeline tasks: {} scores, none missing; \
-         {repeated} published again identically after the restart",
-        want.len()
+         {repeated} published again identically after the restart; the restarted run took {:?} \
+         samples, rejected {}",
+        want.len(),
+        samples_taken(port),
+        s["rejected"]
     );
 }
