@@ -42,12 +42,14 @@ pub struct WindowData {
 /// The sliding window state of one channel. Saved (serde) with the ring's
 /// first half only, its second half being the same rows again; a saved
 /// state with the whole ring (gsinfer before 2026-12-06) reads as well.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "ReadWindows")]
 pub struct ChannelWindows {
     length: usize,
     stride: usize,
     features: usize,
     /// `2 * length` rows of `features` values.
+    #[serde(serialize_with = "first_half")]
     ring: Vec<f32>,
     /// Samples pushed so far.
     count: u64,
@@ -55,20 +57,15 @@ pub struct ChannelWindows {
     windows: u64,
 }
 
-/// [`ChannelWindows`] as saved: the fields in order, the ring's first half.
-#[derive(Serialize)]
-struct SavedWindows<'a> {
-    length: usize,
-    stride: usize,
-    features: usize,
-    ring: &'a [f32],
-    count: u64,
-    windows: u64,
+/// Saves the ring's first half (the second repeats it).
+fn first_half<S: serde::Serializer>(ring: &[f32], serializer: S) -> Result<S::Ok, S::Error> {
+    ring[..ring.len() / 2].serialize(serializer)
 }
 
 /// [`ChannelWindows`] as read back: the ring's first half, or (older
 /// files) all of it.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct ReadWindows {
     length: usize,
     stride: usize,
@@ -78,42 +75,27 @@ struct ReadWindows {
     windows: u64,
 }
 
-impl Serialize for ChannelWindows {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        SavedWindows {
-            length: self.length,
-            stride: self.stride,
-            features: self.features,
-            ring: &self.ring[..self.length * self.features],
-            count: self.count,
-            windows: self.windows,
-        }
-        .serialize(serializer)
-    }
-}
+impl TryFrom<ReadWindows> for ChannelWindows {
+    type Error = String;
 
-impl<'de> Deserialize<'de> for ChannelWindows {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let r = ReadWindows::deserialize(deserializer)?;
+    fn try_from(r: ReadWindows) -> Result<Self, String> {
         let half = r
             .length
             .checked_mul(r.features)
             .filter(|&h| h > 0 && r.stride > 0);
         let Some(half) = half else {
-            return Err(serde::de::Error::custom(
-                "window length, stride and features must be positive",
-            ));
+            return Err("window length, stride and features must be positive".into());
         };
         let mut ring = r.ring;
         if ring.len() == half {
             ring.extend_from_within(..);
         } else if ring.len() != 2 * half {
-            return Err(serde::de::Error::custom(format!(
+            return Err(format!(
                 "window ring of {} values, expected {half} ({} × {} features)",
                 ring.len(),
                 r.length,
                 r.features
-            )));
+            ));
         }
         Ok(Self {
             length: r.length,
@@ -248,8 +230,16 @@ mod tests {
         let bytes = postcard::to_allocvec(&w).unwrap();
         let mut back: ChannelWindows = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back.ring, w.ring);
-        // Half the ring is saved.
-        let whole = postcard::to_allocvec(&ReadWindowsOf(&w)).unwrap();
+        // Half the ring is saved; the whole ring, as saved before, reads too.
+        let whole = postcard::to_allocvec(&ReadWindows {
+            length: w.length,
+            stride: w.stride,
+            features: w.features,
+            ring: w.ring.clone(),
+            count: w.count,
+            windows: w.windows,
+        })
+        .unwrap();
         assert!(
             bytes.len() < whole.len() / 2 + 16,
             "{} vs {}",
@@ -267,22 +257,6 @@ mod tests {
         let mut bad = bytes.clone();
         bad[3] = 5; // the ring's length prefix (length, stride, features are one byte each)
         assert!(postcard::from_bytes::<ChannelWindows>(&bad).is_err());
-    }
-
-    /// The whole ring, as gsinfer saved it before the ring's first half only.
-    #[derive(Serialize)]
-    struct ReadWindowsOf<'a>(#[serde(serialize_with = "whole")] &'a ChannelWindows);
-
-    fn whole<S: serde::Serializer>(w: &&ChannelWindows, s: S) -> Result<S::Ok, S::Error> {
-        SavedWindows {
-            length: w.length,
-            stride: w.stride,
-            features: w.features,
-            ring: &w.ring,
-            count: w.count,
-            windows: w.windows,
-        }
-        .serialize(s)
     }
 
     #[test]
