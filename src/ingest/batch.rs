@@ -283,10 +283,8 @@ impl Dispatch {
                 Ok(permit) => permits.push(permit),
                 Err(mpsc::error::TrySendError::Full(())) => {
                     // Every share released, none lost: the last gives the header.
-                    let header = parts
-                        .into_iter()
-                        .filter_map(|(_, p)| p.ack)
-                        .fold(None, |h, a| h.or(a.release()));
+                    let shares = parts.into_iter().filter_map(|(_, p)| p.ack);
+                    let header = shares.filter_map(Ack::release).last();
                     return Err(Refused::Full(header));
                 }
                 Err(mpsc::error::TrySendError::Closed(())) => return Err(Refused::Closed),

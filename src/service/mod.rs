@@ -2,17 +2,19 @@
 //! at stop (docs/architecture.md walks through it).
 //!
 //! ```text
-//! MQTT event loop task: decode ──SampleBatch (bounded, drop+count when full)──┐
-//! serial link tasks: deframe, decode ──SampleBatch (bounded, the link waits)──┴▶ pipeline task
+//! MQTT event loop task: decode ──SampleBatch (bounded per task, whole message dropped+counted when full)──┐
+//! serial link tasks: deframe, decode ──SampleBatch (bounded per task, the link waits)──┴▶ Dispatch ▶ pipeline task(s)
 //! pipeline task: Router ──windows──▶ BatchHandle (bounded, replace oldest of channel) ──▶ engine threads
 //! HTTP workers ──KServe request items (all or none, 503 when full)──▶ the same BatchHandle
-//! engine threads ──BatchResult (bounded, blocking)──▶ pipeline task: Router ──Outgoing (bounded, waits)──▶ publisher task
+//! engine threads ──BatchResult (bounded, blocking)──▶ the owning pipeline task: Router ──Outgoing (bounded, waits)──▶ publisher task
 //! engine threads ──item results (one per item)──▶ the waiting HTTP worker
 //! ```
-//! The pipeline task owns the [`router::Router`], which owns the pipelines'
-//! state; it acknowledges each QoS 1/2 message to the broker once the router
-//! has taken its samples (manual acknowledgements, see
-//! [`crate::ingest::mqtt`]).
+//! The pipelines are dealt to `ingest.pipeline_tasks` pipeline tasks
+//! (`shard.rs`); each owns a [`router::Router`] over its pipelines and their
+//! channel state, and acknowledges each QoS 1/2 message to the broker once
+//! its saved state holds the samples it took of it (manual
+//! acknowledgements, see [`crate::ingest::mqtt`]; a message split over
+//! tasks is acknowledged by the last to release it).
 //!
 //! Shutdown (SIGTERM or SIGINT): stop taking telemetry (messages still in the
 //! ingest queue stay unacknowledged, so the broker redelivers them to the
@@ -42,6 +44,7 @@ use crate::pipeline::Pipeline;
 use crate::publish::{run_publisher, Outgoing};
 use crate::repository::ModelRepository;
 use crate::shutdown::Stop;
+use crate::state::StateConfig;
 use crate::status::board::MQTT_SOURCE;
 use crate::status::StatusBoard;
 use crate::watchdog::{queued, Notifier, Stage};
@@ -134,7 +137,7 @@ pub async fn run(config: Config) -> Result<()> {
     };
     // Each task's share of the pipelines, their engines' queues and the state.
     let mut lanes: Vec<Vec<_>> = (0..tasks).map(|_| Vec::new()).collect();
-    let mut own: Vec<Vec<PipelineConfig>> = (0..tasks).map(|_| Vec::new()).collect();
+    let mut own: Vec<Vec<&PipelineConfig>> = (0..tasks).map(|_| Vec::new()).collect();
     for ((p, queue), o) in config
         .pipelines
         .iter()
@@ -142,24 +145,30 @@ pub async fn run(config: Config) -> Result<()> {
         .zip(owners.iter())
     {
         lanes[o.task].push((Pipeline::new(p), queue.clone()));
-        own[o.task].push(p.clone());
+        own[o.task].push(p);
     }
     let (out_tx, out_rx) = mpsc::channel::<Outgoing>(OUTGOING_CAPACITY);
     let stop = Stop::default();
+    let store = Persistence::store(&config.state);
+    // The broker's in-flight window is shared by every task: each holds at
+    // most its share of `max_unacked`, so together they force a save before
+    // the window closes (else each waits for the interval with the broker
+    // sending nothing).
+    let state_config = StateConfig {
+        max_unacked: (config.state.max_unacked / tasks).max(1),
+        ..config.state.clone()
+    };
     let mut shards = Vec::with_capacity(tasks);
     for ((lanes, pipelines), (mqtt, serial, results, stage)) in
         lanes.into_iter().zip(own).zip(queues)
     {
-        let mut part = Config {
-            pipelines,
-            ..config.clone()
-        };
-        // The broker's in-flight window is shared by every task: each holds
-        // at most its share of `max_unacked`, so together they force a save
-        // before the window closes (else each waits for the interval with
-        // the broker sending nothing).
-        part.state.max_unacked = (config.state.max_unacked / tasks).max(1);
-        let (state, saves) = Persistence::open(&part, &repo, Instant::now());
+        let (state, saves) = Persistence::open(
+            state_config.clone(),
+            store.clone(),
+            &pipelines,
+            &repo,
+            Instant::now(),
+        );
         shards.push(PipelineTask {
             router: Router::new(lanes, &config.ensembles, distrusted.clone()),
             state,

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::account::deliver;
 use super::router::Router;
-use crate::config::Config;
+use crate::config::PipelineConfig;
 use crate::infer::BatchResult;
 use crate::ingest::{now_ns, Ack};
 use crate::pipeline::{ChannelOutput, Pipeline};
@@ -135,31 +135,36 @@ pub struct Persistence {
 }
 
 impl Persistence {
-    /// Opens the state folder of `config`, keying each pipeline by its
-    /// model's version and file sha256 in `repo`; `now` starts the save
-    /// interval. Never fails: what cannot be used is logged and left off.
-    /// Also returns where the state writer reports finished saves (hand
-    /// each to [`Persistence::complete`]).
+    /// The state folder of `config`, or `None` when state is not kept
+    /// (disabled, or the folder is unusable: logged once, here). Opened
+    /// once and shared by every pipeline task's [`Persistence`].
+    pub fn store(config: &StateConfig) -> Option<StateStore> {
+        if !config.enabled {
+            return None;
+        }
+        match StateStore::open(&config.dir()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::warn!(target: "gsinfer::state", "channel state is not kept across restarts: {e} (set state.dir to a writable folder, or state.enabled = false)");
+                None
+            }
+        }
+    }
+
+    /// The state of `pipelines` (one task's, in config order) in `store`
+    /// (from [`Persistence::store`]), saved as `config` says, each keyed by
+    /// its model's version and file sha256 in `repo`; `now` starts the
+    /// save interval. Never fails: what cannot be used is left off. Also
+    /// returns where the state writer reports finished saves (hand each to
+    /// [`Persistence::complete`]).
     pub fn open(
-        config: &Config,
+        config: StateConfig,
+        store: Option<StateStore>,
+        pipelines: &[&PipelineConfig],
         repo: &ModelRepository,
         now: Instant,
     ) -> (Self, mpsc::Receiver<SaveDone>) {
-        let state = config.state.clone();
-        let store = if state.enabled {
-            let dir = state.dir();
-            match StateStore::open(&dir) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    log::warn!(target: "gsinfer::state", "channel state is not kept across restarts: {e} (set state.dir to a writable folder, or state.enabled = false)");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let keys = config
-            .pipelines
+        let keys = pipelines
             .iter()
             .map(|p| {
                 store.as_ref()?;
@@ -171,9 +176,9 @@ impl Persistence {
         let (done_tx, done_rx) = mpsc::channel(1);
         let writer = store.clone().map(|s| start_writer(s, done_tx));
         let persistence = Self {
-            config: state,
+            config,
             store,
-            failing: vec![false; config.pipelines.len()],
+            failing: vec![false; pipelines.len()],
             keys,
             held: Vec::new(),
             last_save: now,
@@ -526,6 +531,7 @@ pub async fn checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::ingest::decode::RawSample;
     use crate::status::StatusConfig;
 
@@ -559,7 +565,15 @@ mod tests {
         let config = config(dir.path());
         let repo = ModelRepository::open(&config.repository.path).unwrap();
         let board = StatusBoard::new(StatusConfig::default());
-        let (mut state, mut done_rx) = Persistence::open(&config, &repo, Instant::now());
+        let store = Persistence::store(&config.state);
+        let pipelines = [&config.pipelines[0]];
+        let (mut state, mut done_rx) = Persistence::open(
+            config.state.clone(),
+            store,
+            &pipelines,
+            &repo,
+            Instant::now(),
+        );
         let mut p = Pipeline::new(&config.pipelines[0]);
         let mut out = Vec::new();
         for i in 0..3u64 {
