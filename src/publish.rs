@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use rumqttc::AsyncClient;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::events::{EventSink, StageEvent};
-use crate::ingest::mqtt::qos;
+use crate::ingest::mqtt::{qos, Outbox};
 use crate::score::{AnomalyEvent, Score};
 use crate::watchdog::Stage;
 
@@ -139,7 +139,7 @@ impl ModelEvent {
 }
 
 /// One message for the publisher task.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum Outgoing {
     /// A channel's score.
     Score {
@@ -152,13 +152,19 @@ pub enum Outgoing {
     },
     /// An anomaly event, rendered here, once, as it is published.
     Event(ModelEvent),
+    /// A checkpoint's mark: answered, once everything queued before it is
+    /// handed to the MQTT client, with the [`Outbox::handed`] count that
+    /// covers it (wait for it with [`Outbox::written`]).
+    Mark(oneshot::Sender<u64>),
 }
 
 /// Publishes everything received on `rx` until it closes; scores are
-/// rate-limited per channel, events are never dropped here. Each message
-/// handed to the MQTT client is one unit of progress on `stage`.
+/// rate-limited per channel, events are never dropped here; marks are
+/// answered in queue order. Each message handed to the MQTT client is
+/// counted on `outbox` and is one unit of progress on `stage`.
 pub async fn run_publisher(
     client: AsyncClient,
+    outbox: Arc<Outbox>,
     mut rx: mpsc::Receiver<Outgoing>,
     config: PublishConfig,
     events: Arc<dyn EventSink>,
@@ -199,8 +205,14 @@ pub async fn run_publisher(
                 qos(config.events_qos),
                 event.to_json().to_string(),
             ),
+            Outgoing::Mark(reply) => {
+                let _ = reply.send(outbox.handed());
+                continue;
+            }
         };
+        outbox.handing();
         if let Err(e) = client.publish(topic, q, false, payload.into_bytes()).await {
+            outbox.wrote();
             events.emit(StageEvent::PublishFailed { error: &e });
         }
     }

@@ -1,8 +1,9 @@
 //! Pipelines split over pipeline tasks (`ingest.pipeline_tasks = 2`): every
 //! message below feeds two pipelines that live on different tasks, so it is
 //! split, taken by both, counted once, and acknowledged only once both have
-//! saved its samples. A SIGKILL mid-stream (once the scores so far are
-//! published) then loses no sample and scores none differently. Real Mosquitto, real SMAP telemetry, the
+//! saved its samples. A SIGKILL mid-stream (once every pipeline took the
+//! first part, whether or not its scores were published yet) then loses no
+//! sample and scores none differently. Real Mosquitto, real SMAP telemetry, the
 //! shipped `lstm_<chan>` and `persist_<chan>` models. No timings are
 //! asserted.
 
@@ -250,20 +251,13 @@ fn a_sigkill_with_two_pipeline_tasks_loses_no_sample_and_scores_none_differently
     let mut service = LoggedService::run(&cfg, dir.path());
     ready(port, &service);
     publish(broker.port, &messages(&data, 0..FIRST));
-    // Killed once every pipeline took the first part (some of it saved and
-    // acknowledged, the rest after the last save to come again) and its
-    // scores were published. Not before: a save can hold windows whose
-    // scores still wait in the publisher's queue, and a SIGKILL then loses
-    // those scores (RELIABILITY.md, "known gap"; seen under load here).
-    let first: Vec<_> = (expected().into_iter())
-        .filter(|(_, _, i)| *i < FIRST as u64)
-        .collect();
+    // Killed once every pipeline took the first part: some of it saved and
+    // acknowledged, the rest (after the last save) to come again, and some
+    // of its scores perhaps still on their way to the broker. A save counts
+    // a window as settled only once its score is written to the broker
+    // connection (RELIABILITY.md), so none of those may be lost.
     assert!(
-        wait_until(|| {
-            let got = scores(&sub);
-            samples_taken(port).values().all(|&n| n >= FIRST as u64)
-                && first.iter().all(|k| got.contains_key(k))
-        }),
+        wait_until(|| samples_taken(port).values().all(|&n| n >= FIRST as u64)),
         "{}",
         service.log()
     );

@@ -21,6 +21,7 @@
 //! and stall delivery until the next reconnect.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -364,6 +365,85 @@ pub fn client(options: MqttOptions, capacity: usize) -> (AsyncClient, EventLoop)
     (client, eventloop)
 }
 
+/// How far the MQTT client's outgoing PUBLISH packets have got: how many
+/// were handed to the client (its request queue, in this process's memory)
+/// and how many of those its event loop has written to the broker
+/// connection (flushed to the socket, so a SIGKILL after that no longer
+/// loses them: the kernel still sends what the socket holds).
+///
+/// A checkpoint waits on it ([`Outbox::written`]) so that a saved state
+/// never counts a window as settled while its score could still die with
+/// the process (RELIABILITY.md). Every publish through the client counts
+/// itself with [`Outbox::handing`] *before* it is handed over, and the event
+/// loop counts each `Outgoing::Publish` it reports with [`Outbox::wrote`],
+/// never past the handed count; so retransmissions after a reconnect cannot
+/// make the count run ahead for good. When the connection is lost, what was
+/// handed is counted as written ([`Outbox::disconnected`]): it is either
+/// retransmitted by the client (QoS 1/2) or gone (QoS 0), and nothing a
+/// checkpoint could wait for; while disconnected, [`Outbox::written`]
+/// does not wait.
+#[derive(Debug)]
+pub struct Outbox {
+    handed: AtomicU64,
+    written: tokio::sync::watch::Sender<u64>,
+    connected: AtomicBool,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self {
+            handed: Default::default(),
+            written: tokio::sync::watch::channel(0).0,
+            connected: Default::default(),
+        }
+    }
+}
+
+impl Outbox {
+    /// Counts one publish about to be handed to the client; returns the
+    /// count so far (the target a [`Outbox::written`] wait for it takes).
+    pub fn handing(&self) -> u64 {
+        self.handed.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Publishes handed to the client so far.
+    pub fn handed(&self) -> u64 {
+        self.handed.load(Ordering::SeqCst)
+    }
+
+    /// One publish written to the connection (or refused by the client,
+    /// which never writes it).
+    pub fn wrote(&self) {
+        let handed = self.handed();
+        self.written.send_modify(|w| *w = (*w + 1).min(handed));
+    }
+
+    /// The connection is up (CONNACK received).
+    pub fn connected(&self) {
+        (self.connected).store(true, Ordering::SeqCst);
+    }
+
+    /// The connection is lost: everything handed counts as written, and
+    /// waits end.
+    pub fn disconnected(&self) {
+        (self.connected).store(false, Ordering::SeqCst);
+        let handed = self.handed();
+        self.written.send_modify(|w| *w = (*w).max(handed));
+    }
+
+    /// Waits until the first `target` publishes handed are written to the
+    /// connection, or returns at once while it is down.
+    pub async fn written(&self, target: u64) {
+        let mut rx = self.written.subscribe();
+        let connected = || (self.connected).load(Ordering::SeqCst);
+        while connected() && *rx.borrow_and_update() < target {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Most topic filters in one SUBSCRIBE packet.
 const SUBSCRIBE_FILTERS: usize = 128;
 /// Most bytes of topic filters in one SUBSCRIBE packet (well under any
@@ -498,6 +578,8 @@ pub struct EventLoopTask {
     pub backoff: (Duration, Duration),
     /// Where the task reports connections, losses and dropped messages.
     pub events: Arc<dyn EventSink>,
+    /// Counts the publishes it writes to the connection.
+    pub outbox: Arc<Outbox>,
 }
 
 impl EventLoopTask {
@@ -522,17 +604,22 @@ impl EventLoopTask {
                     failures = 0;
                     last_warning = None;
                     delay = self.backoff.0;
+                    self.outbox.connected();
                     self.events.emit(StageEvent::BrokerConnected {
                         session_present: ack.session_present,
                     });
                     subscribing.start(&self.client);
                     if let Some((topic, payload)) = &self.status {
-                        let _ = self.client.try_publish(
+                        self.outbox.handing();
+                        let sent = self.client.try_publish(
                             topic.clone(),
                             QoS::AtLeastOnce,
                             true,
                             payload.clone(),
                         );
+                        if sent.is_err() {
+                            self.outbox.wrote();
+                        }
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -552,6 +639,7 @@ impl EventLoopTask {
                         Err(Refused::Closed) => {}
                     }
                 }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) => self.outbox.wrote(),
                 Ok(Event::Outgoing(rumqttc::Outgoing::Subscribe(pkid))) => subscribing.sent(pkid),
                 Ok(Event::Incoming(Packet::SubAck(ack))) => subscribing.acked(&ack),
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
@@ -568,6 +656,7 @@ impl EventLoopTask {
                 }
                 Err(e) => {
                     if connected {
+                        self.outbox.disconnected();
                         self.events.emit(StageEvent::BrokerLost { error: &e });
                         connected = false;
                         failures = 0;
@@ -602,6 +691,63 @@ impl EventLoopTask {
 mod tests {
     use super::*;
     use crate::ingest::RejectReason;
+
+    #[tokio::test]
+    async fn an_outbox_wait_ends_when_the_publishes_handed_before_it_are_written() {
+        let outbox = Outbox::default();
+        outbox.connected();
+        outbox.handing();
+        let target = outbox.handing();
+        assert_eq!(target, 2);
+        let wait = outbox.written(target);
+        tokio::pin!(wait);
+        outbox.wrote();
+        tokio::select! {
+            biased;
+            () = &mut wait => panic!("one of two written ended the wait"),
+            () = std::future::ready(()) => {}
+        }
+        outbox.wrote();
+        wait.await;
+    }
+
+    #[tokio::test]
+    async fn an_outbox_never_counts_more_written_than_handed() {
+        let outbox = Outbox::default();
+        outbox.connected();
+        outbox.handing();
+        // Retransmissions after a reconnect are reported as publishes too.
+        for _ in 0..5 {
+            outbox.wrote();
+        }
+        let target = outbox.handing();
+        let wait = outbox.written(target);
+        tokio::pin!(wait);
+        tokio::select! {
+            biased;
+            () = &mut wait => panic!("the count ran ahead of what was handed"),
+            () = std::future::ready(()) => {}
+        }
+        outbox.wrote();
+        wait.await;
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_ends_outbox_waits_and_none_waits_while_it_is_down() {
+        let outbox = Arc::new(Outbox::default());
+        outbox.connected();
+        let target = outbox.handing();
+        let waiting = {
+            let outbox = Arc::clone(&outbox);
+            tokio::spawn(async move { outbox.written(target).await })
+        };
+        tokio::task::yield_now().await;
+        outbox.disconnected();
+        waiting.await.unwrap();
+        // Down: a new publish is not waited for.
+        let target = outbox.handing();
+        outbox.written(target).await;
+    }
 
     fn route(filter: &str, format: PayloadFormat, features: usize) -> TopicRoute {
         TopicRoute {

@@ -101,6 +101,7 @@ fn record_outgoing(board: &StatusBoard, msg: &Outgoing) {
                 event.event.as_str(), event.end.unwrap_or(event.start), event.max_score, event.threshold);
             board.record_event(e);
         }
+        Outgoing::Mark(_) => {}
     }
 }
 

@@ -187,6 +187,7 @@ pub async fn run(config: Config) -> Result<()> {
         board: Arc::clone(&board),
         out: out_tx.clone(),
         client: sources.client.clone(),
+        outbox: Arc::clone(&sources.outbox),
         stop: stop.clone(),
         drain_budget: DRAIN_BUDGET,
     };
@@ -201,6 +202,7 @@ pub async fn run(config: Config) -> Result<()> {
     notifier.supervise(publisher_stage.clone());
     let mut publisher = tokio::spawn(run_publisher(
         sources.client.clone(),
+        Arc::clone(&sources.outbox),
         out_rx,
         config.publish.clone(),
         Arc::clone(&board) as Arc<dyn crate::events::EventSink>,

@@ -8,7 +8,8 @@
 //! or windows settled since their last save), and waits only for *their*
 //! windows in flight: the other models keep batching, and at a thousand
 //! models a checkpoint every 16 QoS 1 messages no longer drains every
-//! model's queue.
+//! model's queue. It also waits until the scores queued before it are
+//! written to the broker connection ([`checkpoint`] says why).
 //!
 //! A checkpoint's pipelines are copied on the pipeline task ([`Snapshot`],
 //! ~10 µs each) and encoded and written by the *state writer*, a thread of
@@ -26,12 +27,13 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::account::deliver;
 use super::router::Router;
 use crate::config::PipelineConfig;
 use crate::infer::BatchResult;
+use crate::ingest::mqtt::Outbox;
 use crate::ingest::{now_ns, Ack};
 use crate::pipeline::{ChannelOutput, Pipeline};
 use crate::publish::Outgoing;
@@ -442,14 +444,19 @@ impl Persistence {
         }
     }
 
-    /// Gives up this save at `now` (`in_flight` windows still unscored),
-    /// logging it at most once a minute; returns the acknowledgements held.
-    pub fn skip(&mut self, in_flight: u64, now: Instant) -> Vec<Ack> {
+    /// Gives up this save at `now` (`behind`: what was not done within
+    /// [`SAVE_BARRIER`]), logging it at most once a minute; returns the
+    /// acknowledgements held.
+    pub fn skip(&mut self, behind: Behind, now: Instant) -> Vec<Ack> {
         if self
             .last_skip_log
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
         {
-            log::warn!(target: "gsinfer::state", "channel state not saved: {in_flight} window(s) still in flight after {:?} (the engines are behind); held acknowledgements sent anyway", SAVE_BARRIER);
+            let why = match behind {
+                Behind::Engines(n) => format!("{n} window(s) still in flight after {SAVE_BARRIER:?} (the engines are behind)"),
+                Behind::Publisher => format!("scores still not written to the broker after {SAVE_BARRIER:?} (the publisher or the broker connection is behind)"),
+            };
+            log::warn!(target: "gsinfer::state", "channel state not saved: {why}; held acknowledgements sent anyway");
             self.last_skip_log = Some(now);
         }
         self.last_save = now;
@@ -489,21 +496,39 @@ pub fn log_stop(unsaved: impl IntoIterator<Item = Option<Vec<String>>>) {
     }
 }
 
+/// Why a checkpoint saved nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behind {
+    /// This many windows of the pipelines to save were still unscored.
+    Engines(u64),
+    /// Their scores were not yet written to the broker connection.
+    Publisher,
+}
+
 /// Hands the channel state of the pipelines with something new to the
 /// state writer once none of their windows is in flight (their queued ones
-/// dispatched at once, the results scored as they come within
-/// [`SAVE_BARRIER`]; the other models' results are scored meanwhile too);
-/// returns the acknowledgements now due (those of the save come with its
+/// dispatched at once, the results scored as they come) *and* every score
+/// and event queued before is written to the broker connection (a mark
+/// through the publisher's queue, then [`Outbox::written`]), all within
+/// [`SAVE_BARRIER`]; the other models' results are scored meanwhile.
+/// Returns the acknowledgements now due (those of the save come with its
 /// [`SaveDone`]).
-/// Without that point (an engine far behind), nothing is saved this time
-/// and the acknowledgements are released anyway: telemetry is not held
-/// back for a save.
+///
+/// Why the publisher too: a save that counts a window as settled while its
+/// score still waits in the publisher's queue or the MQTT client's would,
+/// at a SIGKILL, lose that score for good, since the restored state does
+/// not score the window again and the broker does not redeliver its
+/// acknowledged samples (RELIABILITY.md).
+/// Without that point (an engine or the broker far behind), nothing is
+/// saved this time and the acknowledgements are released anyway:
+/// telemetry is not held back for a save.
 pub async fn checkpoint(
     router: &mut Router,
     state: &mut Persistence,
     results_rx: &mut mpsc::Receiver<BatchResult>,
     board: &StatusBoard,
     out_tx: &mpsc::Sender<Outgoing>,
+    outbox: &Outbox,
 ) -> Vec<Ack> {
     let deadline = tokio::time::Instant::now() + SAVE_BARRIER;
     let dirty = state.dirty(router.pipelines());
@@ -520,11 +545,48 @@ pub async fn checkpoint(
         }
     }
     match router.windows_in_flight(&dirty) {
-        0 => {
-            let pipelines: Vec<&Pipeline> = router.pipelines().collect();
-            state.begin_save(&pipelines, &dirty, Instant::now(), now_ns())
+        0 => {}
+        n => return state.skip(Behind::Engines(n), Instant::now()),
+    }
+    if !published(router, results_rx, board, out_tx, outbox, deadline).await {
+        return state.skip(Behind::Publisher, Instant::now());
+    }
+    let pipelines: Vec<&Pipeline> = router.pipelines().collect();
+    state.begin_save(&pipelines, &dirty, Instant::now(), now_ns())
+}
+
+/// Waits until everything queued for the publisher so far is written to
+/// the broker connection, scoring the results that come meanwhile; false
+/// if `deadline` comes first. True at once when the publisher is gone
+/// (stopping: nothing more will be published) or the broker is
+/// disconnected (see [`Outbox`]).
+async fn published(
+    router: &mut Router,
+    results_rx: &mut mpsc::Receiver<BatchResult>,
+    board: &StatusBoard,
+    out_tx: &mpsc::Sender<Outgoing>,
+    outbox: &Outbox,
+    deadline: tokio::time::Instant,
+) -> bool {
+    let (mark, answer) = oneshot::channel();
+    let written = async {
+        if out_tx.send(Outgoing::Mark(mark)).await.is_ok() {
+            if let Ok(target) = answer.await {
+                outbox.written(target).await;
+            }
         }
-        n => state.skip(n, Instant::now()),
+    };
+    tokio::pin!(written);
+    let mut results_open = true;
+    loop {
+        tokio::select! {
+            () = &mut written => return true,
+            result = results_rx.recv(), if results_open => match result {
+                Some(result) => deliver(router.on_results(result, Instant::now()), board, out_tx).await,
+                None => results_open = false,
+            },
+            () = tokio::time::sleep_until(deadline) => return false,
+        }
     }
 }
 
@@ -557,6 +619,133 @@ mod tests {
         let mut p = rumqttc::Publish::new("t/A-1", rumqttc::QoS::AtLeastOnce, vec![]);
         p.pkid = pkid;
         Ack::new(p)
+    }
+
+    /// The shipped persist_A-1 pipeline of `config` after one sample (too
+    /// few for a window: none in flight), alone in a router.
+    fn router_with_a_sample(config: &Config) -> Router {
+        let mut p = Pipeline::new(&config.pipelines[0]);
+        let s = RawSample {
+            t_ns: None,
+            seq: Some(0),
+            values: vec![0.0; 25],
+        };
+        p.on_sample("A-1", 0, &s, Instant::now(), &mut Vec::new())
+            .unwrap();
+        Router::new(vec![(p, None)], &[], std::collections::HashSet::new())
+    }
+
+    /// The mark a checkpoint sends through the publisher's queue.
+    async fn mark(out_rx: &mut mpsc::Receiver<Outgoing>) -> oneshot::Sender<u64> {
+        let next = tokio::time::timeout(Duration::from_secs(30), out_rx.recv()).await;
+        let Ok(Some(Outgoing::Mark(reply))) = next else {
+            panic!("no mark through the publisher's queue")
+        };
+        reply
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_saves_only_once_the_scores_queued_before_it_are_written_to_the_broker() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let repo = ModelRepository::open(&config.repository.path).unwrap();
+        let board = StatusBoard::new(StatusConfig::default());
+        let (mut state, mut done_rx) = Persistence::open(
+            config.state.clone(),
+            Persistence::store(&config.state),
+            &[&config.pipelines[0]],
+            &repo,
+            Instant::now(),
+        );
+        let mut router = router_with_a_sample(&config);
+        state.hold(ack(1));
+        let (out_tx, mut out_rx) = mpsc::channel(8);
+        let (_results_tx, mut results_rx) = mpsc::channel(1);
+        let outbox = Outbox::default();
+        outbox.connected();
+        // Two scores handed to the MQTT client, not yet written.
+        outbox.handing();
+        outbox.handing();
+        let order = std::sync::Mutex::new(Vec::new());
+        let publisher = async {
+            mark(&mut out_rx).await.send(outbox.handed()).unwrap();
+            for step in ["first written", "second written"] {
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+                order.lock().unwrap().push(step);
+                outbox.wrote();
+            }
+        };
+        let saving = async {
+            let acks = checkpoint(
+                &mut router,
+                &mut state,
+                &mut results_rx,
+                &board,
+                &out_tx,
+                &outbox,
+            )
+            .await;
+            order.lock().unwrap().push("save begun");
+            acks
+        };
+        let ((), acks) = tokio::join!(publisher, saving);
+        assert!(acks.is_empty(), "held until the save is on disk");
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["first written", "second written", "save begun"]
+        );
+        assert!(state.saving());
+        let done = done_rx.recv().await.expect("the writer reports");
+        let headers = state.complete(done, &board).into_iter();
+        let pkids: Vec<u16> = headers.filter_map(Ack::release).map(|a| a.pkid).collect();
+        assert_eq!(pkids, vec![1]);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_whose_scores_are_never_written_saves_nothing_and_releases_its_acknowledgements(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let repo = ModelRepository::open(&config.repository.path).unwrap();
+        let board = StatusBoard::new(StatusConfig::default());
+        let (mut state, _done_rx) = Persistence::open(
+            config.state.clone(),
+            Persistence::store(&config.state),
+            &[&config.pipelines[0]],
+            &repo,
+            Instant::now(),
+        );
+        let mut router = router_with_a_sample(&config);
+        state.hold(ack(1));
+        let (out_tx, mut out_rx) = mpsc::channel(8);
+        let (_results_tx, mut results_rx) = mpsc::channel(1);
+        let outbox = Outbox::default();
+        outbox.connected();
+        outbox.handing();
+        // The publisher takes the mark and answers, but the broker
+        // connection never takes the score.
+        let publisher = async {
+            mark(&mut out_rx).await.send(outbox.handed()).unwrap();
+        };
+        let saving = checkpoint(
+            &mut router,
+            &mut state,
+            &mut results_rx,
+            &board,
+            &out_tx,
+            &outbox,
+        );
+        let ((), acks) = tokio::join!(publisher, saving);
+        assert!(!state.saving(), "nothing handed to the writer");
+        let pkids: Vec<u16> = acks
+            .into_iter()
+            .filter_map(Ack::release)
+            .map(|a| a.pkid)
+            .collect();
+        assert_eq!(pkids, vec![1], "telemetry is not held back for a save");
+        assert!(!state.store.as_ref().unwrap().path("persist_A-1").exists());
     }
 
     #[test]

@@ -726,6 +726,7 @@ pub(super) mod tests {
             .map(|o| match o {
                 Outgoing::Score { model, score, .. } => format!("{model} {}", score.index),
                 Outgoing::Event(e) => format!("{} {}", e.model, e.event.event.as_str()),
+                Outgoing::Mark(_) => "mark".into(),
             })
             .collect()
     }

@@ -29,7 +29,8 @@ use super::persist::{checkpoint, Persistence};
 use super::router::Router;
 use crate::config::{Config, PipelineConfig};
 use crate::infer::BatchResult;
-use crate::ingest::{mqtt, now_ns, Ack, Owner, SampleBatch};
+use crate::ingest::mqtt::{self, Outbox};
+use crate::ingest::{now_ns, Ack, Owner, SampleBatch};
 use crate::publish::Outgoing;
 use crate::score::EnsembleConfig;
 use crate::shutdown::Stop;
@@ -203,6 +204,8 @@ pub struct Shared {
     pub out: mpsc::Sender<Outgoing>,
     /// For acknowledgements.
     pub client: rumqttc::AsyncClient,
+    /// How far the client's publishes have got, for checkpoints.
+    pub outbox: Arc<Outbox>,
     /// The service is stopping.
     pub stop: Stop,
     /// Longest the drain at stop waits for results.
@@ -283,6 +286,7 @@ impl PipelineTask {
             board,
             out,
             client,
+            outbox,
             stop,
             drain_budget,
         } = shared;
@@ -304,7 +308,7 @@ impl PipelineTask {
                         None => {}
                     }
                     if state.due(Instant::now()) {
-                        let acks = checkpoint(&mut router, &mut state, &mut results_rx, &board, &out).await;
+                        let acks = checkpoint(&mut router, &mut state, &mut results_rx, &board, &out, &outbox).await;
                         acknowledge(&client, acks).await;
                     }
                 }
@@ -329,13 +333,13 @@ impl PipelineTask {
                     acknowledge(&client, state.complete(done, &board)).await;
                     // Acknowledgements held meanwhile may already call for the next.
                     if state.due(Instant::now()) {
-                        let acks = checkpoint(&mut router, &mut state, &mut results_rx, &board, &out).await;
+                        let acks = checkpoint(&mut router, &mut state, &mut results_rx, &board, &out, &outbox).await;
                         acknowledge(&client, acks).await;
                     }
                 }
                 _ = tick.tick() => if state.due(Instant::now()) {
                     let _busy = stage.begin();
-                    let acks = checkpoint(&mut router, &mut state, &mut results_rx, &board, &out).await;
+                    let acks = checkpoint(&mut router, &mut state, &mut results_rx, &board, &out, &outbox).await;
                     acknowledge(&client, acks).await;
                 },
                 _ = stop.wait(), if !stop.is_triggered() => {}

@@ -11,7 +11,7 @@ use rumqttc::AsyncClient;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::ingest::mqtt::{self, EventLoopTask, TopicRoute, TopicRoutes};
+use crate::ingest::mqtt::{self, EventLoopTask, Outbox, TopicRoute, TopicRoutes};
 use crate::ingest::serial::SerialSource;
 use crate::ingest::Dispatch;
 use crate::shutdown::Stop;
@@ -26,6 +26,8 @@ const CLIENT_CAPACITY: usize = 1024;
 pub struct Sources {
     /// The MQTT client: publishes results, acknowledges telemetry.
     pub client: AsyncClient,
+    /// How far the client's publishes have got (see [`Outbox`]).
+    pub outbox: Arc<Outbox>,
     status_topic: String,
     event_loop: JoinHandle<()>,
     stop_loop: Stop,
@@ -73,6 +75,7 @@ impl Sources {
                 })
                 .collect(),
         );
+        let outbox = Arc::new(Outbox::default());
         let stop_loop = Stop::default();
         let event_loop = tokio::spawn(
             EventLoopTask {
@@ -86,6 +89,7 @@ impl Sources {
                     Duration::from_millis(broker.reconnect_max_ms),
                 ),
                 events: Arc::clone(board) as Arc<dyn crate::events::EventSink>,
+                outbox: Arc::clone(&outbox),
             }
             .run(eventloop, stop_loop.clone()),
         );
@@ -103,6 +107,7 @@ impl Sources {
         }
         Ok(Sources {
             client,
+            outbox,
             status_topic,
             event_loop,
             stop_loop,
@@ -125,7 +130,15 @@ impl Sources {
     pub async fn disconnect(self, board: &StatusBoard, timeout: Duration) {
         let offline = mqtt::offline_payload();
         let (topic, qos) = (self.status_topic, rumqttc::QoS::AtLeastOnce);
-        let _ = self.client.publish(topic, qos, true, offline).await;
+        self.outbox.handing();
+        if self
+            .client
+            .publish(topic, qos, true, offline)
+            .await
+            .is_err()
+        {
+            self.outbox.wrote();
+        }
         let _ = self.client.disconnect().await;
         if tokio::time::timeout(timeout, async {
             // Until the broker has closed the connection (or was not there).
