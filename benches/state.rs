@@ -49,6 +49,10 @@ scoring = {{ kind = "{kind}", smoothing_span = 105.0, threshold = {{ method = "n
     .unwrap()
 }
 
+/// 2023-11-14, in ns since the Unix epoch: samples are stamped as live
+/// telemetry is (a 9-byte varint in each saved point), one a second.
+const EPOCH_NS: i64 = 1_700_000_000_000_000_000;
+
 /// One channel fed `length + 2 200` samples, every window scored.
 fn warm(config: &PipelineConfig, out_len: usize) -> Pipeline {
     let mut p = Pipeline::new(config);
@@ -64,7 +68,13 @@ fn warm(config: &PipelineConfig, out_len: usize) -> Pipeline {
             values,
         };
         if let Some(w) = p
-            .on_sample("A-1", i as i64 * 1000, &s, now, &mut out)
+            .on_sample(
+                "A-1",
+                EPOCH_NS + i as i64 * 1_000_000_000,
+                &s,
+                now,
+                &mut out,
+            )
             .unwrap()
         {
             let outcome = WindowOutcome::Output {

@@ -150,17 +150,99 @@ impl NdtConfig {
     }
 }
 
-/// One channel's NDT state.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One channel's NDT state: the trailing window as columns (each error's
+/// smoothed score, its value and whether it was flagged, 9 bytes an
+/// error), and the window's last points, not yet decided, whole (a
+/// decision carries its point). Saved in the shape gsinfer has always
+/// saved (every point of the window), with the decided points' index,
+/// time and raw error left 0, since nothing reads them again: ~10 bytes
+/// fewer per error on disk, and files of older versions read as before.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "SavedNdt")]
 pub struct Ndt {
     config: NdtConfig,
-    window: VecDeque<Point>,
-    /// Parallel to `window`: already flagged anomalous.
+    /// The window's smoothed errors, oldest first.
+    scores: VecDeque<f32>,
+    /// Parallel to `scores`: the target feature's values.
+    values: VecDeque<f32>,
+    /// Parallel to `scores`: already flagged anomalous.
     flagged: VecDeque<bool>,
-    pending: usize,
+    /// The window's last points, not yet decided (at most the window).
+    undecided: VecDeque<Point>,
     started: bool,
     /// Errors seen since the start of the stream (ordinal of the next one).
     seen: u64,
+}
+
+/// [`Ndt`] as saved: every point of the window, in order.
+#[derive(Serialize, Deserialize)]
+struct SavedNdt<W = VecDeque<Point>, C = NdtConfig, F = VecDeque<bool>> {
+    config: C,
+    window: W,
+    flagged: F,
+    /// The window's last `pending` points are undecided.
+    pending: usize,
+    started: bool,
+    seen: u64,
+}
+
+/// The window's points, for saving: decided ones with only their score
+/// and value.
+struct WindowPoints<'a>(&'a Ndt);
+
+impl Serialize for WindowPoints<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let ndt = self.0;
+        let decided = ndt.scores.len() - ndt.undecided.len();
+        let points = (ndt.scores.iter().zip(&ndt.values).take(decided))
+            .map(|(&score, &value)| Point {
+                index: 0,
+                t_ns: 0,
+                error: 0.0,
+                score,
+                value,
+            })
+            .chain(ndt.undecided.iter().copied());
+        serializer.collect_seq(points)
+    }
+}
+
+impl Serialize for Ndt {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        SavedNdt {
+            config: &self.config,
+            window: WindowPoints(self),
+            flagged: &self.flagged,
+            pending: self.undecided.len(),
+            started: self.started,
+            seen: self.seen,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl TryFrom<SavedNdt> for Ndt {
+    type Error = String;
+
+    fn try_from(s: SavedNdt) -> Result<Self, String> {
+        let n = s.window.len();
+        if s.flagged.len() != n || s.pending > n {
+            return Err(format!(
+                "NDT window of {n} points with {} flags and {} undecided",
+                s.flagged.len(),
+                s.pending
+            ));
+        }
+        Ok(Self {
+            scores: s.window.iter().map(|p| p.score).collect(),
+            values: s.window.iter().map(|p| p.value).collect(),
+            undecided: s.window.range(n - s.pending..).copied().collect(),
+            config: s.config,
+            flagged: s.flagged,
+            started: s.started,
+            seen: s.seen,
+        })
+    }
 }
 
 fn mean_std(xs: &[f32]) -> (f64, f64) {
@@ -224,9 +306,10 @@ impl Ndt {
     pub fn new(config: NdtConfig) -> Self {
         Self {
             config,
-            window: VecDeque::new(),
+            scores: VecDeque::new(),
+            values: VecDeque::new(),
             flagged: VecDeque::new(),
-            pending: 0,
+            undecided: VecDeque::new(),
             started: false,
             seen: 0,
         }
@@ -238,17 +321,24 @@ impl Ndt {
 
     /// Adds one point; appends the decisions of a completed evaluation.
     pub fn push(&mut self, point: Point, out: &mut Vec<Decision>) {
-        self.window.push_back(point);
+        self.scores.push_back(point.score);
+        self.values.push_back(point.value);
         self.flagged.push_back(false);
-        if self.window.len() > self.capacity() {
-            self.window.pop_front();
+        self.undecided.push_back(point);
+        if self.scores.len() > self.capacity() {
+            self.scores.pop_front();
+            self.values.pop_front();
             self.flagged.pop_front();
         }
-        self.pending += 1;
+        if self.undecided.len() > self.scores.len() {
+            // Not reached: a window is evaluated before it holds more
+            // undecided errors than it has room for.
+            self.undecided.pop_front();
+        }
         self.seen += 1;
         let batch = self.config.batch_size as u64;
         let due = if !self.started {
-            self.window.len() >= self.config.min_errors.min(self.capacity())
+            self.scores.len() >= self.config.min_errors.min(self.capacity())
         } else if self.seen < batch {
             // Warm-up: at each doubling, so no decision waits longer than
             // the history it is made on.
@@ -256,13 +346,11 @@ impl Ndt {
         } else {
             // At multiples of the batch (as if from the stream's start), or
             // a batch after an evaluation that was off that grid.
-            self.seen.is_multiple_of(batch) || self.pending >= self.config.batch_size
+            self.seen.is_multiple_of(batch) || self.undecided.len() >= self.config.batch_size
         };
         if due {
             self.started = true;
-            let decide = self.pending;
-            self.pending = 0;
-            self.evaluate(decide, out);
+            self.evaluate(out);
         }
     }
 
@@ -369,35 +457,37 @@ impl Ndt {
         flags
     }
 
-    /// Evaluates the window and decides its last `decide` errors.
-    fn evaluate(&mut self, decide: usize, out: &mut Vec<Decision>) {
+    /// Evaluates the window and decides its undecided errors.
+    fn evaluate(&mut self, out: &mut Vec<Decision>) {
         let c = self.config.clone();
-        let e: Vec<f32> = self.window.iter().map(|p| p.score).collect();
-        let values: Vec<f32> = self.window.iter().map(|p| p.value).collect();
+        self.scores.make_contiguous();
+        self.values.make_contiguous();
+        let e = self.scores.as_slices().0;
+        let values = self.values.as_slices().0;
         let n = e.len();
-        let (mean, sd) = mean_std(&e);
-        let (_, chan_sd) = mean_std(&values);
-        let range = percentile(&values, 95.0) - percentile(&values, 5.0);
+        let (mean, sd) = mean_std(e);
+        let (_, chan_sd) = mean_std(values);
+        let range = percentile(values, 95.0) - percentile(values, 5.0);
         // Ordinal of the window's first error since the stream began.
         let first_ordinal = self.seen - n as u64;
         let ignored = (c.ignore_first as u64).saturating_sub(first_ordinal) as usize;
-        let decide_from = n - decide.min(n);
+        let decide_from = n - self.undecided.len().min(n);
         let from = decide_from.max(ignored.min(n));
-        let z = self.find_z(&e, mean, sd);
+        let z = self.find_z(e, mean, sd);
         let eps = mean + z * sd;
-        let mut flags = self.flag(&e, eps, sd, chan_sd, range, from);
+        let mut flags = self.flag(e, eps, sd, chan_sd, range, from);
         if c.inverse {
             let inv: Vec<f32> = e.iter().map(|x| (2.0 * mean - *x as f64) as f32).collect();
             let z_inv = self.find_z(&inv, mean, sd);
             let inv_flags = self.flag(&inv, mean + z_inv * sd, sd, chan_sd, range, from);
             flags.iter_mut().zip(inv_flags).for_each(|(f, i)| *f |= i);
         }
-        for (i, flag) in flags.iter().enumerate().skip(decide_from) {
-            self.flagged[i] = *flag;
+        for (i, point) in (decide_from..n).zip(self.undecided.drain(..)) {
+            self.flagged[i] = flags[i];
             out.push(Decision {
-                point: self.window[i],
+                point,
                 threshold: eps as f32,
-                anomalous: *flag,
+                anomalous: flags[i],
             });
         }
     }
@@ -426,16 +516,86 @@ mod tests {
         let mut ndt = Ndt::new(config);
         let mut out = Vec::new();
         for (i, s) in scores.iter().enumerate() {
-            let p = Point {
-                index: i as u64,
-                t_ns: i as i64,
-                error: *s,
-                score: *s,
-                value: noise(i as u64 + 7) * 2.0 - 1.0,
-            };
-            ndt.push(p, &mut out);
+            ndt.push(point(i, *s), &mut out);
         }
         out
+    }
+
+    /// The `i`th point of a stream whose smoothed error is `score`.
+    fn point(i: usize, score: f32) -> Point {
+        Point {
+            index: i as u64,
+            t_ns: 1_500_000_000_000_000_000 + i as i64 * 60_000_000_000,
+            error: score * 1.5,
+            score,
+            value: noise(i as u64 + 7) * 2.0 - 1.0,
+        }
+    }
+
+    #[test]
+    fn a_saved_state_continues_as_if_never_saved_and_older_whole_files_read_too() {
+        let scores: Vec<f32> = (0..400)
+            .map(|i| 0.1 + 0.05 * noise(i) + if (300..306).contains(&i) { 1.0 } else { 0.0 })
+            .collect();
+        let all = run(small(), &scores);
+        assert!(all.iter().any(|d| d.anomalous));
+        // Saved after 237 points: a full window, 7 of them undecided.
+        let mut ndt = Ndt::new(small());
+        let mut out = Vec::new();
+        for (i, s) in scores.iter().enumerate().take(237) {
+            ndt.push(point(i, *s), &mut out);
+        }
+        assert_eq!(ndt.undecided.len(), 7);
+        let saved = postcard::to_allocvec(&ndt).unwrap();
+        // The file shape of gsinfer before the columns: every point whole.
+        let whole = postcard::to_allocvec(&SavedNdt {
+            config: ndt.config.clone(),
+            window: (137..237)
+                .map(|i| point(i, scores[i]))
+                .collect::<VecDeque<_>>(),
+            flagged: ndt.flagged.clone(),
+            pending: 7,
+            started: true,
+            seen: 237,
+        })
+        .unwrap();
+        // ~14 bytes a decided point instead of ~24.
+        assert!(
+            saved.len() * 3 < whole.len() * 2,
+            "{} bytes against {}",
+            saved.len(),
+            whole.len()
+        );
+        for bytes in [&saved, &whole] {
+            let mut back: Ndt = postcard::from_bytes(bytes).unwrap();
+            let mut got = out.clone();
+            for (i, s) in scores.iter().enumerate().skip(237) {
+                back.push(point(i, *s), &mut got);
+            }
+            assert_eq!(got, all);
+        }
+    }
+
+    #[test]
+    fn a_saved_state_whose_columns_disagree_is_refused() {
+        let mut ndt = Ndt::new(small());
+        for i in 0..15 {
+            ndt.push(point(i, 0.1), &mut Vec::new());
+        }
+        let mut bad = SavedNdt {
+            config: small(),
+            window: (0..15).map(|i| point(i, 0.1)).collect::<VecDeque<_>>(),
+            flagged: std::iter::repeat_n(false, 14).collect::<VecDeque<_>>(),
+            pending: 5,
+            started: true,
+            seen: 15,
+        };
+        let bytes = postcard::to_allocvec(&bad).unwrap();
+        assert!(postcard::from_bytes::<Ndt>(&bytes).is_err());
+        bad.flagged.push_back(false);
+        bad.pending = 16;
+        let bytes = postcard::to_allocvec(&bad).unwrap();
+        assert!(postcard::from_bytes::<Ndt>(&bytes).is_err());
     }
 
     #[test]
