@@ -55,10 +55,15 @@ const EPOCH_NS: i64 = 1_700_000_000_000_000_000;
 
 /// One channel fed `length + 2 200` samples, every window scored.
 fn warm(config: &PipelineConfig, out_len: usize) -> Pipeline {
+    fed(config, out_len, config.window.length as u64 + 2_200)
+}
+
+/// One channel fed `samples` samples, every window scored.
+fn fed(config: &PipelineConfig, out_len: usize, samples: u64) -> Pipeline {
     let mut p = Pipeline::new(config);
     let now = Instant::now();
     let mut out = Vec::new();
-    for i in 0..config.window.length as u64 + 2_200 {
+    for i in 0..samples {
         let values: Vec<f32> = (0..25)
             .map(|k| ((i as usize * 7 + k) % 13) as f32 * 0.1)
             .collect();
@@ -103,6 +108,11 @@ fn state_bench(c: &mut Criterion) {
         let key = StateKey::new(&config, 1, "0".repeat(64));
         let bytes = encode(&key, 0, p.channel_states()).unwrap();
         println!("state/{name}: {} bytes per channel", bytes.len());
+        // A channel that has run for hours (past `actuals_capacity`,
+        // 16 384 samples): printed, not timed.
+        let long = fed(&config, out_len, 20_000);
+        let long_bytes = encode(&key, 0, long.channel_states()).unwrap().len();
+        println!("state/{name}: {long_bytes} bytes per channel after 20 000 samples");
         g.bench_function(format!("encode/{name}"), |b| {
             b.iter(|| black_box(encode(&key, 0, p.channel_states()).unwrap()))
         });

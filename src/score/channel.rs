@@ -208,8 +208,22 @@ impl ChannelScorer {
                     } else {
                         self.pending.push_back((target, output[0]));
                     }
+                    self.forget_before(target);
                 }
             }
+        }
+    }
+
+    /// Drops the actual values before sample `index`: windows are scored
+    /// in order, so no later forecast targets them. The ring then holds
+    /// only the samples whose windows are still in flight (at a save
+    /// point, at most a stride's worth), not `actuals_capacity` of them:
+    /// 16 384 × 13 bytes of every LSTM channel's saved state, and 16 bytes
+    /// each in memory, once a channel had run for a few hours.
+    fn forget_before(&mut self, index: u64) {
+        while self.base < index && !self.actuals.is_empty() {
+            self.actuals.pop_front();
+            self.base += 1;
         }
     }
 
@@ -328,6 +342,38 @@ mod tests {
         assert!(out.is_empty(), "window 0 still missing");
         s.on_window(0, 0, 0, forecast(1.0), &mut out);
         assert_eq!(scores(&out), vec![(1, 0.0), (3, 0.0)]);
+    }
+
+    #[test]
+    fn the_actuals_ring_keeps_only_samples_whose_windows_are_unscored() {
+        let mut s = ChannelScorer::new(
+            &ScoringConfig {
+                actuals_capacity: 1000,
+                ..config(ScoringKind::Forecast)
+            },
+            2,
+        );
+        let mut out = Vec::new();
+        // Samples run 6 ahead of the windows' results, as with a busy engine.
+        for i in 0..106u64 {
+            s.on_sample(i, i as i64, &[0.0, i as f32], &mut out);
+            if let Some(w) = i.checked_sub(6) {
+                s.on_window(w, w, w as i64, forecast(w as f32 + 1.0), &mut out);
+            }
+        }
+        assert_eq!(scores(&out).len(), 100, "every forecast scored");
+        assert!(scores(&out).iter().all(|(_, e)| *e == 0.0));
+        assert_eq!(s.counters().late_forecasts, 0);
+        // Sample 100 (the last forecast's target) and 101..=105, whose
+        // windows are unscored; nothing older is kept.
+        assert_eq!(s.actuals.len(), 6);
+        // Once every window is in, none waits but the next sample's forecast.
+        for w in 100..106u64 {
+            s.on_window(w, w, w as i64, forecast(w as f32 + 1.0), &mut out);
+        }
+        assert!(s.actuals.is_empty());
+        s.on_sample(106, 106, &[0.0, 106.0], &mut out);
+        assert_eq!(scores(&out).last(), Some(&(106, 0.0)));
     }
 
     #[test]

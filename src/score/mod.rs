@@ -70,8 +70,9 @@ pub struct ScoringConfig {
     /// 1 closes it at the first quiet score.
     #[serde(default = "default_hold")]
     pub event_hold: u32,
-    /// Samples of recent actual values kept per channel to pair with late
-    /// forecasts; a forecast older than this is dropped and counted.
+    /// Most samples of actual values kept per channel to pair with late
+    /// forecasts (only those whose windows are unscored are kept); a
+    /// forecast older than this is dropped and counted.
     #[serde(default = "default_actuals")]
     pub actuals_capacity: usize,
 }
