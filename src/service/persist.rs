@@ -644,25 +644,65 @@ mod tests {
         reply
     }
 
-    #[tokio::test]
-    async fn a_checkpoint_saves_only_once_the_scores_queued_before_it_are_written_to_the_broker() {
+    /// A checkpoint's surroundings: persist_A-1 with one sample taken and
+    /// the acknowledgement of packet 1 held, the publisher's queue, an
+    /// idle results queue and a connected outbox.
+    struct Checkpointing {
+        _dir: tempfile::TempDir,
+        board: std::sync::Arc<StatusBoard>,
+        state: Persistence,
+        done_rx: mpsc::Receiver<SaveDone>,
+        router: Router,
+        out_tx: mpsc::Sender<Outgoing>,
+        out_rx: mpsc::Receiver<Outgoing>,
+        _results_tx: mpsc::Sender<BatchResult>,
+        results_rx: mpsc::Receiver<BatchResult>,
+        outbox: Outbox,
+    }
+
+    fn checkpointing() -> Checkpointing {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
         let repo = ModelRepository::open(&config.repository.path).unwrap();
-        let board = StatusBoard::new(StatusConfig::default());
-        let (mut state, mut done_rx) = Persistence::open(
+        let (mut state, done_rx) = Persistence::open(
             config.state.clone(),
             Persistence::store(&config.state),
             &[&config.pipelines[0]],
             &repo,
             Instant::now(),
         );
-        let mut router = router_with_a_sample(&config);
         state.hold(ack(1));
-        let (out_tx, mut out_rx) = mpsc::channel(8);
-        let (_results_tx, mut results_rx) = mpsc::channel(1);
+        let (out_tx, out_rx) = mpsc::channel(8);
+        let (results_tx, results_rx) = mpsc::channel(1);
         let outbox = Outbox::default();
         outbox.connected();
+        Checkpointing {
+            router: router_with_a_sample(&config),
+            _dir: dir,
+            board: StatusBoard::new(StatusConfig::default()),
+            state,
+            done_rx,
+            out_tx,
+            out_rx,
+            _results_tx: results_tx,
+            results_rx,
+            outbox,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_saves_only_once_the_scores_queued_before_it_are_written_to_the_broker() {
+        let Checkpointing {
+            board,
+            mut state,
+            mut done_rx,
+            mut router,
+            out_tx,
+            mut out_rx,
+            mut results_rx,
+            outbox,
+            ..
+        } = checkpointing();
         // Two scores handed to the MQTT client, not yet written.
         outbox.handing();
         outbox.handing();
@@ -706,23 +746,16 @@ mod tests {
     #[tokio::test]
     async fn a_checkpoint_whose_scores_are_never_written_saves_nothing_and_releases_its_acknowledgements(
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path());
-        let repo = ModelRepository::open(&config.repository.path).unwrap();
-        let board = StatusBoard::new(StatusConfig::default());
-        let (mut state, _done_rx) = Persistence::open(
-            config.state.clone(),
-            Persistence::store(&config.state),
-            &[&config.pipelines[0]],
-            &repo,
-            Instant::now(),
-        );
-        let mut router = router_with_a_sample(&config);
-        state.hold(ack(1));
-        let (out_tx, mut out_rx) = mpsc::channel(8);
-        let (_results_tx, mut results_rx) = mpsc::channel(1);
-        let outbox = Outbox::default();
-        outbox.connected();
+        let Checkpointing {
+            board,
+            mut state,
+            mut router,
+            out_tx,
+            mut out_rx,
+            mut results_rx,
+            outbox,
+            ..
+        } = checkpointing();
         outbox.handing();
         // The publisher takes the mark and answers, but the broker
         // connection never takes the score.
