@@ -58,6 +58,12 @@ fn warm(config: &PipelineConfig, out_len: usize) -> Pipeline {
     fed(config, out_len, config.window.length as u64 + 2_200)
 }
 
+/// Heap bytes allocated and not yet freed (jemalloc's `stats.allocated`).
+fn live_bytes() -> i64 {
+    let stats = gsinfer::status::process::ProcessStats::read();
+    stats.heap_allocated_bytes.expect("jemalloc statistics") as i64
+}
+
 /// One channel fed `samples` samples, every window scored.
 fn fed(config: &PipelineConfig, out_len: usize, samples: u64) -> Pipeline {
     let mut p = Pipeline::new(config);
@@ -109,10 +115,13 @@ fn state_bench(c: &mut Criterion) {
         let bytes = encode(&key, 0, p.channel_states()).unwrap();
         println!("state/{name}: {} bytes per channel", bytes.len());
         // A channel that has run for hours (past `actuals_capacity`,
-        // 16 384 samples): printed, not timed.
+        // 16 384 samples): its saved bytes and the heap its pipeline
+        // holds, printed, not timed.
+        let before = live_bytes();
         let long = fed(&config, out_len, 20_000);
+        let heap = live_bytes() - before;
         let long_bytes = encode(&key, 0, long.channel_states()).unwrap().len();
-        println!("state/{name}: {long_bytes} bytes per channel after 20 000 samples");
+        println!("state/{name}: {long_bytes} bytes per channel after 20 000 samples, {heap} bytes of heap");
         g.bench_function(format!("encode/{name}"), |b| {
             b.iter(|| black_box(encode(&key, 0, p.channel_states()).unwrap()))
         });

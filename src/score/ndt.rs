@@ -304,11 +304,12 @@ fn sequences(flags: &[bool]) -> Vec<(usize, usize)> {
 impl Ndt {
     /// Fresh state.
     pub fn new(config: NdtConfig) -> Self {
+        let capacity = config.batch_size * config.window_batches;
         Self {
+            scores: VecDeque::with_capacity(capacity),
+            values: VecDeque::with_capacity(capacity),
+            flagged: VecDeque::with_capacity(capacity),
             config,
-            scores: VecDeque::new(),
-            values: VecDeque::new(),
-            flagged: VecDeque::new(),
             undecided: VecDeque::new(),
             started: false,
             seen: 0,
@@ -321,15 +322,17 @@ impl Ndt {
 
     /// Adds one point; appends the decisions of a completed evaluation.
     pub fn push(&mut self, point: Point, out: &mut Vec<Decision>) {
-        self.scores.push_back(point.score);
-        self.values.push_back(point.value);
-        self.flagged.push_back(false);
-        self.undecided.push_back(point);
-        if self.scores.len() > self.capacity() {
+        // Room first, so the columns never outgrow the window (a deque
+        // that is full when pushed to doubles its allocation).
+        if self.scores.len() >= self.capacity() {
             self.scores.pop_front();
             self.values.pop_front();
             self.flagged.pop_front();
         }
+        self.scores.push_back(point.score);
+        self.values.push_back(point.value);
+        self.flagged.push_back(false);
+        self.undecided.push_back(point);
         if self.undecided.len() > self.scores.len() {
             // Not reached: a window is evaluated before it holds more
             // undecided errors than it has room for.
