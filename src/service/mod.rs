@@ -182,6 +182,8 @@ pub async fn run(config: Config) -> Result<()> {
 
     let mqtt = Dispatch::new(mqtt_txs, Arc::clone(&owners));
     let serial = Dispatch::new(serial_txs, Arc::clone(&owners));
+    // Not ready until every channel's saved state is restored (below).
+    board.set_restoring(true);
     let mut sources = Sources::start(&config, &board, mqtt, serial)?;
     let shared = Shared {
         board: Arc::clone(&board),
@@ -195,6 +197,7 @@ pub async fn run(config: Config) -> Result<()> {
     for shard in &mut shards {
         shard.restore(&shared).await;
     }
+    board.set_restoring(false);
     let publisher_stage = {
         let out = out_tx.downgrade();
         Stage::with_backlog("publisher", move || queued(&out))

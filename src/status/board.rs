@@ -149,6 +149,8 @@ struct SourceEntry {
 #[derive(Debug, Default)]
 struct Inner {
     connected: bool,
+    /// The pipelines' saved channel state is being restored.
+    restoring: bool,
     models: BTreeMap<String, ModelStatus>,
     sources: BTreeMap<String, SourceEntry>,
     channels: BTreeMap<(String, String), ChannelStatus>,
@@ -366,10 +368,20 @@ impl StatusBoard {
         self.update_ready();
     }
 
-    /// Whether every model is ready and the broker is connected.
+    /// Whether every model is ready, the broker is connected and the
+    /// channel state is restored.
     pub fn is_ready(&self) -> bool {
         let inner = self.lock();
-        inner.connected && Self::models_ready(&inner)
+        inner.connected && !inner.restoring && Self::models_ready(&inner)
+    }
+
+    /// Records that the pipelines' saved channel state is being restored
+    /// (`true`) or is restored (`false`): not ready meanwhile, so a client
+    /// that waits for `/readyz` (or systemd for `READY=1`) sees each
+    /// model's restore outcome on the status page.
+    pub fn set_restoring(&self, restoring: bool) {
+        self.lock().restoring = restoring;
+        self.update_ready();
     }
 
     /// Every registered model's name and state, and whether the broker is
@@ -802,6 +814,13 @@ mod tests {
         assert!(s["process"]["rss_bytes"].as_u64().unwrap() > 0);
         board.set_model_state("m", ModelState::Ready);
         assert!(board.is_ready() && board.are_models_ready());
+        board.set_restoring(true);
+        assert!(
+            !board.is_ready(),
+            "not ready while the channel state is restored"
+        );
+        board.set_restoring(false);
+        assert!(board.is_ready());
         board.set_connected(false);
         assert_eq!(board.snapshot()["sources"][0]["disconnects"], 1);
     }
