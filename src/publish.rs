@@ -210,9 +210,8 @@ pub async fn run_publisher(
                 continue;
             }
         };
-        outbox.handing();
-        if let Err(e) = client.publish(topic, q, false, payload.into_bytes()).await {
-            outbox.wrote();
+        let sent = outbox.publish(&client, topic, q, false, payload.into_bytes());
+        if let Err(e) = sent.await {
             events.emit(StageEvent::PublishFailed { error: &e });
         }
     }

@@ -373,8 +373,9 @@ pub fn client(options: MqttOptions, capacity: usize) -> (AsyncClient, EventLoop)
 ///
 /// A checkpoint waits on it ([`Outbox::written`]) so that a saved state
 /// never counts a window as settled while its score could still die with
-/// the process (RELIABILITY.md). Every publish through the client counts
-/// itself with [`Outbox::handing`] *before* it is handed over, and the event
+/// the process (RELIABILITY.md). Every publish through the client goes
+/// through [`Outbox::publish`] or [`Outbox::try_publish`], which count it
+/// *before* it is handed over, and the event
 /// loop counts each `Outgoing::Publish` it reports with [`Outbox::wrote`],
 /// never past the handed count; so retransmissions after a reconnect cannot
 /// make the count run ahead for good. When the connection is lost, what was
@@ -400,10 +401,53 @@ impl Default for Outbox {
 }
 
 impl Outbox {
-    /// Counts one publish about to be handed to the client; returns the
-    /// count so far (the target a [`Outbox::written`] wait for it takes).
-    pub fn handing(&self) -> u64 {
-        self.handed.fetch_add(1, Ordering::SeqCst) + 1
+    /// Counts one publish about to be handed to the client (done by
+    /// [`Outbox::publish`]; tests count publishes they stand for).
+    pub(crate) fn handing(&self) {
+        self.handed.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Publishes through `client`, waiting for room in its request queue,
+    /// counted here (see the type's docs).
+    ///
+    /// # Errors
+    /// The client's, when its event loop is gone (the publish is then
+    /// counted as written: nothing will write it).
+    pub async fn publish(
+        &self,
+        client: &AsyncClient,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), rumqttc::ClientError> {
+        self.handing();
+        let sent = client.publish(topic, qos, retain, payload).await;
+        if sent.is_err() {
+            self.wrote();
+        }
+        sent
+    }
+
+    /// As [`Outbox::publish`], without waiting: refused when the client's
+    /// request queue is full.
+    ///
+    /// # Errors
+    /// The client's: its queue is full or its event loop is gone.
+    pub fn try_publish(
+        &self,
+        client: &AsyncClient,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), rumqttc::ClientError> {
+        self.handing();
+        let sent = client.try_publish(topic, qos, retain, payload);
+        if sent.is_err() {
+            self.wrote();
+        }
+        sent
     }
 
     /// Publishes handed to the client so far.
@@ -610,16 +654,13 @@ impl EventLoopTask {
                     });
                     subscribing.start(&self.client);
                     if let Some((topic, payload)) = &self.status {
-                        self.outbox.handing();
-                        let sent = self.client.try_publish(
+                        let _ = self.outbox.try_publish(
+                            &self.client,
                             topic.clone(),
                             QoS::AtLeastOnce,
                             true,
                             payload.clone(),
                         );
-                        if sent.is_err() {
-                            self.outbox.wrote();
-                        }
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -697,7 +738,8 @@ mod tests {
         let outbox = Outbox::default();
         outbox.connected();
         outbox.handing();
-        let target = outbox.handing();
+        outbox.handing();
+        let target = outbox.handed();
         assert_eq!(target, 2);
         let wait = outbox.written(target);
         tokio::pin!(wait);
@@ -720,8 +762,8 @@ mod tests {
         for _ in 0..5 {
             outbox.wrote();
         }
-        let target = outbox.handing();
-        let wait = outbox.written(target);
+        outbox.handing();
+        let wait = outbox.written(outbox.handed());
         tokio::pin!(wait);
         tokio::select! {
             biased;
@@ -736,7 +778,8 @@ mod tests {
     async fn a_lost_connection_ends_outbox_waits_and_none_waits_while_it_is_down() {
         let outbox = Arc::new(Outbox::default());
         outbox.connected();
-        let target = outbox.handing();
+        outbox.handing();
+        let target = outbox.handed();
         let waiting = {
             let outbox = Arc::clone(&outbox);
             tokio::spawn(async move { outbox.written(target).await })
@@ -745,8 +788,8 @@ mod tests {
         outbox.disconnected();
         waiting.await.unwrap();
         // Down: a new publish is not waited for.
-        let target = outbox.handing();
-        outbox.written(target).await;
+        outbox.handing();
+        outbox.written(outbox.handed()).await;
     }
 
     fn route(filter: &str, format: PayloadFormat, features: usize) -> TopicRoute {

@@ -130,15 +130,8 @@ impl Sources {
     pub async fn disconnect(self, board: &StatusBoard, timeout: Duration) {
         let offline = mqtt::offline_payload();
         let (topic, qos) = (self.status_topic, rumqttc::QoS::AtLeastOnce);
-        self.outbox.handing();
-        if self
-            .client
-            .publish(topic, qos, true, offline)
-            .await
-            .is_err()
-        {
-            self.outbox.wrote();
-        }
+        let published = self.outbox.publish(&self.client, topic, qos, true, offline);
+        let _ = published.await;
         let _ = self.client.disconnect().await;
         if tokio::time::timeout(timeout, async {
             // Until the broker has closed the connection (or was not there).
