@@ -71,7 +71,7 @@ def labels(data_dir):
             ch = r["chan_id"].strip()
             craft[ch] = r["spacecraft"].strip()
             lab[ch] += [tuple(s) for s in ast.literal_eval(r["anomaly_sequences"])]
-    return {ch: merge(v) for ch, v in lab.items()}, craft
+    return dict(lab), craft
 
 
 def main():
