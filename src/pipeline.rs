@@ -152,6 +152,7 @@ impl Pipeline {
     pub fn restore(&mut self, states: Vec<ChannelState>) -> usize {
         let mut restored = 0;
         for mut state in states {
+            state.scorer.set_stride(self.config.window.stride);
             let mut sink = Vec::new();
             for seq in state.scorer.windows_settled()..state.windows.windows_cut() {
                 state
@@ -211,7 +212,11 @@ impl Pipeline {
         self.channels.push(ChannelState {
             name: Arc::from(name),
             windows: ChannelWindows::new(&self.config.window, self.config.features),
-            scorer: ChannelScorer::new(&self.config.scoring, self.config.features),
+            scorer: ChannelScorer::new(
+                &self.config.scoring,
+                self.config.features,
+                self.config.window.stride,
+            ),
             last_t_ns: None,
             last_seq: None,
         });

@@ -723,8 +723,9 @@ mod tests {
                     values: vec![v, 1.0],
                 };
                 if let Some(w) = p.on_sample(ch, i as i64 * 1000, &s, now, &mut out).unwrap() {
+                    // A three-step forecast: a stride up to 3 is covered.
                     let outcome = WindowOutcome::Output {
-                        output: vec![0.0],
+                        output: vec![0.0; 3],
                         input: w.values.clone(),
                     };
                     p.on_window(&w, outcome, &mut out);
@@ -736,26 +737,37 @@ mod tests {
 
     #[test]
     fn a_restored_pipeline_goes_on_exactly_as_one_that_never_stopped() {
-        let mut straight = Pipeline::new(&config());
-        let expected = feed(&mut straight, 0, 200);
+        // Stride 3: forecasts of samples not yet arrived are part of the state.
+        for stride in [1, 3] {
+            let mut config = config();
+            config.window.stride = stride;
+            let key = StateKey::new(&config, 1, "ab".repeat(32));
+            let mut straight = Pipeline::new(&config);
+            let expected = feed(&mut straight, 0, 200);
 
-        // Stopped in the middle of the anomaly (samples 80..84).
-        let mut before = Pipeline::new(&config());
-        let mut got = feed(&mut before, 0, 82);
-        assert_eq!(before.windows_in_flight(), 0);
-        let bytes = encode(&key(), 7, before.channel_states()).unwrap();
-        let saved = decode(&bytes).unwrap();
-        assert_eq!((saved.key, saved.saved_at_ns), (key(), 7));
-        let mut after = Pipeline::new(&config());
-        assert_eq!(after.restore(saved.channels), 2);
-        got.extend(feed(&mut after, 82, 200));
-        assert_eq!(
-            got, expected,
-            "same scores and events, none missing or repeated"
-        );
-        assert!(expected
-            .iter()
-            .any(|o| matches!(o.output, ScoredOutput::Event(_))));
+            // Stopped in the middle of the anomaly (samples 80..84).
+            let mut before = Pipeline::new(&config);
+            let mut got = feed(&mut before, 0, 82);
+            assert_eq!(before.windows_in_flight(), 0);
+            let bytes = encode(&key, 7, before.channel_states()).unwrap();
+            let saved = decode(&bytes).unwrap();
+            assert_eq!((&saved.key, saved.saved_at_ns), (&key, 7));
+            let mut after = Pipeline::new(&config);
+            assert_eq!(after.restore(saved.channels), 2);
+            got.extend(feed(&mut after, 82, 200));
+            assert_eq!(
+                got, expected,
+                "stride {stride}: same scores and events, none missing or repeated"
+            );
+            assert!(expected
+                .iter()
+                .any(|o| matches!(o.output, ScoredOutput::Event(_))));
+            let scored = expected
+                .iter()
+                .filter(|o| matches!(o.output, ScoredOutput::Score(_)))
+                .count();
+            assert_eq!(scored, 2 * 190, "stride {stride}: every sample scored");
+        }
     }
 
     #[test]

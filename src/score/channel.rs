@@ -81,6 +81,12 @@ pub struct ChannelScorer {
     features: usize,
     selected: Vec<usize>,
     capacity: usize,
+    /// Forecast steps scored per window: the pipeline's stride (see
+    /// [`ChannelScorer::new`]). Not saved: a state saved under another
+    /// stride is discarded on restore, and [`ChannelScorer::set_stride`]
+    /// sets it from the configuration.
+    #[serde(skip, default = "one")]
+    horizon: usize,
     /// Recent `(t_ns, target value)` by sample index, starting at `base`.
     actuals: VecDeque<(i64, f32)>,
     base: u64,
@@ -95,15 +101,29 @@ pub struct ChannelScorer {
     decisions: Vec<Decision>,
 }
 
+fn one() -> usize {
+    1
+}
+
 impl ChannelScorer {
-    /// A scorer for one channel of a pipeline whose samples carry `features` values.
-    pub fn new(config: &ScoringConfig, features: usize) -> Self {
+    /// A scorer for one channel of a pipeline whose samples carry
+    /// `features` values and whose windows end every `stride` samples.
+    ///
+    /// A forecasting model's output row is read as forecasts of the next
+    /// samples, step 1 first (`[H]`, H ≥ 1). Of each window's forecast the
+    /// first `min(H, stride)` steps are scored, step h against sample
+    /// end + h, so with `stride ≤ H` every sample is scored exactly once
+    /// and one window in `stride` is run (telemanom's models forecast
+    /// H = 10 steps; Hundman et al., KDD 2018, §3.1). With `stride > H`
+    /// the samples between are not scored.
+    pub fn new(config: &ScoringConfig, features: usize, stride: usize) -> Self {
         Self {
             kind: config.kind,
             target_feature: config.target_feature,
             features: features.max(1),
             selected: config.reconstruction_features.clone(),
             capacity: config.actuals_capacity.max(1),
+            horizon: stride.max(1),
             actuals: VecDeque::new(),
             base: 0,
             pending: VecDeque::new(),
@@ -115,6 +135,11 @@ impl ChannelScorer {
             counters: ScorerCounters::default(),
             decisions: Vec::new(),
         }
+    }
+
+    /// Sets the pipeline's stride after a restore (see [`ChannelScorer::new`]).
+    pub fn set_stride(&mut self, stride: usize) {
+        self.horizon = stride.max(1);
     }
 
     /// Counters so far.
@@ -202,13 +227,21 @@ impl ChannelScorer {
                     self.emit(end_index, end_t_ns, error, value, out);
                 }
                 ScoringKind::Forecast => {
-                    let target = end_index + 1;
-                    if target < self.base + self.actuals.len() as u64 {
-                        self.score_forecast(target, output[0], out);
-                    } else {
-                        self.pending.push_back((target, output[0]));
+                    // Step h of the forecast targets sample end + h. The
+                    // steps up to the stride are scored, so that with a
+                    // stride of s and an s-step forecast every sample is
+                    // scored once, by one window in s.
+                    let first = end_index + 1;
+                    let steps = output.len().min(self.horizon).max(1);
+                    for (h, &prediction) in output.iter().take(steps).enumerate() {
+                        let target = first + h as u64;
+                        if target < self.base + self.actuals.len() as u64 {
+                            self.score_forecast(target, prediction, out);
+                        } else {
+                            self.pending.push_back((target, prediction));
+                        }
                     }
-                    self.forget_before(target);
+                    self.forget_before(first);
                 }
             }
         }
@@ -310,7 +343,7 @@ mod tests {
 
     #[test]
     fn forecast_waits_for_the_next_sample() {
-        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast), 2);
+        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast), 2, 1);
         let mut out = Vec::new();
         s.on_sample(0, 0, &[0.0, 1.0], &mut out);
         s.on_window(0, 0, 0, forecast(2.5), &mut out);
@@ -321,7 +354,7 @@ mod tests {
 
     #[test]
     fn forecast_after_its_sample_is_scored_at_once() {
-        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast), 2);
+        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast), 2, 1);
         let mut out = Vec::new();
         s.on_sample(0, 0, &[0.0, 1.0], &mut out);
         s.on_sample(1, 10, &[0.0, 3.0], &mut out);
@@ -332,7 +365,7 @@ mod tests {
 
     #[test]
     fn out_of_order_windows_are_scored_in_order_and_drops_are_skipped() {
-        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast), 2);
+        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast), 2, 1);
         let mut out = Vec::new();
         for i in 0..5 {
             s.on_sample(i, i as i64, &[0.0, i as f32], &mut out);
@@ -352,6 +385,7 @@ mod tests {
                 ..config(ScoringKind::Forecast)
             },
             2,
+            1,
         );
         let mut out = Vec::new();
         // Samples run 6 ahead of the windows' results, as with a busy engine.
@@ -377,8 +411,41 @@ mod tests {
     }
 
     #[test]
+    fn a_stride_is_covered_by_the_forecast_steps() {
+        // Stride 2, two-step forecasts: every sample scored once, by the
+        // step that targets it.
+        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast), 2, 2);
+        let mut out = Vec::new();
+        for i in 0..8u64 {
+            s.on_sample(i, i as i64, &[0.0, i as f32], &mut out);
+            if i % 2 == 1 {
+                let output = vec![i as f32 + 1.0, i as f32 + 2.5, 99.0];
+                let outcome = WindowOutcome::Output {
+                    output,
+                    input: vec![],
+                };
+                s.on_window(i / 2, i, i as i64, outcome, &mut out);
+            }
+        }
+        assert_eq!(
+            scores(&out),
+            vec![(2, 0.0), (3, 0.5), (4, 0.0), (5, 0.5), (6, 0.0), (7, 0.5)]
+        );
+        // A stride longer than the forecast scores the steps it has.
+        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast), 2, 3);
+        let mut out = Vec::new();
+        for i in 0..7u64 {
+            s.on_sample(i, i as i64, &[0.0, i as f32], &mut out);
+            if i % 3 == 0 {
+                s.on_window(i / 3, i, i as i64, forecast(i as f32 + 1.0), &mut out);
+            }
+        }
+        assert_eq!(scores(&out), vec![(1, 0.0), (2, 97.0), (4, 0.0), (5, 94.0)]);
+    }
+
+    #[test]
     fn forecast_older_than_the_ring_is_counted_late() {
-        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast), 2);
+        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast), 2, 1);
         let mut out = Vec::new();
         for i in 0..20 {
             s.on_sample(i, 0, &[0.0, 0.0], &mut out);
@@ -390,7 +457,7 @@ mod tests {
 
     #[test]
     fn a_nonfinite_output_is_counted_and_does_not_poison_the_scores() {
-        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast), 2);
+        let mut s = ChannelScorer::new(&config(ScoringKind::Forecast), 2, 1);
         let mut out = Vec::new();
         for i in 0..4 {
             s.on_sample(i, i as i64, &[0.0, 1.0], &mut out);
@@ -403,7 +470,7 @@ mod tests {
 
     #[test]
     fn reconstruction_scores_the_window_end() {
-        let mut s = ChannelScorer::new(&config(ScoringKind::Reconstruction), 2);
+        let mut s = ChannelScorer::new(&config(ScoringKind::Reconstruction), 2, 1);
         let mut out = Vec::new();
         s.on_window(
             0,
