@@ -9,7 +9,8 @@ Mosquitto and `gsinfer run`, and measures:
 
 - ready: seconds from the process start to `/readyz` answering 200 (every
   model loaded), and the RSS and thread count at that moment (/proc);
-- with --seconds S: each channel's first window-1 samples in one payload,
+- with --seconds S: each channel's first window-1 samples (fewer by i % SPREAD with
+  --spread) in one payload,
   then one sample per channel per second for S seconds, each channel's
   sample stamped and timed from its publish to its score's arrival on
   `gsinfer/<model>/<channel>/score` (two broker hops included; for a
@@ -130,6 +131,10 @@ def main():
     ap.add_argument("--max-unacked", type=int, default=None,
                     help="state.max_unacked (default: gsinfer's 16); the broker's in-flight window "
                          "(mosquitto max_inflight_messages) is set above it")
+    ap.add_argument("--spread", type=int, default=1,
+                    help="spread the channels' window phases over this many samples (use the stride)")
+    ap.add_argument("--no-state", action="store_true",
+                    help="state.enabled = false: no saves, QoS 1 acknowledged as soon as taken")
     ap.add_argument("--seconds", type=int, default=0, help="seconds of one sample per channel per second")
     ap.add_argument("--data-dir", default=None, help="telemanom data set (test split of --channel)")
     ap.add_argument("--channel", default="A-2")
@@ -152,7 +157,8 @@ def main():
         time.sleep(0.5)
         engine_section = "[engine]\n" + (f"workers = {args.workers}\n" if args.workers else "")
         state = (f"save_interval_ms = {args.save_interval_ms}\n" if args.save_interval_ms else "") + \
-            (f"max_unacked = {args.max_unacked}\n" if args.max_unacked else "")
+            (f"max_unacked = {args.max_unacked}\n" if args.max_unacked else "") + \
+            ("enabled = false\n" if args.no_state else "")
         if state:
             engine_section = f"[state]\n{state}\n" + engine_section
         if args.tract_tuning:
@@ -184,7 +190,8 @@ def main():
         if ready is None:
             sys.exit(f"not ready within {args.ready_timeout} s; log in {log.name}")
         result = {"n": args.n, "model": args.model, "repo": args.repo, "engine": args.engine or "config", "qos": args.qos,
-                  "max_unacked": args.max_unacked,
+                  "max_unacked": args.max_unacked, "state": not args.no_state,
+                  "spread": args.spread,
                   "workers": args.workers, "pipeline_tasks": args.pipeline_tasks,
                   "tract_tuning": args.tract_tuning, "ready_s": round(ready, 2), "at_ready": proc_status(g.pid)}
         if args.seconds > 0:
@@ -297,15 +304,18 @@ def feed(args, port, features, length):
 
     # Each channel's first window minus one sample in one payload: no
     # window is full yet, so nothing is scored until the paced part.
-    warm = length - 1
+    # With --spread S, channel i's first window completes i % S samples
+    # later, so that with a stride of S the channels' windows are spread
+    # over the seconds, as channels started at different times would be.
+    warm = [length - 1 - (i % args.spread if args.spread > 1 else 0) for i in range(n)]
     for i in range(n):
-        pub.publish(f"scale/c{i}", json.dumps([sample(k) for k in range(warm)]), qos=1)
+        pub.publish(f"scale/c{i}", json.dumps([sample(k) for k in range(warm[i])]), qos=1)
     time.sleep(5.0)
     t0 = time.monotonic()
     for s in range(args.seconds):
-        k = warm + s
         tick = t0 + s
         for i in range(n):
+            k = warm[i] + s
             # Spread the channels over the second, as independent sources would.
             at = tick + i / n
             delay = at - time.monotonic()
@@ -327,6 +337,8 @@ def feed(args, port, features, length):
     lat = np.asarray(lat) * 1e3
     # paced_s above seconds: the load generator itself could not keep the pace.
     out = {"seconds": args.seconds, "paced_s": round(paced, 1), "scores_expected": len(sent),
+           # samples after a channel's first window (its first forecast's target on)
+           "scores_scorable": sum(1 for (_, k) in sent if k >= length),
            "scores_received": int(lat.size)}
     if lat.size:
         out.update({"p50_ms": round(float(np.percentile(lat, 50)), 2),
