@@ -39,7 +39,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 
@@ -131,6 +130,10 @@ def main():
     ap.add_argument("--max-unacked", type=int, default=None,
                     help="state.max_unacked (default: gsinfer's 16); the broker's in-flight window "
                          "(mosquitto max_inflight_messages) is set above it")
+    ap.add_argument("--publishers", type=int, default=0,
+                    help="load-generator processes publishing (default: one per 2 500 channels, at most 8)")
+    ap.add_argument("--subscribers", type=int, default=0,
+                    help="processes receiving scores (default: one per 5 000 channels, at most 4)")
     ap.add_argument("--spread", type=int, default=1,
                     help="spread the channels' window phases over this many samples (use the stride)")
     ap.add_argument("--no-state", action="store_true",
@@ -170,7 +173,7 @@ def main():
             f.write(f'[broker]\nhost = "127.0.0.1"\nport = {mqtt_port}\nclient_id = "gsinfer-scale"\n\n'
                     f'[status]\nlisten = "127.0.0.1:{http_port}"\n\n[grpc]\nlisten = "127.0.0.1:{grpc_port}"\n\n'
                     f'[repository]\npath = "{repo}"\n\n{engine_section}\n' + "\n\n".join(pipelines) + "\n")
-        env = dict(os.environ, STATE_DIRECTORY=os.path.join(tmp, "state"), RUST_LOG="warn")
+        env = dict(os.environ, STATE_DIRECTORY=os.path.join(tmp, "state"), RUST_LOG=os.environ.get("GSINFER_BENCH_LOG", "warn"))
         log = open(os.path.join(tmp, "gsinfer.log"), "w")
         started = time.monotonic()
         g = subprocess.Popen([args.binary, "run", "-c", cfg], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -268,8 +271,71 @@ def window_latency(metrics):
     return out
 
 
-def feed(args, port, features, length):
+def subscriber(port, share, ready, stop, out_q):
+    """Records each score's arrival (monotonic clock) by (channel, index)."""
     import paho.mqtt.client as mqtt
+
+    got = {}
+
+    def on_message(_c, _u, msg):
+        now = time.monotonic()
+        got[(msg.topic.split("/")[2], json.loads(msg.payload)["index"])] = now
+
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"scale-sub-{os.getpid()}")
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", port)
+    # Several subscribers share the scores (mosquitto's shared subscriptions).
+    sub.subscribe("$share/scale/gsinfer/+/+/score" if share else "gsinfer/+/+/score", qos=0)
+    sub.loop_start()
+    time.sleep(0.5)
+    ready.set()
+    stop.wait()
+    sub.loop_stop()
+    out_q.put(got)
+
+
+def publisher(args, port, rows, mine, warm, n, warmed, start, out_q):
+    """Publishes channels `mine`: their first samples, then one a second each."""
+    import paho.mqtt.client as mqtt
+
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"scale-pub-{os.getpid()}")
+    pub.max_inflight_messages_set(1000)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+
+    def sample(k):
+        return {"t": START_NS + k * STEP_NS, "v": rows[k % len(rows)].tolist()}
+
+    for i in mine:
+        pub.publish(f"scale/c{i}", json.dumps([sample(k) for k in range(warm[i])]), qos=1)
+    warmed.wait()  # every publisher has handed its first samples over
+    while start.value == 0.0:
+        time.sleep(0.01)
+    t0 = start.value
+    sent = {}
+    for s in range(args.seconds):
+        tick = t0 + s
+        for i in mine:
+            # Spread the channels over the second, as independent sources would.
+            at = tick + i / n
+            delay = at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            k = warm[i] + s
+            sent[(f"c{i}", k)] = time.monotonic()
+            pub.publish(f"scale/c{i}", json.dumps(sample(k)), qos=args.qos)
+    paced = time.monotonic() - t0
+    time.sleep(2.0)
+    pub.loop_stop()
+    out_q.put((sent, paced))
+
+
+def feed(args, port, features, length):
+    """The paced part, from --publishers processes (channels dealt round
+    robin) and --subscribers processes: one Python process cannot publish
+    and acknowledge 10 000 QoS 1 messages a second (its GIL), which would
+    measure the load generator instead of gsinfer."""
+    import multiprocessing as mp
 
     if args.data_dir:
         rows = np.load(os.path.join(args.data_dir, "test", f"{args.channel}.npy")).astype(np.float32)
@@ -277,66 +343,51 @@ def feed(args, port, features, length):
         rows = np.random.default_rng(0).standard_normal((4000, features)).astype(np.float32)
     rows = rows[:, :features]
     n = args.n
-    sent = {}
-    got = {}
-    lock = threading.Lock()
-
-    def on_message(_c, _u, msg):
-        now = time.monotonic()
-        chan = msg.topic.split("/")[2]
-        idx = json.loads(msg.payload)["index"]
-        with lock:
-            got[(chan, idx)] = now
-
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="scale-sub")
-    sub.on_message = on_message
-    sub.connect("127.0.0.1", port)
-    sub.subscribe("gsinfer/+/+/score", qos=0)
-    sub.loop_start()
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="scale-pub")
-    pub.max_inflight_messages_set(1000)
-    pub.connect("127.0.0.1", port)
-    pub.loop_start()
-    time.sleep(1.0)
-
-    def sample(k):
-        return {"t": START_NS + k * STEP_NS, "v": rows[k % len(rows)].tolist()}
-
-    # Each channel's first window minus one sample in one payload: no
-    # window is full yet, so nothing is scored until the paced part.
+    ctx = mp.get_context("fork")
+    pubs = args.publishers or max(1, min(8, -(-n // 2500)))
+    subs = args.subscribers or max(1, min(4, -(-n // 5000)))
     # With --spread S, channel i's first window completes i % S samples
     # later, so that with a stride of S the channels' windows are spread
     # over the seconds, as channels started at different times would be.
     warm = [length - 1 - (i % args.spread if args.spread > 1 else 0) for i in range(n)]
-    for i in range(n):
-        pub.publish(f"scale/c{i}", json.dumps([sample(k) for k in range(warm[i])]), qos=1)
+    out_q = ctx.Queue()
+    stop = ctx.Event()
+    readies = [ctx.Event() for _ in range(subs)]
+    sub_procs = [ctx.Process(target=subscriber, args=(port, subs > 1, r, stop, out_q)) for r in readies]
+    for p in sub_procs:
+        p.start()
+    for r in readies:
+        r.wait(30)
+    warmed = ctx.Barrier(pubs + 1)
+    start = ctx.Value("d", 0.0)
+    pub_q = ctx.Queue()
+    pub_procs = [ctx.Process(target=publisher,
+                             args=(args, port, rows, range(p, n, pubs), warm, n, warmed, start, pub_q))
+                 for p in range(pubs)]
+    for p in pub_procs:
+        p.start()
+    # Nothing is scored until the paced part: no window is full yet.
+    warmed.wait()
     time.sleep(5.0)
-    t0 = time.monotonic()
-    for s in range(args.seconds):
-        tick = t0 + s
-        for i in range(n):
-            k = warm[i] + s
-            # Spread the channels over the second, as independent sources would.
-            at = tick + i / n
-            delay = at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            now = time.monotonic()
-            pub.publish(f"scale/c{i}", json.dumps(sample(k)), qos=args.qos)
-            with lock:
-                sent[(f"c{i}", k)] = now
-    paced = time.monotonic() - t0
+    start.value = time.monotonic() + 0.5
+    sent, paced = {}, 0.0
+    for _ in pub_procs:
+        part, took = pub_q.get()
+        sent.update(part)
+        paced = max(paced, took)
+    for p in pub_procs:
+        p.join()
     time.sleep(10.0)
-    sub.loop_stop()
-    pub.loop_stop()
-    lat = []
-    with lock:
-        for key, t in sent.items():
-            if key in got:
-                lat.append(got[key] - t)
-    lat = np.asarray(lat) * 1e3
+    stop.set()
+    got = {}
+    for _ in sub_procs:
+        got.update(out_q.get())
+    for p in sub_procs:
+        p.join()
+    lat = np.asarray([got[key] - t for key, t in sent.items() if key in got]) * 1e3
     # paced_s above seconds: the load generator itself could not keep the pace.
-    out = {"seconds": args.seconds, "paced_s": round(paced, 1), "scores_expected": len(sent),
+    out = {"seconds": args.seconds, "paced_s": round(paced, 1), "publishers": pubs, "subscribers": subs,
+           "scores_expected": len(sent),
            # samples after a channel's first window (its first forecast's target on)
            "scores_scorable": sum(1 for (_, k) in sent if k >= length),
            "scores_received": int(lat.size)}
