@@ -64,7 +64,17 @@ def proc_status(pid):
                 out[k] = int(v.split()[0]) / 1024.0  # MiB
             elif k == "Threads":
                 out[k] = int(v)
-    return {"rss_mib": round(out["VmRSS"], 1), "peak_rss_mib": round(out["VmHWM"], 1), "threads": out["Threads"]}
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime + stime (fields 14 and 15 of proc(5)), in clock ticks
+    cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    written = 0
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith("write_bytes:"):
+                written = int(line.split()[1])  # bytes sent to the storage layer
+    return {"rss_mib": round(out["VmRSS"], 1), "peak_rss_mib": round(out["VmHWM"], 1), "threads": out["Threads"],
+            "cpu_s": round(cpu_s, 1), "written_mib": round(written / 2**20, 1)}
 
 
 def pipeline_template(config_path, model):

@@ -531,6 +531,7 @@ pub async fn checkpoint(
     outbox: &Outbox,
 ) -> Vec<Ack> {
     let deadline = tokio::time::Instant::now() + SAVE_BARRIER;
+    let started = Instant::now();
     let dirty = state.dirty(router.pipelines());
     if router.windows_in_flight(&dirty) > 0 {
         // Their queued windows go now rather than at the end of their budget.
@@ -548,11 +549,16 @@ pub async fn checkpoint(
         0 => {}
         n => return state.skip(Behind::Engines(n), Instant::now()),
     }
+    let settled = Instant::now();
     if !published(router, results_rx, board, out_tx, outbox, deadline).await {
         return state.skip(Behind::Publisher, Instant::now());
     }
+    let flushed = Instant::now();
     let pipelines: Vec<&Pipeline> = router.pipelines().collect();
-    state.begin_save(&pipelines, &dirty, Instant::now(), now_ns())
+    let acks = state.begin_save(&pipelines, &dirty, Instant::now(), now_ns());
+    log::debug!(target: "gsinfer::state", "checkpoint of {} pipeline(s): windows settled in {} µs, scores flushed in {} µs, snapshot taken in {} µs",
+        dirty.len(), (settled - started).as_micros(), (flushed - settled).as_micros(), flushed.elapsed().as_micros());
+    acks
 }
 
 /// Waits until everything queued for the publisher so far is written to
