@@ -7,7 +7,7 @@ tools/make_baselines.py) and writes one `[[pipeline]]` per channel model: model
 `<family>_<chan>`, topic `telemetry/<spacecraft>/<chan>`, channels [<chan>],
 the features its config.pbtxt declares (25 on SMAP, 55 on MSL: one file mixes
 spacecraft), the family's window (lstm 250, vae 50, tfm 64, persist 2,
-nn 50, zscore 1; stride 1), the scoring kind (forecast for lstm, tfm and persist,
+nn 50, zscore 1; stride 1 unless --stride), the scoring kind (forecast for lstm, tfm and persist,
 reconstruction for vae, nn and zscore) and the threshold method (the zscore
 baseline is always a static 3: a z-score above 3 is anomalous).
 
@@ -90,6 +90,9 @@ def main():
     ap.add_argument("--data-dir", default=None,
                     help="data set whose labeled_anomalies.csv names each channel's spacecraft")
     ap.add_argument("--channels", default=None, help="only these channels (comma-separated)")
+    ap.add_argument("--stride", default="",
+                    help="window strides of forecasting families, e.g. lstm=5: one window in five is run and "
+                         "each scores its forecast's first five steps (EVALUATION.md, 11.); default 1")
     ap.add_argument("--ensemble-votes", type=int, default=None,
                     help="with several families: add an [[ensemble]] 'vote' fusing them per "
                          "channel, raising an anomaly when this many agree (e.g. 2 of 4)")
@@ -157,6 +160,12 @@ def main():
         "[repository]",
         f"path = {toml_str(args.repository_path)}",
     ]
+    strides = {}
+    for item in filter(None, (x.strip() for x in args.stride.split(","))):
+        f, _, n = item.partition("=")
+        if f not in families or FAMILIES[f]["kind"] != "forecast" or not n.isdigit() or int(n) < 1:
+            raise SystemExit(f"--stride {item!r}: give FAMILY=N for a forecasting family of --family, N >= 1")
+        strides[f] = int(n)
     for chan in chans:
         craft = crafts.get(chan, args.spacecraft)
         for f in families:
@@ -170,7 +179,7 @@ def main():
                 f"channels = [{toml_str(chan)}]",
                 'format = "json"',
                 f"features = {dims[1]}",
-                f"window = {{ length = {fam['window']}, stride = 1 }}",
+                f"window = {{ length = {fam['window']}, stride = {strides.get(f, 1)} }}",
                 f"batch = {{ latency_budget_us = {args.latency_budget_us}, queue_capacity = 4096 }}",
                 f'scoring = {{ kind = "{fam["kind"]}", target_feature = 0, smoothing_span = {fam.get("span", 105.0)}, '
                 f"{fam.get('extra', '')}event_hold = 1, threshold = {threshold_of(fam)} }}",
