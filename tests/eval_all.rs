@@ -118,3 +118,49 @@ fn a_named_channel_that_no_pipeline_serves_is_an_error() {
         "{err}"
     );
 }
+
+/// A forecaster served at a stride of 5 runs one window in five and still
+/// scores every sample: each window's first five forecast steps are
+/// scored (EVALUATION.md, 11.). Step 1 of each window is the forecast the
+/// same window gives at stride 1, so those samples' errors are identical.
+#[test]
+fn a_strided_forecaster_scores_every_sample_from_its_forecast_steps() {
+    let Some(data) = common::data_dir() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("model_repository");
+    let errors = |stride: u64| -> Vec<(u64, f64)> {
+        let path = tmp.path().join(format!("stride-{stride}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[repository]\npath = {:?}\n\n[[pipeline]]\nmodel = \"tfm_T-8\"\ntopics = [\"telemetry/MSL/T-8\"]\n\
+                 channels = [\"T-8\"]\nfeatures = 55\nwindow = {{ length = 64, stride = {stride} }}\n\
+                 scoring = {{ kind = \"forecast\", threshold = {{ method = \"ndt\" }} }}\n",
+                repo.display().to_string()
+            ),
+        )
+        .unwrap();
+        eval_json(&["--channel", "T-8", "--jobs", "1"], &path, &data)
+            .iter()
+            .filter(|l| l["type"] == "score")
+            .map(|l| (l["index"].as_u64().unwrap(), l["error"].as_f64().unwrap()))
+            .collect()
+    };
+    let (every, fifth) = (errors(1), errors(5));
+    let indices = |v: &[(u64, f64)]| v.iter().map(|(i, _)| *i).collect::<Vec<_>>();
+    assert_eq!(
+        indices(&every)[0],
+        64,
+        "the first forecast targets sample 64"
+    );
+    assert_eq!(indices(&every), indices(&fifth), "the same samples scored");
+    // Windows end at samples 63, 68, 73, …: their step 1 targets 64, 69, 74, …
+    for ((i, e1), (_, e5)) in every.iter().zip(&fifth) {
+        if (i - 64) % 5 == 0 {
+            assert_eq!(e1, e5, "sample {i}: step 1 of the same window");
+        }
+    }
+    assert_ne!(every, fifth, "later steps forecast from earlier windows");
+}
