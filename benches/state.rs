@@ -22,7 +22,10 @@
 //!   the store did before (a temporary file per model renamed over the
 //!   old one, [`write_atomic_all_with`]: one `syncfs`, one folder fsync).
 //!
-//! The size of each state is printed. Results: BENCHMARKS.md ("Channel state").
+//! The size of each state is printed, compressed as saved and before
+//! compression, also after a real channel's test split when
+//! `GSINFER_DATA_DIR` names the telemanom data set. Results: BENCHMARKS.md
+//! ("Channel state").
 
 use std::hint::black_box;
 use std::io::Write;
@@ -66,13 +69,26 @@ fn live_bytes() -> i64 {
 
 /// One channel fed `samples` samples, every window scored.
 fn fed(config: &PipelineConfig, out_len: usize, samples: u64) -> Pipeline {
+    fed_with(config, out_len, samples, |i| {
+        (0..25)
+            .map(|k| ((i as usize * 7 + k) % 13) as f32 * 0.1)
+            .collect()
+    })
+}
+
+/// One channel fed `samples` samples of `values(i)`, every window scored
+/// with a constant output.
+fn fed_with(
+    config: &PipelineConfig,
+    out_len: usize,
+    samples: u64,
+    values: impl Fn(u64) -> Vec<f32>,
+) -> Pipeline {
     let mut p = Pipeline::new(config);
     let now = Instant::now();
     let mut out = Vec::new();
     for i in 0..samples {
-        let values: Vec<f32> = (0..25)
-            .map(|k| ((i as usize * 7 + k) % 13) as f32 * 0.1)
-            .collect();
+        let values = values(i);
         let s = RawSample {
             t_ns: None,
             seq: Some(i),
@@ -121,7 +137,23 @@ fn state_bench(c: &mut Criterion) {
         let long = fed(&config, out_len, 20_000);
         let heap = live_bytes() - before;
         let long_bytes = encode(&key, 0, long.channel_states()).unwrap().len();
-        println!("state/{name}: {long_bytes} bytes per channel after 20 000 samples, {heap} bytes of heap");
+        let raw = postcard::to_allocvec(long.channel_states()).unwrap().len();
+        println!("state/{name}: {long_bytes} bytes per channel after 20 000 samples ({raw} before compression), {heap} bytes of heap");
+        // The same on real telemetry (the synthetic values above repeat
+        // every 13 samples, which flatters any compression): the test
+        // split of a few SMAP channels, each sample once.
+        if let Some(data) = std::env::var_os("GSINFER_DATA_DIR") {
+            for chan in ["A-2", "E-1", "P-1", "T-1"] {
+                let rows =
+                    gsinfer::eval::read_channel(std::path::Path::new(&data), "test", chan).unwrap();
+                let p = fed_with(&config, out_len, rows.len() as u64, |i| {
+                    rows[i as usize].clone()
+                });
+                let bytes = encode(&key, 0, p.channel_states()).unwrap().len();
+                let raw = postcard::to_allocvec(p.channel_states()).unwrap().len();
+                println!("state/{name}: {bytes} bytes after the {} samples of {chan} ({raw} before compression)", rows.len());
+            }
+        }
         g.bench_function(format!("encode/{name}"), |b| {
             b.iter(|| black_box(encode(&key, 0, p.channel_states()).unwrap()))
         });

@@ -15,8 +15,15 @@
 //! save's CPU (BENCHMARKS.md, "Channel state: saves in place"). A file is:
 //!
 //! ```text
-//! "GSINFST1" | u32 LE header length | header (JSON) | payload (postcard) | CRC-32 (u32 LE)
+//! "GSINFST1" | u32 LE header length | header (JSON) | payload | CRC-32 (u32 LE)
 //! ```
+//!
+//! The payload is the channels in postcard, compressed with LZ4 (block
+//! format, decompressed length first; the header says `"compression":
+//! "lz4"`); files written before compression carry it raw and no such key,
+//! and are read as they are. A channel's state is mostly its window ring,
+//! command one-hots and repeated values that LZ4 shrinks several times
+//! over, and at QoS 1 every sample has its pipeline's state rewritten.
 //!
 //! The header holds the [`StateKey`] (what must be unchanged for the state
 //! to be continued: model name, version and the model file's sha256, the
@@ -192,7 +199,17 @@ struct Header {
     /// before slots existed).
     #[serde(default)]
     generation: u64,
+    /// How the payload is compressed: `"lz4"` (LZ4 block format, its
+    /// decompressed length first as a little-endian u32), or absent: the
+    /// raw postcard payload of files written before compression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    compression: Option<String>,
 }
+
+/// The largest payload a state file may decompress to (256 MiB: a
+/// 10 000-channel pipeline of LSTM channels is ~0.6 GiB raw, but one
+/// pipeline holds a handful of channels in practice).
+const MAX_PAYLOAD: usize = 1 << 28;
 
 /// Errors reading or writing state files.
 #[derive(Debug, thiserror::Error)]
@@ -244,9 +261,15 @@ pub fn encode_generation(
         saved_at_ns,
         channels: channels.len(),
         generation,
+        compression: Some("lz4".into()),
     })
     .map_err(|e| e.to_string())?;
-    let payload = postcard::to_allocvec(channels).map_err(|e| e.to_string())?;
+    // LZ4: a channel's window ring is mostly command one-hots and repeated
+    // values, which it shrinks 5-20× at well over 1 GB/s (BENCHMARKS.md),
+    // and at QoS 1 every sample has its pipeline's state rewritten.
+    let payload = lz4_flex::compress_prepend_size(
+        &postcard::to_allocvec(channels).map_err(|e| e.to_string())?,
+    );
     let mut out = Vec::with_capacity(8 + 4 + header.len() + payload.len() + 4);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
@@ -289,8 +312,31 @@ pub fn decode(bytes: &[u8]) -> Result<Saved, String> {
     }
     let header: Header =
         serde_json::from_slice(&body[12..12 + len]).map_err(|e| format!("header: {e}"))?;
+    let payload = &body[12 + len..];
+    let raw;
+    let payload = match header.compression.as_deref() {
+        None => payload,
+        Some("lz4") => {
+            let size = payload.get(..4).map_or(usize::MAX, |b| {
+                u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize
+            });
+            if size > MAX_PAYLOAD {
+                return Err(format!(
+                    "payload of {size} bytes when decompressed, over {MAX_PAYLOAD}"
+                ));
+            }
+            raw = lz4_flex::decompress_size_prepended(payload)
+                .map_err(|e| format!("payload: {e}"))?;
+            &raw[..]
+        }
+        Some(other) => {
+            return Err(format!(
+                "payload compressed as `{other}`, which this gsinfer cannot read"
+            ))
+        }
+    };
     let channels: Vec<ChannelState> =
-        postcard::from_bytes(&body[12 + len..]).map_err(|e| format!("payload: {e}"))?;
+        postcard::from_bytes(payload).map_err(|e| format!("payload: {e}"))?;
     if channels.len() != header.channels {
         return Err(format!(
             "{} channels in the payload, {} in the header",
@@ -768,6 +814,63 @@ mod tests {
                 .count();
             assert_eq!(scored, 2 * 190, "stride {stride}: every sample scored");
         }
+    }
+
+    #[test]
+    fn a_file_written_before_compression_is_read_as_it_is() {
+        let mut p = Pipeline::new(&config());
+        feed(&mut p, 0, 120);
+        // The format before compression: the same header without the key,
+        // the raw postcard payload.
+        let header = serde_json::to_vec(&serde_json::json!({
+            "key": key(), "saved_at_ns": 7, "channels": 2, "generation": 3,
+        }))
+        .unwrap();
+        let mut old = Vec::new();
+        old.extend_from_slice(MAGIC);
+        old.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        old.extend_from_slice(&header);
+        old.extend_from_slice(&postcard::to_allocvec(p.channel_states()).unwrap());
+        old.extend_from_slice(&crc32fast::hash(&old).to_le_bytes());
+        let saved = decode(&old).unwrap();
+        assert_eq!((saved.generation, saved.channels.len()), (3, 2));
+        let now = encode_generation(&key(), 7, 3, p.channel_states()).unwrap();
+        let again = decode(&now).unwrap();
+        assert_eq!(
+            postcard::to_allocvec(&again.channels).unwrap(),
+            postcard::to_allocvec(&saved.channels).unwrap(),
+            "the same channels either way"
+        );
+        assert!(
+            now.len() < old.len(),
+            "compressed: {} < {}",
+            now.len(),
+            old.len()
+        );
+    }
+
+    #[test]
+    fn an_unknown_compression_or_an_oversized_payload_is_refused() {
+        let p = Pipeline::new(&config());
+        let bytes = encode(&key(), 7, p.channel_states()).unwrap();
+        let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        let rebuild = |header: &[u8], payload: &[u8]| {
+            let mut b = Vec::new();
+            b.extend_from_slice(MAGIC);
+            b.extend_from_slice(&(header.len() as u32).to_le_bytes());
+            b.extend_from_slice(header);
+            b.extend_from_slice(payload);
+            b.extend_from_slice(&crc32fast::hash(&b).to_le_bytes());
+            b
+        };
+        let header = String::from_utf8(bytes[12..12 + len].to_vec()).unwrap();
+        let payload = &bytes[12 + len..bytes.len() - 4];
+        let zstd = rebuild(header.replace("\"lz4\"", "\"zstd\"").as_bytes(), payload);
+        assert!(decode(&zstd).unwrap_err().contains("`zstd`"));
+        let mut huge = payload.to_vec();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let huge = rebuild(header.as_bytes(), &huge);
+        assert!(decode(&huge).unwrap_err().contains("over"));
     }
 
     #[test]
