@@ -964,9 +964,10 @@ fn private_mounts() -> Option<&'static [&'static str]> {
 }
 
 /// The service with its state folder (`dir/state`) on a 256 KiB tmpfs of
-/// its own mount namespace, all but 16 KiB of it taken by `state/filler`:
-/// the smallest channel state does not fit until the filler is removed
-/// (through `/proc/<pid>/root`, the service's view of its mounts).
+/// its own mount namespace, all of it taken by `state/filler` (a channel
+/// state is compressed, so a few KiB left free could hold one): no state
+/// fits until the filler is removed (through `/proc/<pid>/root`, the
+/// service's view of its mounts).
 fn on_full_disk(unshare: &[&str], cfg: &Path, dir: &Path) -> Service {
     let state = dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
@@ -976,7 +977,8 @@ fn on_full_disk(unshare: &[&str], cfg: &Path, dir: &Path) -> Service {
         .args([
             "sh",
             "-c",
-            "mount -t tmpfs -o size=256k gsinfer-test \"$1\" && head -c 240k /dev/zero > \"$1/filler\" \
+            "mount -t tmpfs -o size=256k gsinfer-test \"$1\" \
+             && { head -c 512k /dev/zero > \"$1/filler\" 2>/dev/null; [ -s \"$1/filler\" ]; } \
              && shift && exec \"$@\"",
             "sh",
         ])
