@@ -206,10 +206,11 @@ struct Header {
     compression: Option<String>,
 }
 
-/// The largest payload a state file may decompress to (256 MiB: a
-/// 10 000-channel pipeline of LSTM channels is ~0.6 GiB raw, but one
-/// pipeline holds a handful of channels in practice).
-const MAX_PAYLOAD: usize = 1 << 28;
+/// The largest payload a state file holds before compression (2 GiB): a
+/// pipeline serving 10 000 channels with one LSTM model is ~0.6 GiB. A
+/// larger state is not saved (the error says so), and a file claiming more
+/// is refused before anything is allocated.
+const MAX_PAYLOAD: usize = 1 << 31;
 
 /// Errors reading or writing state files.
 #[derive(Debug, thiserror::Error)]
@@ -230,13 +231,21 @@ pub enum StateError {
         /// What is wrong.
         why: String,
     },
+    /// The state could not be encoded for `path` (nothing was written).
+    #[error("state for {path} could not be encoded: {why}")]
+    Encode {
+        /// The file it was for.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
 }
 
 /// Encodes `channels` under `key`, saved at `saved_at_ns` (ns since epoch),
 /// as generation 1 (see [`encode_generation`]).
 ///
 /// # Errors
-/// Only if a channel's state cannot be serialised (not expected).
+/// As [`encode_generation`].
 pub fn encode(
     key: &StateKey,
     saved_at_ns: i64,
@@ -249,7 +258,8 @@ pub fn encode(
 /// at [`StateStore::load`]).
 ///
 /// # Errors
-/// Only if a channel's state cannot be serialised (not expected).
+/// If a channel's state cannot be serialised (not expected), or the
+/// pipeline's state is over 2 GiB before compression.
 pub fn encode_generation(
     key: &StateKey,
     saved_at_ns: i64,
@@ -265,11 +275,19 @@ pub fn encode_generation(
     })
     .map_err(|e| e.to_string())?;
     // LZ4: a channel's window ring is mostly command one-hots and repeated
-    // values, which it shrinks 5-20× at well over 1 GB/s (BENCHMARKS.md),
-    // and at QoS 1 every sample has its pipeline's state rewritten.
-    let payload = lz4_flex::compress_prepend_size(
-        &postcard::to_allocvec(channels).map_err(|e| e.to_string())?,
-    );
+    // values; an LSTM channel's state shrinks 2.6-4.2× on real telemetry
+    // for ~10 µs of CPU (BENCHMARKS.md), and at QoS 1 every sample has its
+    // pipeline's state rewritten.
+    let raw = postcard::to_allocvec(channels).map_err(|e| e.to_string())?;
+    if raw.len() > MAX_PAYLOAD {
+        return Err(format!(
+            "the state of {} channel(s) is {} bytes, over the {MAX_PAYLOAD} a state file holds; \
+             serve the channels from several pipelines",
+            channels.len(),
+            raw.len()
+        ));
+    }
+    let payload = lz4_flex::compress_prepend_size(&raw);
     let mut out = Vec::with_capacity(8 + 4 + header.len() + payload.len() + 4);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
@@ -582,7 +600,7 @@ impl StateStore {
             let bytes = match encode_generation(key, now_ns, generation, channels) {
                 Ok(b) => b,
                 Err(why) => {
-                    written.push(Err(StateError::Corrupt {
+                    written.push(Err(StateError::Encode {
                         path: path.clone(),
                         why,
                     }));
