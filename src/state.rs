@@ -288,14 +288,20 @@ pub fn encode_generation(
         ));
     }
     let payload = lz4_flex::compress_prepend_size(&raw);
+    Ok(frame(&header, &payload))
+}
+
+/// A state file's bytes around `header` and `payload`: magic, header
+/// length, header, payload, CRC-32 (see the module docs).
+fn frame(header: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + 4 + header.len() + payload.len() + 4);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(header);
+    out.extend_from_slice(payload);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
-    Ok(out)
+    out
 }
 
 /// A decoded state file.
@@ -838,18 +844,13 @@ mod tests {
     fn a_file_written_before_compression_is_read_as_it_is() {
         let mut p = Pipeline::new(&config());
         feed(&mut p, 0, 120);
-        // The format before compression: the same header without the key,
-        // the raw postcard payload.
+        // The format before compression: the same header without a
+        // `compression` key, the raw postcard payload.
         let header = serde_json::to_vec(&serde_json::json!({
             "key": key(), "saved_at_ns": 7, "channels": 2, "generation": 3,
         }))
         .unwrap();
-        let mut old = Vec::new();
-        old.extend_from_slice(MAGIC);
-        old.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        old.extend_from_slice(&header);
-        old.extend_from_slice(&postcard::to_allocvec(p.channel_states()).unwrap());
-        old.extend_from_slice(&crc32fast::hash(&old).to_le_bytes());
+        let old = frame(&header, &postcard::to_allocvec(p.channel_states()).unwrap());
         let saved = decode(&old).unwrap();
         assert_eq!((saved.generation, saved.channels.len()), (3, 2));
         let now = encode_generation(&key(), 7, 3, p.channel_states()).unwrap();
@@ -872,22 +873,13 @@ mod tests {
         let p = Pipeline::new(&config());
         let bytes = encode(&key(), 7, p.channel_states()).unwrap();
         let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
-        let rebuild = |header: &[u8], payload: &[u8]| {
-            let mut b = Vec::new();
-            b.extend_from_slice(MAGIC);
-            b.extend_from_slice(&(header.len() as u32).to_le_bytes());
-            b.extend_from_slice(header);
-            b.extend_from_slice(payload);
-            b.extend_from_slice(&crc32fast::hash(&b).to_le_bytes());
-            b
-        };
         let header = String::from_utf8(bytes[12..12 + len].to_vec()).unwrap();
         let payload = &bytes[12 + len..bytes.len() - 4];
-        let zstd = rebuild(header.replace("\"lz4\"", "\"zstd\"").as_bytes(), payload);
+        let zstd = frame(header.replace("\"lz4\"", "\"zstd\"").as_bytes(), payload);
         assert!(decode(&zstd).unwrap_err().contains("`zstd`"));
         let mut huge = payload.to_vec();
         huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        let huge = rebuild(header.as_bytes(), &huge);
+        let huge = frame(header.as_bytes(), &huge);
         assert!(decode(&huge).unwrap_err().contains("over"));
     }
 

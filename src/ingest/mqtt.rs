@@ -422,11 +422,7 @@ impl Outbox {
         payload: Vec<u8>,
     ) -> Result<(), rumqttc::ClientError> {
         self.handing();
-        let sent = client.publish(topic, qos, retain, payload).await;
-        if sent.is_err() {
-            self.wrote();
-        }
-        sent
+        self.uncount_refused(client.publish(topic, qos, retain, payload).await)
     }
 
     /// As [`Outbox::publish`], without waiting: refused when the client's
@@ -443,7 +439,15 @@ impl Outbox {
         payload: Vec<u8>,
     ) -> Result<(), rumqttc::ClientError> {
         self.handing();
-        let sent = client.try_publish(topic, qos, retain, payload);
+        self.uncount_refused(client.try_publish(topic, qos, retain, payload))
+    }
+
+    /// A publish the client refused will never be written: counted as
+    /// written, so no checkpoint waits for it.
+    fn uncount_refused(
+        &self,
+        sent: Result<(), rumqttc::ClientError>,
+    ) -> Result<(), rumqttc::ClientError> {
         if sent.is_err() {
             self.wrote();
         }

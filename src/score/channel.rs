@@ -232,8 +232,7 @@ impl ChannelScorer {
                     // stride of s and an s-step forecast every sample is
                     // scored once, by one window in s.
                     let first = end_index + 1;
-                    let steps = output.len().min(self.horizon).max(1);
-                    for (h, &prediction) in output.iter().take(steps).enumerate() {
+                    for (h, &prediction) in output.iter().take(self.horizon).enumerate() {
                         let target = first + h as u64;
                         if target < self.base + self.actuals.len() as u64 {
                             self.score_forecast(target, prediction, out);

@@ -555,7 +555,7 @@ pub async fn checkpoint(
     }
     let flushed = Instant::now();
     let pipelines: Vec<&Pipeline> = router.pipelines().collect();
-    let acks = state.begin_save(&pipelines, &dirty, Instant::now(), now_ns());
+    let acks = state.begin_save(&pipelines, &dirty, flushed, now_ns());
     log::debug!(target: "gsinfer::state", "checkpoint of {} pipeline(s): windows settled in {} µs, scores flushed in {} µs, snapshot taken in {} µs",
         dirty.len(), (settled - started).as_micros(), (flushed - settled).as_micros(), flushed.elapsed().as_micros());
     acks
