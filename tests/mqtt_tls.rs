@@ -192,7 +192,7 @@ impl TlsBroker {
             )
             .unwrap();
             let stderr = File::create(dir.join("mosquitto.stderr")).unwrap();
-            let mut child = Command::new(mosquitto())
+            let mut child = common::dies_with_test(&mut Command::new(mosquitto()))
                 .arg("-c")
                 .arg(&conf_path)
                 .stdin(Stdio::null())

@@ -171,7 +171,7 @@ impl Service {
     /// `GSINFER__<SECTION>__<KEY>` overrides).
     pub fn run_with_env(config: &Path, env: &[(&str, &str)]) -> Service {
         Service(
-            Command::new(bin())
+            super::dies_with_test(&mut Command::new(bin()))
                 .args(["run", "--config"])
                 .arg(config)
                 .env("STATE_DIRECTORY", config.parent().unwrap())
@@ -211,7 +211,7 @@ impl LoggedService {
     pub fn spawn(mut command: Command, config: &Path, dir: &Path) -> LoggedService {
         let log = dir.join("gsinfer.log");
         let file = std::fs::File::create(&log).unwrap();
-        let child = command
+        let child = super::dies_with_test(&mut command)
             .env("STATE_DIRECTORY", config.parent().unwrap())
             .stderr(Stdio::from(file))
             .spawn()

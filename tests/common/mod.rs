@@ -31,6 +31,25 @@ const READY_PROBE_INTERVAL: Duration = Duration::from_millis(25);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
+/// Has `command`'s process killed (SIGKILL) when the thread that spawns it
+/// ends, so a test binary that is itself killed mid-test (a CI timeout, ^C)
+/// leaves no mosquitto or gsinfer behind holding ports and files. Linux's
+/// `PR_SET_PDEATHSIG` (prctl(2)): it fires when the spawning *thread*
+/// exits, which for a test is the test's own thread, and survives `exec`.
+pub fn dies_with_test(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure calls only prctl(2), which
+    // is async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Where mosquitto is: `$MOSQUITTO`, then `PATH`, then the Debian location
 /// (`/usr/sbin` is not on every user's `PATH`).
 fn mosquitto_bin() -> Option<PathBuf> {
@@ -256,7 +275,7 @@ fn spawn(dir: &Path, port: u16, persistent: bool) -> Result<Child, StartError> {
         .open(dir.join("mosquitto.stderr"))
         .expect("open mosquitto.stderr");
     let bin = mosquitto_bin().expect("mosquitto not found (check mosquitto_available() first)");
-    let mut child = Command::new(&bin)
+    let mut child = dies_with_test(&mut Command::new(&bin))
         .arg("-c")
         .arg(&conf_path)
         .stdin(Stdio::null())
