@@ -6,8 +6,8 @@ version folder with `model.onnx` (as written by tools/train_models.py and
 tools/make_baselines.py) and writes one `[[pipeline]]` per channel model: model
 `<family>_<chan>`, topic `telemetry/<spacecraft>/<chan>`, channels [<chan>],
 the features its config.pbtxt declares (25 on SMAP, 55 on MSL: one file mixes
-spacecraft), the family's window (lstm 250, vae 50, tfm 64, persist 2,
-nn 50, zscore 1; stride 1 unless --stride), the scoring kind (forecast for lstm, tfm and persist,
+spacecraft), the family's window (lstm and lstm3 250, vae 50, tfm 64, persist 2,
+nn 50, zscore 1; stride 1 unless --stride), the scoring kind (forecast for lstm, lstm3, tfm and persist,
 reconstruction for vae, nn and zscore) and the threshold method (the zscore
 baseline is always a static 3: a z-score above 3 is anomalous).
 
@@ -33,6 +33,8 @@ import sys
 
 FAMILIES = {
     "lstm": {"window": 250, "kind": "forecast"},
+    # the mean of three seeds' LSTMs (tools/mean_ensemble.py; EVALUATION.md 12.)
+    "lstm3": {"window": 250, "kind": "forecast"},
     "vae": {"window": 50, "kind": "reconstruction", "extra": "reconstruction_features = [0], "},
     "tfm": {"window": 64, "kind": "forecast"},
     "persist": {"window": 2, "kind": "forecast"},

@@ -18,9 +18,11 @@ Usage, one model:
 
 or a whole repository: for every `<family>_<chan>` folder of --repo that
 every --member repository also holds, write --out/<family>_<chan>/ with the
-merged 1/model.onnx and --repo's config.pbtxt:
+merged 1/model.onnx and --repo's config.pbtxt (with `--as NAME`, as
+--out/NAME_<chan>/, the config.pbtxt's `name:` changed to match and a note
+on the members put above it; the shipped `lstm3_<chan>` models):
     python3 tools/mean_ensemble.py --repo model_repository --family lstm \\
-        --member /tmp/seeds/s43 --member /tmp/seeds/s44 --out /tmp/repo3
+        --member /tmp/seeds/s43 --member /tmp/seeds/s44 --as lstm3 --out model_repository
 """
 import argparse
 import os
@@ -70,6 +72,19 @@ def merge(models):
     return merged
 
 
+def renamed(text, name, out_name, members):
+    """`text` (a member's config.pbtxt) for the merged model `out_name`."""
+    line = f'name: "{name}"'
+    if line not in text:
+        raise ValueError(f"{name}/config.pbtxt has no `{line}` line")
+    note = (f"# {out_name}: the mean forecast of {members} models of {name}'s family and channel,\n"
+            f"# trained alike with different seeds (--seed 42 = {name} itself, 43, 44, ...)\n"
+            f"# and merged into one ONNX graph by tools/mean_ensemble.py (a deep ensemble;\n"
+            f"# EVALUATION.md 12.). Same input and output as {name}; {members} times its cost.\n"
+            f"# What follows is {name}'s own description.\n#\n")
+    return note + text.replace(line, f'name: "{out_name}"', 1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="*", help="member ONNX files (single-model form)")
@@ -77,12 +92,15 @@ def main():
     ap.add_argument("--repo", help="repository of the first member (its config.pbtxt is copied)")
     ap.add_argument("--member", action="append", default=[], help="repository of a further member")
     ap.add_argument("--family", help="only <family>_<chan> folders")
+    ap.add_argument("--as", dest="rename", help="write NAME_<chan> folders (needs --family)")
     args = ap.parse_args()
     if not args.repo:
         onnx.save(merge([onnx.load(p) for p in args.inputs]), args.out)
         return 0
     if args.inputs or not args.member:
         ap.error("--repo takes --member repositories and no ONNX files")
+    if args.rename and not args.family:
+        ap.error("--as needs --family")
     done = 0
     for name in sorted(os.listdir(args.repo)):
         if args.family and not name.startswith(args.family + "_"):
@@ -90,10 +108,16 @@ def main():
         paths = [os.path.join(r, name, "1", "model.onnx") for r in [args.repo, *args.member]]
         if not all(os.path.exists(p) for p in paths):
             continue
-        dest = os.path.join(args.out, name)
+        out_name = args.rename + name[len(args.family):] if args.rename else name
+        dest = os.path.join(args.out, out_name)
         os.makedirs(os.path.join(dest, "1"), exist_ok=True)
         onnx.save(merge([onnx.load(p) for p in paths]), os.path.join(dest, "1", "model.onnx"))
-        shutil.copy(os.path.join(args.repo, name, "config.pbtxt"), os.path.join(dest, "config.pbtxt"))
+        with open(os.path.join(args.repo, name, "config.pbtxt")) as fh:
+            text = fh.read()
+        if args.rename:
+            text = renamed(text, name, out_name, len(paths))
+        with open(os.path.join(dest, "config.pbtxt"), "w") as fh:
+            fh.write(text)
         done += 1
     print(f"wrote {done} merged models of {1 + len(args.member)} members into {args.out}")
     return 0 if done else 1
