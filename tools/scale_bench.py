@@ -38,7 +38,9 @@ import signal
 import socket
 import subprocess
 import sys
+import queue
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -154,6 +156,11 @@ def main():
     ap.add_argument("--ready-timeout", type=float, default=1800.0)
     ap.add_argument("--keep", action="store_true", help="keep the throwaway folder")
     args = ap.parse_args()
+    if args.seconds > 0:
+        try:
+            import paho.mqtt.client  # noqa: F401  (the publishers' and subscribers' client)
+        except ImportError:
+            sys.exit("error: --seconds needs paho-mqtt: pip install paho-mqtt")
 
     tmp = tempfile.mkdtemp(prefix="gsinfer-scale-")
     procs = []
@@ -363,7 +370,9 @@ def feed(args, port, features, length):
     out_q = ctx.Queue()
     stop = ctx.Event()
     readies = [ctx.Event() for _ in range(subs)]
-    sub_procs = [ctx.Process(target=subscriber, args=(port, subs > 1, r, stop, out_q)) for r in readies]
+    # Daemons: a run that ends in an error does not wait for them.
+    sub_procs = [ctx.Process(target=subscriber, args=(port, subs > 1, r, stop, out_q), daemon=True)
+                 for r in readies]
     for p in sub_procs:
         p.start()
     for r in readies:
@@ -372,17 +381,26 @@ def feed(args, port, features, length):
     start = ctx.Value("d", 0.0)
     pub_q = ctx.Queue()
     pub_procs = [ctx.Process(target=publisher,
-                             args=(args, port, rows, range(p, n, pubs), warm, n, warmed, start, pub_q))
+                             args=(args, port, rows, range(p, n, pubs), warm, n, warmed, start, pub_q),
+                             daemon=True)
                  for p in range(pubs)]
     for p in pub_procs:
         p.start()
-    # Nothing is scored until the paced part: no window is full yet.
-    warmed.wait()
+    # Nothing is scored until the paced part: no window is full yet. A
+    # publisher that dies (its traceback is on stderr) breaks the barrier
+    # instead of leaving the run waiting for ever.
+    try:
+        warmed.wait(timeout=300)
+    except threading.BrokenBarrierError:
+        sys.exit("error: a publisher process did not hand over its first samples (see its error above)")
     time.sleep(5.0)
     start.value = time.monotonic() + 0.5
     sent, paced = {}, 0.0
     for _ in pub_procs:
-        part, took = pub_q.get()
+        try:
+            part, took = pub_q.get(timeout=args.seconds + 300)
+        except queue.Empty:
+            sys.exit("error: a publisher process did not finish its paced part (see its error above)")
         sent.update(part)
         paced = max(paced, took)
     for p in pub_procs:
