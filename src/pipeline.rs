@@ -78,7 +78,12 @@ impl ChannelState {
 pub struct Pipeline {
     config: PipelineConfig,
     ids: HashMap<String, u32>,
-    channels: Vec<ChannelState>,
+    /// Shared so that a checkpoint's snapshot is a copy of pointers, not of
+    /// the states: a channel is copied (`Arc::make_mut`) only when it
+    /// changes while the state writer still holds the snapshot, once, and
+    /// on its own next sample rather than all at once (BENCHMARKS.md,
+    /// "Snapshots that share the channels").
+    channels: Vec<Arc<ChannelState>>,
     allowed: Option<HashSet<String>>,
 }
 
@@ -129,8 +134,10 @@ impl Pipeline {
             })
     }
 
-    /// Every channel's state, in channel-id order.
-    pub fn channel_states(&self) -> &[ChannelState] {
+    /// Every channel's state, in channel-id order. Cloning one (or the
+    /// slice) shares it: a later change of the pipeline's channel copies
+    /// the channel first, so a clone keeps the state as it was.
+    pub fn channel_states(&self) -> &[Arc<ChannelState>] {
         &self.channels
     }
 
@@ -167,11 +174,11 @@ impl Pipeline {
                 continue;
             }
             match self.ids.get(&*state.name) {
-                Some(id) => self.channels[*id as usize] = state,
+                Some(id) => self.channels[*id as usize] = Arc::new(state),
                 None => {
                     self.ids
                         .insert(state.name.to_string(), self.channels.len() as u32);
-                    self.channels.push(state);
+                    self.channels.push(Arc::new(state));
                 }
             }
             restored += 1;
@@ -184,7 +191,7 @@ impl Pipeline {
     /// with one open, to `out`.
     pub fn close_open_anomalies(&mut self, reason: &'static str, out: &mut Vec<ChannelOutput>) {
         for (id, c) in self.channels.iter_mut().enumerate() {
-            if let Some(event) = c.scorer.close_anomaly(reason) {
+            if let Some(event) = Arc::make_mut(c).scorer.close_anomaly(reason) {
                 out.push(ChannelOutput {
                     channel: id as u32,
                     output: ScoredOutput::Event(event),
@@ -209,7 +216,7 @@ impl Pipeline {
             }
         }
         let id = self.channels.len() as u32;
-        self.channels.push(ChannelState {
+        self.channels.push(Arc::new(ChannelState {
             name: Arc::from(name),
             windows: ChannelWindows::new(&self.config.window, self.config.features),
             scorer: ChannelScorer::new(
@@ -219,7 +226,7 @@ impl Pipeline {
             ),
             last_t_ns: None,
             last_seq: None,
-        });
+        }));
         self.ids.insert(name.to_string(), id);
         Ok(id)
     }
@@ -257,7 +264,8 @@ impl Pipeline {
             });
         }
         let id = self.channel_id(channel)?;
-        let state = &mut self.channels[id as usize];
+        // Checked on the shared state: a refused sample copies nothing.
+        let state = &self.channels[id as usize];
         if let (Some(seq), Some(last)) = (sample.seq, state.last_seq) {
             if seq <= last {
                 return Err(Reject {
@@ -280,6 +288,7 @@ impl Pipeline {
                 });
             }
         }
+        let state = Arc::make_mut(&mut self.channels[id as usize]);
         state.last_t_ns = Some(t_ns);
         state.last_seq = sample.seq.or(state.last_seq);
         let index = state.windows.count();
@@ -309,7 +318,7 @@ impl Pipeline {
         outcome: WindowOutcome,
         out: &mut Vec<ChannelOutput>,
     ) {
-        let state = &mut self.channels[item.channel as usize];
+        let state = Arc::make_mut(&mut self.channels[item.channel as usize]);
         let mut scored = Vec::new();
         state.scorer.on_window(
             item.seq,

@@ -249,7 +249,7 @@ pub enum StateError {
 pub fn encode(
     key: &StateKey,
     saved_at_ns: i64,
-    channels: &[ChannelState],
+    channels: &[Arc<ChannelState>],
 ) -> Result<Vec<u8>, String> {
     encode_generation(key, saved_at_ns, 1, channels)
 }
@@ -264,7 +264,7 @@ pub fn encode_generation(
     key: &StateKey,
     saved_at_ns: i64,
     generation: u64,
-    channels: &[ChannelState],
+    channels: &[Arc<ChannelState>],
 ) -> Result<Vec<u8>, String> {
     let header = serde_json::to_vec(&Header {
         key: key.clone(),
@@ -414,8 +414,10 @@ pub enum Restore {
 pub struct Snapshot {
     /// What it is saved for.
     pub key: StateKey,
-    /// The channels, as they were at the checkpoint.
-    pub channels: Vec<ChannelState>,
+    /// The channels, as they were at the checkpoint: shared with the
+    /// pipeline, which copies a channel before changing it while this is
+    /// held ([`Pipeline::channel_states`]).
+    pub channels: Vec<Arc<ChannelState>>,
 }
 
 /// One of the two files a pipeline's state takes turns in.
@@ -561,7 +563,7 @@ impl StateStore {
         pipelines: &[(&StateKey, &Pipeline)],
         now_ns: i64,
     ) -> Vec<Result<SaveReport, StateError>> {
-        let states: Vec<(&StateKey, &[ChannelState])> = pipelines
+        let states: Vec<(&StateKey, &[Arc<ChannelState>])> = pipelines
             .iter()
             .map(|(key, p)| (*key, p.channel_states()))
             .collect();
@@ -575,7 +577,7 @@ impl StateStore {
         snapshots: &[Snapshot],
         now_ns: i64,
     ) -> Vec<Result<SaveReport, StateError>> {
-        let states: Vec<(&StateKey, &[ChannelState])> = snapshots
+        let states: Vec<(&StateKey, &[Arc<ChannelState>])> = snapshots
             .iter()
             .map(|s| (&s.key, s.channels.as_slice()))
             .collect();
@@ -590,7 +592,7 @@ impl StateStore {
     /// returned; until then the other slot stays the newest intact one.
     fn save_states(
         &self,
-        states: &[(&StateKey, &[ChannelState])],
+        states: &[(&StateKey, &[Arc<ChannelState>])],
         now_ns: i64,
     ) -> Vec<Result<SaveReport, StateError>> {
         let mut written: Vec<Result<(SaveReport, Slot, u64), StateError>> =
@@ -803,6 +805,75 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_state_it_was_taken_at_while_the_pipeline_goes_on() {
+        let mut p = Pipeline::new(&config());
+        feed(&mut p, 0, 82);
+        let snapshot = p.channel_states().to_vec();
+        let at_snapshot = encode(&key(), 7, &snapshot).unwrap();
+        // Taking it copied no channel: the snapshot shares them.
+        assert!(snapshot
+            .iter()
+            .zip(p.channel_states())
+            .all(|(s, c)| Arc::ptr_eq(s, c)));
+
+        // Channel a goes on (through the anomaly), b does not.
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for i in 82..150u64 {
+            let s = RawSample {
+                t_ns: None,
+                seq: Some(i),
+                values: vec![(i % 5) as f32, 1.0],
+            };
+            if let Some(w) = p
+                .on_sample("a", i as i64 * 1000, &s, now, &mut out)
+                .unwrap()
+            {
+                let input = w.values.clone();
+                p.on_window(
+                    &w,
+                    WindowOutcome::Output {
+                        output: vec![0.0; 3],
+                        input,
+                    },
+                    &mut out,
+                );
+            }
+        }
+        // A refused sample of b (time going backwards) copies nothing either.
+        let old = RawSample {
+            t_ns: None,
+            seq: None,
+            values: vec![0.0, 1.0],
+        };
+        assert!(p.on_sample("b", 0, &old, now, &mut out).is_err());
+
+        // The snapshot still encodes the state it was taken at, byte for byte.
+        assert_eq!(encode(&key(), 7, &snapshot).unwrap(), at_snapshot);
+        let states = p.channel_states();
+        assert_eq!((states[0].samples(), snapshot[0].samples()), (150, 82));
+        // Only the channel that changed was copied; b is still shared.
+        assert!(!Arc::ptr_eq(&snapshot[0], &states[0]));
+        assert!(Arc::ptr_eq(&snapshot[1], &states[1]));
+        // Once the snapshot is gone, changes copy nothing.
+        drop(snapshot);
+        let before = Arc::as_ptr(&p.channel_states()[0]);
+        feed_one(&mut p, "a", 150);
+        assert_eq!(Arc::as_ptr(&p.channel_states()[0]), before);
+    }
+
+    fn feed_one(p: &mut Pipeline, channel: &str, i: u64) {
+        let s = RawSample {
+            t_ns: None,
+            seq: Some(i),
+            values: vec![0.5, 1.0],
+        };
+        let mut out = Vec::new();
+        p.on_sample(channel, i as i64 * 1000, &s, Instant::now(), &mut out)
+            .unwrap();
     }
 
     #[test]
