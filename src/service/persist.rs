@@ -11,8 +11,10 @@
 //! model's queue. It also waits until the scores queued before it are
 //! written to the broker connection ([`checkpoint`] says why).
 //!
-//! A checkpoint's pipelines are copied on the pipeline task ([`Snapshot`],
-//! ~10 µs each) and encoded and written by the *state writer*, a thread of
+//! A checkpoint's pipelines are snapshotted on the pipeline task
+//! ([`Snapshot`]: their channels shared, not copied; a channel that changes
+//! while the writer holds it is copied then, once) and encoded and written
+//! by the *state writer*, a thread of
 //! its own, as one group commit; the acknowledgements held for it are sent
 //! when the writer reports the save done (`SaveDone`, on a channel the
 //! pipeline task selects on). One save is in flight at a time (queue of
