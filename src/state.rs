@@ -780,10 +780,20 @@ mod tests {
     /// Feeds samples `from..to` of channels a and b, scoring every window
     /// with a forecast of 0 (so the error is the value); returns the outputs.
     fn feed(p: &mut Pipeline, from: u64, to: u64) -> Vec<ChannelOutput> {
+        feed_channels(p, from, to, &["a", "b"])
+    }
+
+    /// [`feed`] of `channels` only.
+    fn feed_channels(
+        p: &mut Pipeline,
+        from: u64,
+        to: u64,
+        channels: &[&str],
+    ) -> Vec<ChannelOutput> {
         let now = Instant::now();
         let mut out = Vec::new();
         for i in from..to {
-            for ch in ["a", "b"] {
+            for &ch in channels {
                 let v = if (80..84).contains(&i) {
                     50.0
                 } else {
@@ -820,29 +830,8 @@ mod tests {
             .all(|(s, c)| Arc::ptr_eq(s, c)));
 
         // Channel a goes on (through the anomaly), b does not.
-        let now = Instant::now();
-        let mut out = Vec::new();
-        for i in 82..150u64 {
-            let s = RawSample {
-                t_ns: None,
-                seq: Some(i),
-                values: vec![(i % 5) as f32, 1.0],
-            };
-            if let Some(w) = p
-                .on_sample("a", i as i64 * 1000, &s, now, &mut out)
-                .unwrap()
-            {
-                let input = w.values.clone();
-                p.on_window(
-                    &w,
-                    WindowOutcome::Output {
-                        output: vec![0.0; 3],
-                        input,
-                    },
-                    &mut out,
-                );
-            }
-        }
+        feed_channels(&mut p, 82, 150, &["a"]);
+        let (now, mut out) = (Instant::now(), Vec::new());
         // A refused sample of b (time going backwards) copies nothing either.
         let old = RawSample {
             t_ns: None,
@@ -861,19 +850,8 @@ mod tests {
         // Once the snapshot is gone, changes copy nothing.
         drop(snapshot);
         let before = Arc::as_ptr(&p.channel_states()[0]);
-        feed_one(&mut p, "a", 150);
+        feed_channels(&mut p, 150, 151, &["a"]);
         assert_eq!(Arc::as_ptr(&p.channel_states()[0]), before);
-    }
-
-    fn feed_one(p: &mut Pipeline, channel: &str, i: u64) {
-        let s = RawSample {
-            t_ns: None,
-            seq: Some(i),
-            values: vec![0.5, 1.0],
-        };
-        let mut out = Vec::new();
-        p.on_sample(channel, i as i64 * 1000, &s, Instant::now(), &mut out)
-            .unwrap();
     }
 
     #[test]
