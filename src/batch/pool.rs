@@ -121,10 +121,16 @@ impl<T> Sched<T> {
     }
 
     fn retire(&mut self, lane: usize) {
-        if !self.lanes[lane].retired {
-            self.lanes[lane].retired = true;
+        let l = &mut self.lanes[lane];
+        if !l.retired {
+            l.retired = true;
             self.open -= 1;
         }
+        // Its instances go now, and with them the senders of its results:
+        // a pipeline task drains results until the last sender is gone, so
+        // keeping them to the pool's end made every stop wait out the whole
+        // drain budget (15 s).
+        l.idle.clear();
     }
 }
 
@@ -272,6 +278,11 @@ fn work<T>(shared: &Shared<T>) {
                     drop(s);
                     let alive = instance.run(batch);
                     s = shared.lock();
+                    if s.lanes[ix].retired {
+                        // Retired by another worker meanwhile (see `retire`).
+                        drop(instance);
+                        continue;
+                    }
                     s.lanes[ix].idle.push(instance);
                     let rush = std::mem::take(&mut s.lanes[ix].rush);
                     if alive && (urgent || rush) {
