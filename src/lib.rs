@@ -19,6 +19,7 @@ pub mod events;
 pub mod http;
 pub mod infer;
 pub mod ingest;
+pub mod journal;
 pub mod kserve;
 pub mod logging;
 pub mod pipeline;

@@ -79,6 +79,13 @@ pub struct StateConfig {
     /// pipeline tasks (`ingest.pipeline_tasks`) each saves at its share,
     /// `max_unacked / tasks` (at least 1).
     pub max_unacked: usize,
+    /// Keep a journal of the QoS 1/2 telemetry taken since the last whole
+    /// save ([`crate::journal`]): a message is then acknowledged once its
+    /// samples are appended and synced, and the whole state is saved every
+    /// `save_interval_ms` only; a crash replays the journal after the last
+    /// save. `false`: the whole state of every pipeline a held message
+    /// touched is saved at every `max_unacked` messages, as before.
+    pub journal: bool,
 }
 
 impl Default for StateConfig {
@@ -89,6 +96,7 @@ impl Default for StateConfig {
             save_interval_ms: 10_000,
             max_age_s: 6 * 3600,
             max_unacked: 16,
+            journal: true,
         }
     }
 }
@@ -649,6 +657,11 @@ impl StateStore {
                 })
             })
             .collect()
+    }
+
+    /// The state folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Reads the state of the pipeline keyed `key`, at `now_ns`: the intact

@@ -37,6 +37,9 @@ pub enum Origin {
         /// The link's name.
         link: Arc<str>,
     },
+    /// Replayed from the state journal at start ([`crate::journal`]): taken
+    /// by the run before, which counted it.
+    Journal,
 }
 
 impl fmt::Display for Origin {
@@ -46,6 +49,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::Mqtt { topic } => f.write_str(topic),
             Origin::Serial { link } => write!(f, "serial link {link}"),
+            Origin::Journal => f.write_str("the state journal"),
         }
     }
 }

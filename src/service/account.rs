@@ -60,6 +60,11 @@ fn record_fact(board: &StatusBoard, fact: &Fact) {
             samples,
             ..
         } => board.record_source_samples(link, *samples),
+        // Counted by the run that received it.
+        Fact::Input {
+            origin: Origin::Journal,
+            ..
+        } => {}
         Fact::Samples {
             model,
             channel,

@@ -12,9 +12,9 @@
 //! The pipelines are dealt to `ingest.pipeline_tasks` pipeline tasks
 //! (`shard.rs`); each owns a [`router::Router`] over its pipelines and their
 //! channel state, and acknowledges each QoS 1/2 message to the broker once
-//! its saved state holds the samples it took of it (manual
-//! acknowledgements, see [`crate::ingest::mqtt`]; a message split over
-//! tasks is acknowledged by the last to release it).
+//! the samples it took of it are journaled or in its saved state (manual
+//! acknowledgements, see [`crate::ingest::mqtt`] and [`crate::journal`]; a
+//! message split over tasks is acknowledged by the last to release it).
 //!
 //! Shutdown (SIGTERM or SIGINT): stop taking telemetry (messages still in the
 //! ingest queue stay unacknowledged, so the broker redelivers them to the
@@ -48,7 +48,7 @@ use crate::state::StateConfig;
 use crate::status::board::MQTT_SOURCE;
 use crate::status::StatusBoard;
 use crate::watchdog::{queued, Notifier, Stage};
-use persist::Persistence;
+use persist::{JournalStart, OldRun, Persistence};
 use router::Router;
 use shard::{PipelineTask, ResultRoutes, Shared};
 use sources::Sources;
@@ -66,6 +66,49 @@ const DRAIN_BUDGET: Duration = Duration::from_secs(15);
 /// messages (the offline status). With [`DRAIN_BUDGET`], under systemd's
 /// `TimeoutStopSec=30s`.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The journal folder in `store` when `config` keeps one, and what it holds
+/// from the runs before (empty without one); what cannot be read is logged
+/// and left out.
+fn open_journal(
+    config: &StateConfig,
+    store: Option<&crate::state::StateStore>,
+) -> (Option<crate::journal::JournalDir>, crate::journal::Replay) {
+    let Some(store) = store else {
+        return (None, Default::default());
+    };
+    let dir = match crate::journal::JournalDir::open(store.dir()) {
+        Ok(dir) => dir,
+        Err(e) => {
+            log::warn!(target: "gsinfer::state", "no state journal ({e}): QoS 1/2 messages are acknowledged after whole saves instead");
+            return (None, Default::default());
+        }
+    };
+    if !config.journal {
+        if let Ok(left) = dir.segments() {
+            if !left.is_empty() {
+                log::warn!(target: "gsinfer::state", "state.journal is off: {} journal file(s) in {} left unread (set state.journal = true to replay them)", left.len(), dir.path().display());
+            }
+        }
+        return (None, Default::default());
+    }
+    let replay = match dir.read() {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!(target: "gsinfer::state", "state journal {} not read: {e}; channels go on from their saved state only", dir.path().display());
+            Default::default()
+        }
+    };
+    for why in &replay.damaged {
+        // A torn last frame: its messages were never acknowledged, so the
+        // broker sends them again.
+        log::warn!(target: "gsinfer::state", "journal {why}; what came before it is replayed");
+    }
+    if !replay.records.is_empty() {
+        log::info!(target: "gsinfer::state", "journal: {} message(s) in {} file(s) to replay after the saved state", replay.records.len(), replay.segments.len());
+    }
+    (Some(dir), replay)
+}
 
 /// Runs the service until SIGTERM or SIGINT.
 ///
@@ -158,16 +201,26 @@ pub async fn run(config: Config) -> Result<()> {
         max_unacked: (config.state.max_unacked / tasks).max(1),
         ..config.state.clone()
     };
+    let (journal, replay) = open_journal(&config.state, store.as_ref());
+    let old_run =
+        (!replay.segments.is_empty()).then(|| OldRun::new(replay.segments.clone(), tasks));
     let mut shards = Vec::with_capacity(tasks);
     for ((lanes, pipelines), (mqtt, serial, results, stage)) in
         lanes.into_iter().zip(own).zip(queues)
     {
+        let start = journal.as_ref().map(|dir| JournalStart {
+            dir: dir.clone(),
+            task: shards.len(),
+            generation: replay.next_generation,
+            old_run: old_run.clone(),
+        });
         let (state, saves) = Persistence::open(
             state_config.clone(),
             store.clone(),
             &pipelines,
             &repo,
             Instant::now(),
+            start,
         );
         shards.push(PipelineTask {
             router: Router::new(lanes, &config.ensembles, distrusted.clone()),
@@ -193,11 +246,7 @@ pub async fn run(config: Config) -> Result<()> {
         stop: stop.clone(),
         drain_budget: DRAIN_BUDGET,
     };
-    // Each channel goes on from its saved state, before any sample is taken.
-    for shard in &mut shards {
-        shard.restore(&shared).await;
-    }
-    board.set_restoring(false);
+    // Publishing first: the journal's replay publishes its scores again.
     let publisher_stage = {
         let out = out_tx.downgrade();
         Stage::with_backlog("publisher", move || queued(&out))
@@ -211,12 +260,32 @@ pub async fn run(config: Config) -> Result<()> {
         Arc::clone(&board) as Arc<dyn crate::events::EventSink>,
         publisher_stage,
     ));
+    // Each channel goes on from its saved state and the journal after it,
+    // before any sample is taken.
+    let started = Instant::now();
+    let mut replayed = router::Replayed::default();
+    for shard in &mut shards {
+        replayed += shard.restore(&shared, &replay.records).await;
+    }
+    if !replay.records.is_empty() {
+        let seconds = started.elapsed().as_secs_f64();
+        log::info!(target: "gsinfer::state", "journal replayed in {seconds:.1} s: {} message(s), {} sample(s) taken again, {} already in the saved state, {} refused (counted as rejects)",
+            replay.records.len(), replayed.taken, replayed.already, replayed.refused);
+        board.set_journal_replay(
+            replay.records.len(),
+            replayed.taken,
+            replayed.already,
+            replayed.refused,
+            seconds,
+        );
+    }
+    drop(replay);
+    board.set_restoring(false);
 
-    let save_every = Duration::from_millis(config.state.save_interval_ms);
     let mut running = Vec::with_capacity(tasks);
     for shard in shards {
         let (closed_tx, closed_rx) = oneshot::channel();
-        let task = tokio::spawn(shard.run(shared.clone(), save_every, closed_tx));
+        let task = tokio::spawn(shard.run(shared.clone(), closed_tx));
         running.push((task, closed_rx));
     }
     drop(shared);

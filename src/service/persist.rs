@@ -25,18 +25,32 @@
 //! was scored (BENCHMARKS.md). The final save at stop is written on the
 //! task itself.
 //!
+//! With the journal (`state.journal`, the default; [`crate::journal`]), a
+//! QoS 1/2 message's samples are also framed as the task takes them, and
+//! its acknowledgement waits only for those frames to be appended and
+//! synced by the same writer ([`Due::Journal`]: at `max_unacked` held
+//! messages, or [`JOURNAL_LINGER`] after the oldest); the whole save above
+//! comes every `save_interval_ms` ([`Due::Whole`]), starts a new journal
+//! generation, and once on disk deletes the task's older ones. At start,
+//! [`replay`] feeds what the journal holds after the saved states through
+//! the router and engines before any new telemetry is taken.
+//!
 //! Time comes in as arguments (`now`, `now_ns`).
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::account::deliver;
-use super::router::Router;
+use super::router::{Replayed, Router};
 use crate::config::PipelineConfig;
 use crate::infer::BatchResult;
 use crate::ingest::mqtt::Outbox;
 use crate::ingest::{now_ns, Ack};
+use crate::journal::{self, Appender, JournalDir};
 use crate::pipeline::{ChannelOutput, Pipeline};
 use crate::publish::Outgoing;
 use crate::repository::ModelRepository;
@@ -45,6 +59,18 @@ use crate::status::StatusBoard;
 
 /// Longest a state save waits for the windows in flight to be scored.
 pub const SAVE_BARRIER: Duration = Duration::from_secs(2);
+
+/// Longest a held acknowledgement waits for its journal append when fewer
+/// than `max_unacked` messages are held.
+pub const JOURNAL_LINGER: Duration = Duration::from_millis(50);
+
+/// Windows a journal replay lets be in flight before it waits for them to
+/// be scored: well under a batch queue's capacity (4 096 by default), so a
+/// replay never displaces a window.
+pub const REPLAY_IN_FLIGHT: u64 = 64;
+
+/// Longest a journal replay waits for one engine result.
+pub const REPLAY_RESULT_WAIT: Duration = Duration::from_secs(30);
 
 /// What a pipeline had taken and settled when it was last saved: a
 /// pipeline whose progress differs has something new to save.
@@ -63,15 +89,90 @@ struct SaveJob {
     snapshots: Vec<Snapshot>,
     now_ns: i64,
     acks: Vec<Ack>,
+    /// The journal files it makes obsolete.
+    after: Option<AfterSave>,
 }
 
-/// A save the state writer finished: one result per pipeline of its job.
+/// Journal frames for the state writer to append and sync, and the
+/// acknowledgements that wait for them.
+struct AppendJob {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    acks: Vec<Ack>,
+}
+
+/// The state writer's work, one at a time.
+enum WriterJob {
+    Save(SaveJob),
+    Append(AppendJob),
+}
+
+impl WriterJob {
+    /// The acknowledgements of a job the writer did not take (it is gone).
+    fn acks_of(refused: std::sync::mpsc::TrySendError<WriterJob>) -> Vec<Ack> {
+        let job = match refused {
+            std::sync::mpsc::TrySendError::Full(j)
+            | std::sync::mpsc::TrySendError::Disconnected(j) => j,
+        };
+        match job {
+            WriterJob::Save(job) => job.acks,
+            WriterJob::Append(job) => job.acks,
+        }
+    }
+}
+
+/// What a whole save makes obsolete once every pipeline of it is on disk.
+struct AfterSave {
+    journal: JournalDir,
+    task: usize,
+    /// The task's journal files below this generation.
+    below: u64,
+    /// The run before's files, if this task has not released them yet.
+    old_run: Option<Arc<OldRun>>,
+}
+
+/// The journal files of the runs before this one: their samples are in the
+/// saved states once every pipeline task has saved whole after replaying
+/// them, and the task that does so last deletes them.
+#[derive(Debug)]
+pub struct OldRun {
+    paths: Vec<PathBuf>,
+    waiting: AtomicUsize,
+}
+
+impl OldRun {
+    /// The files at `paths`, waiting for `tasks` pipeline tasks.
+    pub fn new(paths: Vec<PathBuf>, tasks: usize) -> Arc<Self> {
+        Arc::new(Self {
+            paths,
+            waiting: AtomicUsize::new(tasks),
+        })
+    }
+
+    /// One task has saved whole; the last one deletes the files.
+    fn release(&self) {
+        if self.waiting.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        for p in &self.paths {
+            if let Err(e) = journal::remove(p) {
+                log::warn!(target: "gsinfer::state", "journal file {} not deleted: {e}", p.display());
+            }
+        }
+    }
+}
+
+/// A job the state writer finished: one result per pipeline of a save.
 #[derive(Debug)]
 pub struct SaveDone {
     pipelines: Vec<(usize, Progress)>,
     results: Vec<Result<SaveReport, StateError>>,
     took: Duration,
     acks: Vec<Ack>,
+    /// An append's result: bytes appended, or why not.
+    appended: Option<Result<usize, String>>,
+    /// The save released the run before's journal files.
+    released_old: bool,
 }
 
 /// The state writer's nice value (0 normal, 19 lowest).
@@ -82,8 +183,8 @@ const WRITER_NICE: i32 = 10;
 fn start_writer(
     store: StateStore,
     done: mpsc::Sender<SaveDone>,
-) -> std::sync::mpsc::SyncSender<SaveJob> {
-    let (jobs, rx) = std::sync::mpsc::sync_channel::<SaveJob>(1);
+) -> std::sync::mpsc::SyncSender<WriterJob> {
+    let (jobs, rx) = std::sync::mpsc::sync_channel::<WriterJob>(1);
     std::thread::Builder::new()
         .name("state-writer".into())
         .spawn(move || {
@@ -97,14 +198,24 @@ fn start_writer(
             if let Err(e) = crate::background::lower_this_thread(WRITER_NICE) {
                 log::debug!(target: "gsinfer::state", "the state writer keeps its priority: {e}");
             }
+            let mut appender = Appender::default();
             while let Ok(job) = rx.recv() {
                 let started = Instant::now();
-                let results = store.save_snapshots(&job.snapshots, job.now_ns);
-                let report = SaveDone {
-                    pipelines: job.pipelines,
-                    results,
-                    took: started.elapsed(),
-                    acks: job.acks,
+                let report = match job {
+                    WriterJob::Save(job) => save(&store, job, &mut appender, started),
+                    WriterJob::Append(job) => {
+                        let appended = (appender.append(&job.path, &job.bytes))
+                            .map(|()| job.bytes.len())
+                            .map_err(|e| format!("{}: {e}", job.path.display()));
+                        SaveDone {
+                            pipelines: Vec::new(),
+                            results: Vec::new(),
+                            took: started.elapsed(),
+                            acks: job.acks,
+                            appended: Some(appended),
+                            released_old: false,
+                        }
+                    }
                 };
                 if done.blocking_send(report).is_err() {
                     break;
@@ -113,6 +224,68 @@ fn start_writer(
         })
         .expect("spawn the state writer");
     jobs
+}
+
+/// The state writer's side of a [`SaveJob`]: the snapshots saved, then,
+/// if every one is on disk, the journal files it made obsolete deleted.
+fn save(store: &StateStore, job: SaveJob, appender: &mut Appender, started: Instant) -> SaveDone {
+    let results = store.save_snapshots(&job.snapshots, job.now_ns);
+    let mut released_old = false;
+    if let Some(after) = job.after.filter(|_| results.iter().all(Result::is_ok)) {
+        appender.close_any();
+        if let Err(e) = after.journal.delete_below(after.task, after.below) {
+            log::warn!(target: "gsinfer::state", "old journal files not deleted: {e}");
+        }
+        if let Some(old) = after.old_run {
+            old.release();
+            released_old = true;
+        }
+    }
+    SaveDone {
+        pipelines: job.pipelines,
+        results,
+        took: started.elapsed(),
+        acks: job.acks,
+        appended: None,
+        released_old,
+    }
+}
+
+/// Where a pipeline task's journal goes, given to [`Persistence::open`].
+#[derive(Debug)]
+pub struct JournalStart {
+    /// The journal folder.
+    pub dir: JournalDir,
+    /// The task's number (in its files' names).
+    pub task: usize,
+    /// Its first generation: above every one on disk
+    /// ([`journal::Replay::next_generation`]).
+    pub generation: u64,
+    /// The run before's files, deleted once every task has saved whole.
+    pub old_run: Option<Arc<OldRun>>,
+}
+
+/// A pipeline task's journal while it runs.
+#[derive(Debug)]
+struct JournalLog {
+    start: JournalStart,
+    /// Frames of the held messages, not yet with the writer.
+    pending: Vec<u8>,
+    /// When the oldest held message was taken.
+    since: Option<Instant>,
+    /// The last append failed (logged once until one succeeds).
+    failing: bool,
+}
+
+/// What a pipeline task's channel state needs now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Nothing.
+    Nothing,
+    /// The held messages' journal frames appended ([`Persistence::flush_journal`]).
+    Journal,
+    /// A whole save ([`checkpoint`]).
+    Whole,
 }
 
 /// See the module docs.
@@ -133,9 +306,11 @@ pub struct Persistence {
     /// When a skipped save was last logged.
     last_skip_log: Option<Instant>,
     /// The state writer's job queue (`None`: persistence is off).
-    writer: Option<std::sync::mpsc::SyncSender<SaveJob>>,
-    /// A save is with the writer.
+    writer: Option<std::sync::mpsc::SyncSender<WriterJob>>,
+    /// A job is with the writer.
     saving: bool,
+    /// The journal (`None`: off, or persistence is off).
+    journal: Option<JournalLog>,
 }
 
 impl Persistence {
@@ -158,8 +333,9 @@ impl Persistence {
     /// The state of `pipelines` (one task's, in config order) in `store`
     /// (from [`Persistence::store`]), saved as `config` says, each keyed by
     /// its model's version and file sha256 in `repo`; `now` starts the
-    /// save interval. Never fails: what cannot be used is left off. Also
-    /// returns where the state writer reports finished saves (hand each to
+    /// save interval; `journal`: where its journal goes (`None`: no
+    /// journal). Never fails: what cannot be used is left off. Also
+    /// returns where the state writer reports finished jobs (hand each to
     /// [`Persistence::complete`]).
     pub fn open(
         config: StateConfig,
@@ -167,6 +343,7 @@ impl Persistence {
         pipelines: &[&PipelineConfig],
         repo: &ModelRepository,
         now: Instant,
+        journal: Option<JournalStart>,
     ) -> (Self, mpsc::Receiver<SaveDone>) {
         let keys = pipelines
             .iter()
@@ -187,6 +364,14 @@ impl Persistence {
             held: Vec::new(),
             last_save: now,
             last_skip_log: None,
+            journal: journal
+                .filter(|_| writer.is_some())
+                .map(|start| JournalLog {
+                    start,
+                    pending: Vec::new(),
+                    since: None,
+                    failing: false,
+                }),
             writer,
             saving: false,
         };
@@ -269,19 +454,80 @@ impl Persistence {
         }
     }
 
-    /// Holds the acknowledgement of a message whose samples were taken.
-    pub fn hold(&mut self, ack: Ack) {
+    /// Whether the held messages are journaled (then [`Persistence::hold`]
+    /// wants each one's [`journal::Record`]).
+    pub fn journaling(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// How often the pipeline task should ask [`Persistence::due`] when
+    /// nothing else wakes it.
+    pub fn tick_every(&self) -> Duration {
+        let save = Duration::from_millis(self.config.save_interval_ms);
+        match self.journal {
+            Some(_) => save.min(JOURNAL_LINGER),
+            None => save,
+        }
+    }
+
+    /// Holds the acknowledgement of a message whose samples were taken at
+    /// `now`, with what it brought (`record`) for the journal.
+    pub fn hold(&mut self, ack: Ack, record: Option<&journal::Record>, now: Instant) {
+        if let (Some(j), Some(record)) = (&mut self.journal, record) {
+            journal::frame(record, &mut j.pending);
+            j.since.get_or_insert(now);
+        }
         self.held.push(ack);
     }
 
-    /// Whether a save is due at `now`: none with the writer, and enough
-    /// acknowledgements held, or the interval passed.
-    pub fn due(&self, now: Instant) -> bool {
-        self.store.is_some()
-            && !self.saving
-            && (self.held.len() >= self.config.max_unacked
-                || now.duration_since(self.last_save)
-                    >= Duration::from_millis(self.config.save_interval_ms))
+    /// What is due at `now` (nothing while a job is with the writer): a
+    /// whole save once the interval passed; with the journal, an append at
+    /// `max_unacked` held messages or [`JOURNAL_LINGER`] after the oldest;
+    /// without it, a whole save at `max_unacked`.
+    pub fn due(&self, now: Instant) -> Due {
+        if self.store.is_none() || self.saving {
+            return Due::Nothing;
+        }
+        let interval = Duration::from_millis(self.config.save_interval_ms);
+        let full = self.held.len() >= self.config.max_unacked;
+        if now.duration_since(self.last_save) >= interval {
+            return Due::Whole;
+        }
+        match &self.journal {
+            None if full => Due::Whole,
+            Some(j)
+                if full || (j.since).is_some_and(|t| now.duration_since(t) >= JOURNAL_LINGER) =>
+            {
+                Due::Journal
+            }
+            _ => Due::Nothing,
+        }
+    }
+
+    /// Hands the held messages' journal frames to the state writer, to be
+    /// appended and synced; returns the acknowledgements to send now: none
+    /// (they come with the [`SaveDone`]), or all of them when there is no
+    /// journal or writer (telemetry is not held back).
+    pub fn flush_journal(&mut self) -> Vec<Ack> {
+        let (Some(j), Some(writer)) = (&mut self.journal, &self.writer) else {
+            return std::mem::take(&mut self.held);
+        };
+        j.since = None;
+        let job = AppendJob {
+            path: j.start.dir.segment_path(j.start.generation, j.start.task),
+            bytes: std::mem::take(&mut j.pending),
+            acks: std::mem::take(&mut self.held),
+        };
+        match writer.try_send(WriterJob::Append(job)) {
+            Ok(()) => {
+                self.saving = true;
+                Vec::new()
+            }
+            Err(e) => {
+                log::error!(target: "gsinfer::state", "telemetry not journaled: the state writer is gone");
+                WriterJob::acks_of(e)
+            }
+        }
     }
 
     /// The pipelines (indices in config order) with something new since
@@ -325,6 +571,7 @@ impl Persistence {
             .map(|ix| (ix, pipelines[ix], progress(pipelines[ix])))
             .collect();
         if due.is_empty() {
+            self.journal_saved();
             return std::mem::take(&mut self.held);
         }
         let started = Instant::now();
@@ -334,10 +581,30 @@ impl Persistence {
             .collect();
         let results = store.save_all(&batch, now_ns);
         let took = started.elapsed();
+        let whole = results.iter().all(Result::is_ok);
         for ((ix, _, now_progress), result) in due.into_iter().zip(results) {
             self.record(ix, now_progress, result, took, board);
         }
+        if whole {
+            self.journal_saved();
+        }
         std::mem::take(&mut self.held)
+    }
+
+    /// After a save on the task of every pipeline with something new: the
+    /// task's journal is obsolete, and its share of the run before's.
+    fn journal_saved(&mut self) {
+        let Some(j) = &mut self.journal else {
+            return;
+        };
+        j.pending.clear();
+        j.start.generation += 1;
+        if let Err(e) = j.start.dir.delete_below(j.start.task, j.start.generation) {
+            log::warn!(target: "gsinfer::state", "old journal files not deleted: {e}");
+        }
+        if let Some(old) = j.start.old_run.take() {
+            old.release();
+        }
     }
 
     /// Hands the pipelines `dirty` (from [`Persistence::dirty`]) of all
@@ -361,6 +628,7 @@ impl Persistence {
             snapshots: Vec::new(),
             now_ns,
             acks: Vec::new(),
+            after: None,
         };
         for &ix in dirty {
             let (Some(p), Some(Some((key, _)))) = (pipelines.get(ix), self.keys.get(ix)) else {
@@ -372,11 +640,31 @@ impl Persistence {
                 channels: p.channel_states().to_vec(),
             });
         }
+        if let Some(j) = &mut self.journal {
+            // Every held message's samples are in the snapshots.
+            j.pending.clear();
+            j.since = None;
+            if job.pipelines.is_empty() {
+                // Nothing new since the last save, the replay included: the
+                // states on disk hold the run before's journal.
+                if let Some(old) = j.start.old_run.take() {
+                    old.release();
+                }
+            } else {
+                j.start.generation += 1;
+                job.after = Some(AfterSave {
+                    journal: j.start.dir.clone(),
+                    task: j.start.task,
+                    below: j.start.generation,
+                    old_run: j.start.old_run.clone(),
+                });
+            }
+        }
         if job.pipelines.is_empty() {
             return std::mem::take(&mut self.held);
         }
         job.acks = std::mem::take(&mut self.held);
-        match writer.try_send(job) {
+        match writer.try_send(WriterJob::Save(job)) {
             Ok(()) => {
                 self.saving = true;
                 Vec::new()
@@ -384,12 +672,8 @@ impl Persistence {
             // Not expected (one job at a time, and the writer lives as long
             // as this): nothing saved, telemetry not held back.
             Err(e) => {
-                let job = match e {
-                    std::sync::mpsc::TrySendError::Full(j)
-                    | std::sync::mpsc::TrySendError::Disconnected(j) => j,
-                };
                 log::error!(target: "gsinfer::state", "channel state not saved: the state writer is gone");
-                job.acks
+                WriterJob::acks_of(e)
             }
         }
     }
@@ -411,6 +695,28 @@ impl Persistence {
         self.saving = false;
         for ((ix, at), result) in done.pipelines.into_iter().zip(done.results) {
             self.record(ix, at, result, done.took, board);
+        }
+        if let Some(j) = &mut self.journal {
+            if done.released_old {
+                j.start.old_run = None;
+            }
+            match &done.appended {
+                Some(Ok(bytes)) => board.record_journal_append(Ok((done.acks.len(), *bytes))),
+                Some(Err(_)) => board.record_journal_append(Err(())),
+                None => {}
+            }
+            match done.appended {
+                Some(Ok(bytes)) => {
+                    log::trace!(target: "gsinfer::state", "journal: {bytes} bytes appended in {} µs", done.took.as_micros());
+                    if std::mem::take(&mut j.failing) {
+                        log::info!(target: "gsinfer::state", "telemetry journaled again");
+                    }
+                }
+                Some(Err(e)) if !std::mem::replace(&mut j.failing, true) => {
+                    log::error!(target: "gsinfer::state", "telemetry not journaled: {e}; its messages are acknowledged anyway, so a crash before the next whole save loses them (logged once until an append succeeds)");
+                }
+                _ => {}
+            }
         }
         done.acks
     }
@@ -458,11 +764,15 @@ impl Persistence {
                 Behind::Engines(n) => format!("{n} window(s) still in flight after {SAVE_BARRIER:?} (the engines are behind)"),
                 Behind::Publisher => format!("scores still not written to the broker after {SAVE_BARRIER:?} (the publisher or the broker connection is behind)"),
             };
-            log::warn!(target: "gsinfer::state", "channel state not saved: {why}; held acknowledgements sent anyway");
+            let acks = match self.journal {
+                Some(_) => "held messages journaled instead",
+                None => "held acknowledgements sent anyway",
+            };
+            log::warn!(target: "gsinfer::state", "channel state not saved: {why}; {acks}");
             self.last_skip_log = Some(now);
         }
         self.last_save = now;
-        std::mem::take(&mut self.held)
+        self.flush_journal()
     }
 
     /// After the final save at stop: the models whose state the next start
@@ -561,6 +871,69 @@ pub async fn checkpoint(
     log::debug!(target: "gsinfer::state", "checkpoint of {} pipeline(s): windows settled in {} µs, scores flushed in {} µs, snapshot taken in {} µs",
         dirty.len(), (settled - started).as_micros(), (flushed - settled).as_micros(), flushed.elapsed().as_micros());
     acks
+}
+
+/// Does what `due` (from [`Persistence::due`]) says: a journal append, or
+/// a whole save ([`checkpoint`]); returns the acknowledgements now due.
+pub async fn step(
+    due: Due,
+    router: &mut Router,
+    state: &mut Persistence,
+    results_rx: &mut mpsc::Receiver<BatchResult>,
+    board: &StatusBoard,
+    out_tx: &mpsc::Sender<Outgoing>,
+    outbox: &Outbox,
+) -> Vec<Ack> {
+    match due {
+        Due::Nothing => Vec::new(),
+        Due::Journal => state.flush_journal(),
+        Due::Whole => checkpoint(router, state, results_rx, board, out_tx, outbox).await,
+    }
+}
+
+/// Feeds `records` (the journal at start, [`journal::Replay::records`])
+/// through `router` before any new telemetry: each sample to the pipelines
+/// of this task its record names, the windows it completes run by the
+/// engines (dispatched at once, at most [`REPLAY_IN_FLIGHT`] at a time)
+/// and scored, and the scores and events published as they were the first
+/// time. Returns what became of the samples. Gives up waiting for the
+/// engines after [`REPLAY_RESULT_WAIT`] without a result (logged): the
+/// windows still in flight then settle as they come.
+pub async fn replay(
+    router: &mut Router,
+    results_rx: &mut mpsc::Receiver<BatchResult>,
+    records: &[journal::Record],
+    board: &StatusBoard,
+    out_tx: &mpsc::Sender<Outgoing>,
+) -> Replayed {
+    let index = router.model_index();
+    let lanes: Vec<usize> = (0..router.pipelines().count()).collect();
+    let mut total = Replayed::default();
+    let mut stalled = false;
+    let last = records.len().saturating_sub(1);
+    for (n, record) in records.iter().enumerate() {
+        let (routed, replayed) = router.on_replay(record, &index, Instant::now());
+        total += replayed;
+        deliver(routed, board, out_tx).await;
+        let bound = if n == last { 1 } else { REPLAY_IN_FLIGHT };
+        if stalled || router.windows_in_flight(&lanes) < bound {
+            continue;
+        }
+        router.expedite(&lanes, Instant::now());
+        while router.windows_in_flight(&lanes) > 0 {
+            match tokio::time::timeout(REPLAY_RESULT_WAIT, results_rx.recv()).await {
+                Ok(Some(result)) => {
+                    deliver(router.on_results(result, Instant::now()), board, out_tx).await
+                }
+                _ => {
+                    log::warn!(target: "gsinfer::state", "journal replay: no engine result for {REPLAY_RESULT_WAIT:?}; the replay goes on without waiting");
+                    stalled = true;
+                    break;
+                }
+            }
+        }
+    }
+    total
 }
 
 /// Waits until everything queued for the publisher so far is written to
@@ -678,8 +1051,9 @@ mod tests {
             &[&config.pipelines[0]],
             &repo,
             Instant::now(),
+            None,
         );
-        state.hold(ack(1));
+        state.hold(ack(1), None, Instant::now());
         let (out_tx, out_rx) = mpsc::channel(8);
         let (results_tx, results_rx) = mpsc::channel(1);
         let outbox = Outbox::default();
@@ -803,6 +1177,7 @@ mod tests {
             &pipelines,
             &repo,
             Instant::now(),
+            None,
         );
         let mut p = Pipeline::new(&config.pipelines[0]);
         let mut out = Vec::new();
@@ -815,9 +1190,12 @@ mod tests {
             p.on_sample("A-1", i as i64, &s, Instant::now(), &mut out)
                 .unwrap();
         }
-        state.hold(ack(1));
-        state.hold(ack(2));
-        assert!(state.due(Instant::now() + Duration::from_secs(3600)));
+        state.hold(ack(1), None, Instant::now());
+        state.hold(ack(2), None, Instant::now());
+        assert_eq!(
+            state.due(Instant::now() + Duration::from_secs(3600)),
+            Due::Whole
+        );
 
         let dirty = state.dirty([&p].into_iter());
         assert_eq!(dirty, vec![0]);
@@ -825,7 +1203,10 @@ mod tests {
         assert!(now_acks.is_empty(), "held until the save is on disk");
         assert!(state.saving());
         // One save at a time: none is due while the writer has one.
-        assert!(!state.due(Instant::now() + Duration::from_secs(3600)));
+        assert_eq!(
+            state.due(Instant::now() + Duration::from_secs(3600)),
+            Due::Nothing
+        );
         // The pipeline goes on meanwhile; the snapshot is what was taken.
         let s = RawSample {
             t_ns: None,
@@ -849,5 +1230,110 @@ mod tests {
         );
         // Saved up to the snapshot: the sample taken since makes it dirty again.
         assert_eq!(state.dirty([&p].into_iter()), vec![0]);
+    }
+
+    /// A record of one sample of A-1 for persist_A-1.
+    fn record(i: u64) -> journal::Record {
+        journal::Record {
+            received_ns: i as i64,
+            parts: vec![journal::Part {
+                models: vec!["persist_A-1".into()],
+                samples: vec![journal::Sample {
+                    channel: "A-1".into(),
+                    t_ns: Some(i as i64),
+                    seq: None,
+                    values: vec![i as f32; 25],
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn held_messages_are_acknowledged_once_journaled_and_a_whole_save_retires_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.state.max_unacked = 2;
+        let repo = ModelRepository::open(&config.repository.path).unwrap();
+        let board = StatusBoard::new(StatusConfig::default());
+        let store = Persistence::store(&config.state);
+        let journal_dir = JournalDir::open(store.as_ref().unwrap().dir()).unwrap();
+        // A file of the run before, and this run's first generation above it.
+        let old = journal_dir.segment_path(4, 1);
+        Appender::default().append(&old, b"").unwrap();
+        let old_run = OldRun::new(vec![old.clone()], 1);
+        let start = JournalStart {
+            dir: journal_dir.clone(),
+            task: 0,
+            generation: 5,
+            old_run: Some(old_run),
+        };
+        let t0 = Instant::now();
+        let pipelines = [&config.pipelines[0]];
+        let (mut state, mut done_rx) = Persistence::open(
+            config.state.clone(),
+            store,
+            &pipelines,
+            &repo,
+            t0,
+            Some(start),
+        );
+        assert!(state.journaling());
+        assert_eq!(state.tick_every(), JOURNAL_LINGER);
+
+        // One message held: an append once it has waited JOURNAL_LINGER.
+        state.hold(ack(1), Some(&record(1)), t0);
+        assert_eq!(state.due(t0), Due::Nothing);
+        assert_eq!(state.due(t0 + JOURNAL_LINGER), Due::Journal);
+        // Two: at once (max_unacked).
+        state.hold(ack(2), Some(&record(2)), t0);
+        assert_eq!(state.due(t0), Due::Journal);
+        assert!(state.flush_journal().is_empty(), "held until synced");
+        assert_eq!(
+            state.due(t0 + JOURNAL_LINGER),
+            Due::Nothing,
+            "one job at a time"
+        );
+        let done = done_rx.blocking_recv().expect("the writer reports");
+        let pkids: Vec<u16> = (state.complete(done, &board).into_iter())
+            .filter_map(Ack::release)
+            .map(|a| a.pkid)
+            .collect();
+        assert_eq!(pkids, vec![1, 2]);
+        let replay = journal_dir.read().unwrap();
+        assert_eq!(replay.records, vec![record(1), record(2)]);
+
+        // A whole save: the held message's frame is dropped (the snapshot
+        // holds its sample), and once the save is on disk the journal up
+        // to it and the run before's file are deleted.
+        let mut p = Pipeline::new(&config.pipelines[0]);
+        let s = RawSample {
+            t_ns: None,
+            seq: Some(0),
+            values: vec![0.0; 25],
+        };
+        p.on_sample("A-1", 3, &s, t0, &mut Vec::new()).unwrap();
+        state.hold(ack(3), Some(&record(3)), t0);
+        let later = t0 + Duration::from_millis(config.state.save_interval_ms);
+        assert_eq!(state.due(later), Due::Whole);
+        let dirty = state.dirty([&p].into_iter());
+        assert!(state.begin_save(&[&p], &dirty, later, 1).is_empty());
+        let done = done_rx.blocking_recv().expect("the writer reports");
+        let pkids: Vec<u16> = (state.complete(done, &board).into_iter())
+            .filter_map(Ack::release)
+            .map(|a| a.pkid)
+            .collect();
+        assert_eq!(pkids, vec![3]);
+        assert!(
+            journal_dir.segments().unwrap().is_empty(),
+            "{:?}",
+            journal_dir.segments()
+        );
+        assert!(!old.exists());
+        // The next message goes to the next generation.
+        state.hold(ack(4), Some(&record(4)), later);
+        assert!(state.flush_journal().is_empty());
+        done_rx.blocking_recv().expect("the writer reports");
+        let left = journal_dir.segments().unwrap();
+        assert_eq!((left.len(), left[0].generation), (1, 6));
     }
 }

@@ -39,7 +39,8 @@ use std::time::{Duration, Instant};
 
 use crate::batch::{BatchHandle, DropReason, PushOutcome};
 use crate::infer::{BatchResult, Job, Work};
-use crate::ingest::{Origin, RawSample, Reject, RejectReason, SampleBatch};
+use crate::ingest::{Decoding, Origin, RawSample, Reject, RejectReason, SampleBatch};
+use crate::journal;
 use crate::pipeline::{ChannelOutput, Pipeline};
 use crate::publish::{ModelEvent, Outgoing};
 use crate::score::{EnsembleConfig, Fuser, ScoredOutput, ScorerCounters, WindowOutcome};
@@ -191,6 +192,28 @@ pub struct Router<Q = BatchHandle<Job>> {
     lanes: Vec<Lane<Q>>,
     fuser: Fuser,
     rejects: RejectLog,
+    /// Replayed samples a channel already held, since the start.
+    already_saved: u64,
+}
+
+/// What [`Router::on_replay`] did with a record's samples, counted once per
+/// pipeline they were for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Taken, as if received now.
+    pub taken: u64,
+    /// Already held by the restored state (saved after they were journaled).
+    pub already: u64,
+    /// Refused for another reason (counted and logged as rejects).
+    pub refused: u64,
+}
+
+impl std::ops::AddAssign for Replayed {
+    fn add_assign(&mut self, other: Self) {
+        self.taken += other.taken;
+        self.already += other.already;
+        self.refused += other.refused;
+    }
 }
 
 impl<Q: JobQueue> Router<Q> {
@@ -215,6 +238,7 @@ impl<Q: JobQueue> Router<Q> {
             lanes,
             fuser: Fuser::new(ensembles, distrusted),
             rejects: RejectLog::default(),
+            already_saved: 0,
         }
     }
 
@@ -317,6 +341,106 @@ impl<Q: JobQueue> Router<Q> {
         routed
     }
 
+    /// What `batch` (a QoS 1/2 message, before [`Router::on_batch`] takes
+    /// it) brings, for the state journal: its samples and the models of
+    /// the pipelines they are for.
+    pub fn journal_record(&self, batch: &SampleBatch) -> journal::Record {
+        let parts = (batch.decoded.iter())
+            .filter(|d| !d.samples.is_empty())
+            .map(|d| journal::Part {
+                models: (d.pipelines.iter())
+                    .filter_map(|&ix| self.lanes.get(ix))
+                    .map(|l| l.model.to_string())
+                    .collect(),
+                samples: (d.samples.iter())
+                    .map(|(channel, s)| journal::Sample {
+                        channel: channel.to_string(),
+                        t_ns: s.t_ns,
+                        seq: s.seq,
+                        values: s.values.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        journal::Record {
+            received_ns: batch.received_ns,
+            parts,
+        }
+    }
+
+    /// Each pipeline's index by its model's name (for [`Router::on_replay`]).
+    pub fn model_index(&self) -> HashMap<Arc<str>, usize> {
+        (self.lanes.iter().enumerate())
+            .map(|(ix, l)| (Arc::clone(&l.model), ix))
+            .collect()
+    }
+
+    /// Takes `record`, replayed from the state journal at start, at `now`,
+    /// as [`Router::on_batch`] takes a message, for the pipelines among
+    /// `index` (from [`Router::model_index`]) it names; the rest is not this
+    /// router's. A sample its channel already holds (restored from a save
+    /// made after it was journaled) is refused as a duplicate or out of
+    /// order, as always, but counted in [`Replayed::already`] instead of as
+    /// a reject.
+    pub fn on_replay(
+        &mut self,
+        record: &journal::Record,
+        index: &HashMap<Arc<str>, usize>,
+        now: Instant,
+    ) -> (Routed, Replayed) {
+        let decoded: Vec<Decoding> = (record.parts.iter())
+            .filter_map(|part| {
+                let pipelines: Vec<usize> = (part.models.iter())
+                    .filter_map(|m| index.get(m.as_str()).copied())
+                    .collect();
+                (!pipelines.is_empty()).then(|| Decoding {
+                    pipelines,
+                    samples: (part.samples.iter())
+                        .map(|s| {
+                            let raw = RawSample {
+                                t_ns: s.t_ns,
+                                seq: s.seq,
+                                values: s.values.clone(),
+                            };
+                            (Arc::from(s.channel.as_str()), raw)
+                        })
+                        .collect(),
+                    rejects: Vec::new(),
+                })
+            })
+            .collect();
+        if decoded.is_empty() {
+            return (Routed::default(), Replayed::default());
+        }
+        let offered: usize = (decoded.iter())
+            .map(|d| d.samples.len() * d.pipelines.len())
+            .sum();
+        let batch = SampleBatch {
+            origin: Origin::Journal,
+            received: now,
+            received_ns: record.received_ns,
+            bytes: 0,
+            decoded,
+            ack: None,
+            message: false,
+        };
+        let before = self.already_saved;
+        let routed = self.on_batch(batch, now);
+        let already = self.already_saved - before;
+        let taken = (routed.facts.iter())
+            .map(|f| match f {
+                Fact::Input { samples, .. } => *samples as u64,
+                _ => 0,
+            })
+            .sum();
+        let replayed = Replayed {
+            taken,
+            already,
+            refused: offered as u64 - taken - already,
+        };
+        (routed, replayed)
+    }
+
     /// Feeds `samples` of `batch` to pipeline `ix`; returns how many it took.
     fn route(
         &mut self,
@@ -330,6 +454,7 @@ impl<Q: JobQueue> Router<Q> {
             lanes,
             fuser,
             rejects,
+            already_saved,
         } = self;
         let Lane {
             pipeline,
@@ -355,6 +480,16 @@ impl<Q: JobQueue> Router<Q> {
             let taken = pipeline.on_sample(channel, t_ns, sample, batch.received, &mut scored);
             let window = match taken {
                 Ok(window) => window,
+                Err(r)
+                    if batch.origin == Origin::Journal
+                        && matches!(
+                            r.reason,
+                            RejectReason::Duplicate | RejectReason::OutOfOrder
+                        ) =>
+                {
+                    *already_saved += 1;
+                    continue;
+                }
                 Err(r) => {
                     rejects.report(&batch.origin, r, 1, now, facts);
                     continue;

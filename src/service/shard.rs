@@ -25,12 +25,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::account::deliver;
-use super::persist::{checkpoint, Persistence};
-use super::router::Router;
+use super::persist::{replay, step, Due, Persistence};
+use super::router::{Replayed, Router};
 use crate::config::{Config, PipelineConfig};
 use crate::infer::BatchResult;
 use crate::ingest::mqtt::{self, Outbox};
 use crate::ingest::{now_ns, Ack, Owner, SampleBatch};
+use crate::journal;
 use crate::publish::Outgoing;
 use crate::score::EnsembleConfig;
 use crate::shutdown::Stop;
@@ -249,9 +250,10 @@ pub async fn acknowledge(client: &rumqttc::AsyncClient, acks: Vec<Ack>) {
 }
 
 impl PipelineTask {
-    /// Restores each of its pipelines from its saved state, before any
-    /// sample comes.
-    pub async fn restore(&mut self, shared: &Shared) {
+    /// Restores each of its pipelines from its saved state, then replays
+    /// the journal's `records` after it (see [`replay`]), before any new
+    /// sample comes; returns what became of the replayed samples.
+    pub async fn restore(&mut self, shared: &Shared, records: &[journal::Record]) -> Replayed {
         for ix in 0..self.router.pipelines().count() {
             let state = &mut self.state;
             let restored = self.router.with_pipeline(ix, |p, out| {
@@ -259,6 +261,11 @@ impl PipelineTask {
             });
             deliver(restored, &shared.board, &shared.out).await;
         }
+        if records.is_empty() || !self.state.journaling() {
+            return Replayed::default();
+        }
+        let (router, results) = (&mut self.router, &mut self.results);
+        replay(router, results, records, &shared.board, &shared.out).await
     }
 
     /// Runs until the service stops: takes telemetry and results, saves
@@ -267,12 +274,7 @@ impl PipelineTask {
     /// the broker sends it to the next run), reports that on `intake_closed`,
     /// scores the results still coming (the engines drain their queues)
     /// within the drain budget, and saves the channel state.
-    pub async fn run(
-        self,
-        shared: Shared,
-        save_every: Duration,
-        intake_closed: oneshot::Sender<()>,
-    ) -> Ended {
+    pub async fn run(self, shared: Shared, intake_closed: oneshot::Sender<()>) -> Ended {
         let PipelineTask {
             mut router,
             mut state,
@@ -291,7 +293,7 @@ impl PipelineTask {
             drain_budget,
         } = shared;
         let mut serial_open = true;
-        let mut tick = tokio::time::interval(save_every);
+        let mut tick = tokio::time::interval(state.tick_every());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -299,16 +301,19 @@ impl PipelineTask {
                     let Some(mut batch) = batch else { break };
                     let _busy = stage.begin();
                     let ack = batch.ack.take();
+                    let record = (ack.is_some() && state.journaling()).then(|| router.journal_record(&batch));
                     deliver(router.on_batch(batch, Instant::now()), &board, &out).await;
                     match ack {
-                        // Taken, and held until a saved state holds its samples.
-                        Some(ack) if state.holds_acks() => state.hold(ack),
+                        // Taken, and held until its samples are journaled or
+                        // a saved state holds them.
+                        Some(ack) if state.holds_acks() => state.hold(ack, record.as_ref(), Instant::now()),
                         // Taken: only now may the broker forget it (see ingest::mqtt).
                         Some(ack) => acknowledge(&client, vec![ack]).await,
                         None => {}
                     }
-                    if state.due(Instant::now()) {
-                        let acks = checkpoint(&mut router, &mut state, &mut results_rx, &board, &out, &outbox).await;
+                    let due = state.due(Instant::now());
+                    if due != Due::Nothing {
+                        let acks = step(due, &mut router, &mut state, &mut results_rx, &board, &out, &outbox).await;
                         acknowledge(&client, acks).await;
                     }
                 }
@@ -332,15 +337,19 @@ impl PipelineTask {
                     let _busy = stage.begin();
                     acknowledge(&client, state.complete(done, &board)).await;
                     // Acknowledgements held meanwhile may already call for the next.
-                    if state.due(Instant::now()) {
-                        let acks = checkpoint(&mut router, &mut state, &mut results_rx, &board, &out, &outbox).await;
+                    let due = state.due(Instant::now());
+                    if due != Due::Nothing {
+                        let acks = step(due, &mut router, &mut state, &mut results_rx, &board, &out, &outbox).await;
                         acknowledge(&client, acks).await;
                     }
                 }
-                _ = tick.tick() => if state.due(Instant::now()) {
-                    let _busy = stage.begin();
-                    let acks = checkpoint(&mut router, &mut state, &mut results_rx, &board, &out, &outbox).await;
-                    acknowledge(&client, acks).await;
+                _ = tick.tick() => {
+                    let due = state.due(Instant::now());
+                    if due != Due::Nothing {
+                        let _busy = stage.begin();
+                        let acks = step(due, &mut router, &mut state, &mut results_rx, &board, &out, &outbox).await;
+                        acknowledge(&client, acks).await;
+                    }
                 },
                 _ = stop.wait(), if !stop.is_triggered() => {}
             }

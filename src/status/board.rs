@@ -155,6 +155,8 @@ struct Inner {
     sources: BTreeMap<String, SourceEntry>,
     channels: BTreeMap<(String, String), ChannelStatus>,
     events: VecDeque<ModelEvent>,
+    /// The state journal: what was replayed at start, and appended since.
+    journal: Value,
 }
 
 /// See the module docs. Shared as `Arc<StatusBoard>`.
@@ -273,6 +275,50 @@ impl StatusBoard {
         if let Some(m) = inner.models.get_mut(model) {
             m.channel_state =
                 json!({"restore": outcome, "detail": detail, "channels_restored": channels.len()});
+        }
+    }
+
+    /// Records what the state journal's replay at start did (see
+    /// [`crate::journal`]): `messages` replayed in `seconds`, their samples
+    /// `taken` again, `already` in the saved state, `refused`.
+    pub fn set_journal_replay(
+        &self,
+        messages: usize,
+        taken: u64,
+        already: u64,
+        refused: u64,
+        seconds: f64,
+    ) {
+        let mut inner = self.lock();
+        if !inner.journal.is_object() {
+            inner.journal =
+                json!({"appended_messages": 0, "appended_bytes": 0, "append_errors": 0});
+        }
+        inner.journal["replayed"] = json!({
+            "messages": messages, "samples_taken": taken, "samples_already_saved": already,
+            "samples_refused": refused, "seconds": seconds,
+        });
+    }
+
+    /// Records one append to the state journal: `messages` held messages'
+    /// samples, `bytes` long, synced; or `Err` when it failed.
+    pub fn record_journal_append(&self, result: Result<(usize, usize), ()>) {
+        let mut inner = self.lock();
+        if !inner.journal.is_object() {
+            inner.journal =
+                json!({"appended_messages": 0, "appended_bytes": 0, "append_errors": 0});
+        }
+        let add = |v: &mut Value, n: usize| *v = json!(v.as_u64().unwrap_or(0) + n as u64);
+        match result {
+            Ok((messages, bytes)) => {
+                self.metrics.journal_messages.inc_by(messages as u64);
+                add(&mut inner.journal["appended_messages"], messages);
+                add(&mut inner.journal["appended_bytes"], bytes);
+            }
+            Err(()) => {
+                self.metrics.journal_errors.inc();
+                add(&mut inner.journal["append_errors"], 1);
+            }
         }
     }
 
@@ -721,6 +767,7 @@ impl StatusBoard {
             "channels": channels,
             "events": inner.events.iter().map(ModelEvent::to_json).collect::<Vec<_>>(),
             "rejected": rejected,
+            "journal": inner.journal,
             "process": process,
         })
     }

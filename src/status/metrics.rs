@@ -168,6 +168,10 @@ pub struct Metrics {
     pub state_bytes: Family<ModelLabel, Gauge>,
     /// State saves that failed (a full or read-only disk), by model.
     pub state_save_errors: Family<ModelLabel, Counter>,
+    /// QoS 1/2 messages appended to the state journal and synced.
+    pub journal_messages: Counter,
+    /// Journal appends that failed (their messages were acknowledged anyway).
+    pub journal_errors: Counter,
     /// 1 when every engine is loaded and the broker is connected.
     pub ready: Gauge,
     /// Sources with counters of their own (serial links), scraped as a collector.
@@ -312,6 +316,18 @@ impl Metrics {
             "Channel state saves that failed (full or read-only disk).",
             state_save_errors.clone(),
         );
+        let journal_messages = Counter::default();
+        r.register(
+            "state_journal_messages",
+            "QoS 1/2 messages appended to the state journal and synced before their acknowledgement.",
+            journal_messages.clone(),
+        );
+        let journal_errors = Counter::default();
+        r.register(
+            "state_journal_errors",
+            "State journal appends that failed (their messages were acknowledged anyway).",
+            journal_errors.clone(),
+        );
         let mqtt_connected = Gauge::default();
         r.register(
             "mqtt_connected",
@@ -391,6 +407,8 @@ impl Metrics {
             state_save_duration,
             state_bytes,
             state_save_errors,
+            journal_messages,
+            journal_errors,
             ready,
             sources,
         }
