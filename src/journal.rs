@@ -1,6 +1,7 @@
-//! The state journal: the QoS 1/2 telemetry taken since the last whole save
-//! of the channel state, appended to disk so that a message can be
-//! acknowledged without rewriting the state of every pipeline it touched.
+//! The state journal (`state.journal = true`): the QoS 1/2 telemetry taken
+//! since the last whole save of the channel state, appended to disk so that
+//! a message can be acknowledged without rewriting the state of every
+//! pipeline it touched.
 //!
 //! Why: a message may be acknowledged only once what it brought survives a
 //! crash (RELIABILITY.md). Without a journal that meant saving the state of

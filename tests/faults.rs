@@ -841,7 +841,7 @@ fn a_sigkill_between_whole_saves_is_recovered_from_the_journal() {
     let cfg = config(dir.path(), broker.port, port, "journal", |t| {
         t.replace(
             "[publish]",
-            "[state]\nsave_interval_ms = 3600000\n\n[publish]",
+            "[state]\njournal = true\nsave_interval_ms = 3600000\n\n[publish]",
         )
     });
     let sub = Subscriber::start(broker.port, &["gsinfer/smap_lstm/+/score"]);
@@ -902,11 +902,7 @@ fn a_corrupt_or_mismatched_state_is_discarded_with_one_line_and_the_service_runs
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    // Without the journal, every 16 QoS 1 messages are saved whole, so the
-    // two slots both fill (with it, the saves come every save_interval_ms).
-    let cfg = config(dir.path(), broker.port, port, "corrupt", |t| {
-        t.replace("[publish]", "[state]\njournal = false\n\n[publish]")
-    });
+    let cfg = config(dir.path(), broker.port, port, "corrupt", |t| t);
     let sub = Subscriber::start(broker.port, &["gsinfer/smap_lstm/+/score"]);
     let mut service = Service::run(&cfg, dir.path());
     ready(port, &service);
@@ -925,7 +921,7 @@ fn a_corrupt_or_mismatched_state_is_discarded_with_one_line_and_the_service_runs
     };
     assert!(
         slots.iter().all(|f| generation(f).is_some()),
-        "the run saved more than once (QoS 1 without the journal: every 16 messages)"
+        "the run saved more than once (QoS 1: every 16 messages)"
     );
     // The newest torn, as by a crash mid-save: the one before it is
     // continued, and the journal says so.

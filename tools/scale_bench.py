@@ -150,6 +150,8 @@ def main():
                     help="spread the channels' window phases over this many samples (use the stride)")
     ap.add_argument("--no-state", action="store_true",
                     help="state.enabled = false: no saves, QoS 1 acknowledged as soon as taken")
+    ap.add_argument("--journal", action="store_true",
+                    help="state.journal = true: QoS 1 acknowledged once journaled, whole saves every save_interval_ms")
     ap.add_argument("--seconds", type=int, default=0, help="seconds of one sample per channel per second")
     ap.add_argument("--data-dir", default=None, help="telemanom data set (test split of --channel)")
     ap.add_argument("--channel", default="A-2")
@@ -178,7 +180,8 @@ def main():
         engine_section = "[engine]\n" + (f"workers = {args.workers}\n" if args.workers else "")
         state = (f"save_interval_ms = {args.save_interval_ms}\n" if args.save_interval_ms else "") + \
             (f"max_unacked = {args.max_unacked}\n" if args.max_unacked else "") + \
-            ("enabled = false\n" if args.no_state else "")
+            ("enabled = false\n" if args.no_state else "") + \
+            ("journal = true\n" if args.journal else "")
         if state:
             engine_section = f"[state]\n{state}\n" + engine_section
         if args.tract_tuning:
@@ -211,6 +214,7 @@ def main():
             sys.exit(f"not ready within {args.ready_timeout} s; log in {log.name}")
         result = {"n": args.n, "model": args.model, "repo": args.repo, "engine": args.engine or "config", "qos": args.qos,
                   "max_unacked": args.max_unacked, "state": not args.no_state,
+                  "journal": args.journal and not args.no_state,
                   "spread": args.spread,
                   "workers": args.workers, "pipeline_tasks": args.pipeline_tasks,
                   "tract_tuning": args.tract_tuning, "ready_s": round(ready, 2), "at_ready": proc_status(g.pid)}

@@ -25,7 +25,7 @@
 //! was scored (BENCHMARKS.md). The final save at stop is written on the
 //! task itself.
 //!
-//! With the journal (`state.journal`, the default; [`crate::journal`]), a
+//! With the journal (`state.journal = true`; [`crate::journal`]), a
 //! QoS 1/2 message's samples are also framed as the task takes them, and
 //! its acknowledgement waits only for those frames to be appended and
 //! synced by the same writer ([`Due::Journal`]: at `max_unacked` held
@@ -178,15 +178,21 @@ pub struct SaveDone {
 /// The state writer's nice value (0 normal, 19 lowest).
 const WRITER_NICE: i32 = 10;
 
-/// The state writer thread: takes one [`SaveJob`] at a time, reports each
-/// on `done`; ends when the job sender is dropped.
+/// A state writer thread named `name` (at `nice`, if given): takes one
+/// [`WriterJob`] at a time, reports each on `done`; ends when the job
+/// sender is dropped. Each pipeline task has one for whole saves (nice
+/// [`WRITER_NICE`]) and, with the journal, one for appends (normal
+/// priority: acknowledgements wait for it), so that a long whole save
+/// never holds acknowledgements back.
 fn start_writer(
     store: StateStore,
     done: mpsc::Sender<SaveDone>,
+    name: &str,
+    nice: Option<i32>,
 ) -> std::sync::mpsc::SyncSender<WriterJob> {
     let (jobs, rx) = std::sync::mpsc::sync_channel::<WriterJob>(1);
     std::thread::Builder::new()
-        .name("state-writer".into())
+        .name(name.into())
         .spawn(move || {
             // A save of 1 000 models was ~0.3 s of CPU (~0.15 s since saves
             // are written in place); at normal priority, on 2 cores, it took
@@ -195,8 +201,10 @@ fn start_writer(
             // leaves it ~10 % of a busy core, so saves (and at QoS 1 the
             // acknowledgements they release) are slowed under load, not
             // stopped.
-            if let Err(e) = crate::background::lower_this_thread(WRITER_NICE) {
-                log::debug!(target: "gsinfer::state", "the state writer keeps its priority: {e}");
+            if let Some(nice) = nice {
+                if let Err(e) = crate::background::lower_this_thread(nice) {
+                    log::debug!(target: "gsinfer::state", "the state writer keeps its priority: {e}");
+                }
             }
             let mut appender = Appender::default();
             while let Ok(job) = rx.recv() {
@@ -269,6 +277,10 @@ pub struct JournalStart {
 #[derive(Debug)]
 struct JournalLog {
     start: JournalStart,
+    /// Its writer thread's job queue.
+    writer: std::sync::mpsc::SyncSender<WriterJob>,
+    /// An append is with the writer.
+    appending: bool,
     /// Frames of the held messages, not yet with the writer.
     pending: Vec<u8>,
     /// When the oldest held message was taken.
@@ -355,7 +367,16 @@ impl Persistence {
             })
             .collect();
         let (done_tx, done_rx) = mpsc::channel(1);
-        let writer = store.clone().map(|s| start_writer(s, done_tx));
+        let writer = (store.clone())
+            .map(|s| start_writer(s, done_tx.clone(), "state-writer", Some(WRITER_NICE)));
+        let journal = store.clone().zip(journal).map(|(s, start)| JournalLog {
+            start,
+            writer: start_writer(s, done_tx, "state-journal", None),
+            appending: false,
+            pending: Vec::new(),
+            since: None,
+            failing: false,
+        });
         let persistence = Self {
             config,
             store,
@@ -364,23 +385,17 @@ impl Persistence {
             held: Vec::new(),
             last_save: now,
             last_skip_log: None,
-            journal: journal
-                .filter(|_| writer.is_some())
-                .map(|start| JournalLog {
-                    start,
-                    pending: Vec::new(),
-                    since: None,
-                    failing: false,
-                }),
+            journal,
             writer,
             saving: false,
         };
         (persistence, done_rx)
     }
 
-    /// Whether a save is with the state writer (its [`SaveDone`] will come).
-    pub fn saving(&self) -> bool {
-        self.saving
+    /// Whether a save or a journal append is with a writer (its
+    /// [`SaveDone`] will come).
+    pub fn busy(&self) -> bool {
+        self.saving || self.journal.as_ref().is_some_and(|j| j.appending)
     }
 
     /// Whether acknowledgements wait for a save.
@@ -480,23 +495,26 @@ impl Persistence {
         self.held.push(ack);
     }
 
-    /// What is due at `now` (nothing while a job is with the writer): a
-    /// whole save once the interval passed; with the journal, an append at
-    /// `max_unacked` held messages or [`JOURNAL_LINGER`] after the oldest;
-    /// without it, a whole save at `max_unacked`.
+    /// What is due at `now`: a whole save once the interval passed (none
+    /// while one is with the writer); with the journal, an append at
+    /// `max_unacked` held messages or [`JOURNAL_LINGER`] after the oldest
+    /// (none while one is with its writer); without it, a whole save at
+    /// `max_unacked`.
     pub fn due(&self, now: Instant) -> Due {
-        if self.store.is_none() || self.saving {
+        if self.store.is_none() {
             return Due::Nothing;
         }
         let interval = Duration::from_millis(self.config.save_interval_ms);
+        let whole = !self.saving && now.duration_since(self.last_save) >= interval;
         let full = self.held.len() >= self.config.max_unacked;
-        if now.duration_since(self.last_save) >= interval {
-            return Due::Whole;
-        }
         match &self.journal {
-            None if full => Due::Whole,
+            _ if whole => Due::Whole,
+            None if full && !self.saving => Due::Whole,
             Some(j)
-                if full || (j.since).is_some_and(|t| now.duration_since(t) >= JOURNAL_LINGER) =>
+                if !j.appending
+                    && !self.held.is_empty()
+                    && (full
+                        || (j.since).is_some_and(|t| now.duration_since(t) >= JOURNAL_LINGER)) =>
             {
                 Due::Journal
             }
@@ -504,23 +522,27 @@ impl Persistence {
         }
     }
 
-    /// Hands the held messages' journal frames to the state writer, to be
-    /// appended and synced; returns the acknowledgements to send now: none
-    /// (they come with the [`SaveDone`]), or all of them when there is no
-    /// journal or writer (telemetry is not held back).
+    /// Hands the held messages' journal frames to the journal's writer, to
+    /// be appended and synced; returns the acknowledgements to send now:
+    /// none (they come with the [`SaveDone`], or stay held while an append
+    /// is with the writer), or all of them when there is no journal
+    /// (telemetry is not held back).
     pub fn flush_journal(&mut self) -> Vec<Ack> {
-        let (Some(j), Some(writer)) = (&mut self.journal, &self.writer) else {
+        let Some(j) = &mut self.journal else {
             return std::mem::take(&mut self.held);
         };
+        if j.appending || self.held.is_empty() {
+            return Vec::new();
+        }
         j.since = None;
         let job = AppendJob {
             path: j.start.dir.segment_path(j.start.generation, j.start.task),
             bytes: std::mem::take(&mut j.pending),
             acks: std::mem::take(&mut self.held),
         };
-        match writer.try_send(WriterJob::Append(job)) {
+        match j.writer.try_send(WriterJob::Append(job)) {
             Ok(()) => {
-                self.saving = true;
+                j.appending = true;
                 Vec::new()
             }
             Err(e) => {
@@ -620,9 +642,9 @@ impl Persistence {
         now_ns: i64,
     ) -> Vec<Ack> {
         self.last_save = now;
-        let Some(writer) = &self.writer else {
+        if self.writer.is_none() {
             return std::mem::take(&mut self.held);
-        };
+        }
         let mut job = SaveJob {
             pipelines: Vec::new(),
             snapshots: Vec::new(),
@@ -640,10 +662,15 @@ impl Persistence {
                 channels: p.channel_states().to_vec(),
             });
         }
+        // With the journal, the held messages are journaled now, as ever
+        // (their samples are in the snapshots too): a whole save holds no
+        // acknowledgement, so however long it takes it never closes the
+        // broker's in-flight window.
+        let journaled = match self.journal {
+            Some(_) => self.flush_journal(),
+            None => Vec::new(),
+        };
         if let Some(j) = &mut self.journal {
-            // Every held message's samples are in the snapshots.
-            j.pending.clear();
-            j.since = None;
             if job.pipelines.is_empty() {
                 // Nothing new since the last save, the replay included: the
                 // states on disk hold the run before's journal.
@@ -660,14 +687,22 @@ impl Persistence {
                 });
             }
         }
+        if self.journal.is_some() && job.pipelines.is_empty() {
+            return journaled;
+        }
         if job.pipelines.is_empty() {
             return std::mem::take(&mut self.held);
         }
-        job.acks = std::mem::take(&mut self.held);
+        if self.journal.is_none() {
+            job.acks = std::mem::take(&mut self.held);
+        }
+        let Some(writer) = &self.writer else {
+            return journaled;
+        };
         match writer.try_send(WriterJob::Save(job)) {
             Ok(()) => {
                 self.saving = true;
-                Vec::new()
+                journaled
             }
             // Not expected (one job at a time, and the writer lives as long
             // as this): nothing saved, telemetry not held back.
@@ -686,13 +721,17 @@ impl Persistence {
         log::error!(target: "gsinfer::state", "the state writer stopped: channel state is no longer saved while running (only at stop); restart gsinfer to save again");
         self.writer = None;
         self.saving = false;
+        self.journal = None;
     }
 
     /// Takes a save the writer finished: records each pipeline's result
     /// (saved progress, the board, errors logged once per run of
     /// failures); returns the acknowledgements it releases.
     pub fn complete(&mut self, done: SaveDone, board: &StatusBoard) -> Vec<Ack> {
-        self.saving = false;
+        match (&mut self.journal, done.appended.is_some()) {
+            (Some(j), true) => j.appending = false,
+            _ => self.saving = false,
+        }
         for ((ix, at), result) in done.pipelines.into_iter().zip(done.results) {
             self.record(ix, at, result, done.took, board);
         }
@@ -1118,7 +1157,7 @@ mod tests {
             *order.lock().unwrap(),
             ["first written", "second written", "save begun"]
         );
-        assert!(state.saving());
+        assert!(state.busy());
         let done = done_rx.recv().await.expect("the writer reports");
         let headers = state.complete(done, &board).into_iter();
         let pkids: Vec<u16> = headers.filter_map(Ack::release).map(|a| a.pkid).collect();
@@ -1153,7 +1192,7 @@ mod tests {
             &outbox,
         );
         let ((), acks) = tokio::join!(publisher, saving);
-        assert!(!state.saving(), "nothing handed to the writer");
+        assert!(!state.busy(), "nothing handed to the writer");
         let pkids: Vec<u16> = acks
             .into_iter()
             .filter_map(Ack::release)
@@ -1201,7 +1240,7 @@ mod tests {
         assert_eq!(dirty, vec![0]);
         let now_acks = state.begin_save(&[&p], &dirty, Instant::now(), 1);
         assert!(now_acks.is_empty(), "held until the save is on disk");
-        assert!(state.saving());
+        assert!(state.busy());
         // One save at a time: none is due while the writer has one.
         assert_eq!(
             state.due(Instant::now() + Duration::from_secs(3600)),
@@ -1219,7 +1258,7 @@ mod tests {
         let acks = state.complete(done, &board);
         let headers = acks.into_iter().filter_map(Ack::release);
         assert_eq!(headers.map(|a| a.pkid).collect::<Vec<_>>(), vec![1, 2]);
-        assert!(!state.saving());
+        assert!(!state.busy());
         let file = state.store.as_ref().unwrap().path("persist_A-1");
         let saved = crate::state::decode(&std::fs::read(&file).unwrap()).unwrap();
         assert_eq!(saved.channels.len(), 1);
@@ -1302,9 +1341,8 @@ mod tests {
         let replay = journal_dir.read().unwrap();
         assert_eq!(replay.records, vec![record(1), record(2)]);
 
-        // A whole save: the held message's frame is dropped (the snapshot
-        // holds its sample), and once the save is on disk the journal up
-        // to it and the run before's file are deleted.
+        // A whole save: once it is on disk, the journal up to it and the
+        // run before's file are deleted.
         let mut p = Pipeline::new(&config.pipelines[0]);
         let s = RawSample {
             t_ns: None,
@@ -1317,11 +1355,15 @@ mod tests {
         assert_eq!(state.due(later), Due::Whole);
         let dirty = state.dirty([&p].into_iter());
         assert!(state.begin_save(&[&p], &dirty, later, 1).is_empty());
-        let done = done_rx.blocking_recv().expect("the writer reports");
-        let pkids: Vec<u16> = (state.complete(done, &board).into_iter())
-            .filter_map(Ack::release)
-            .map(|a| a.pkid)
-            .collect();
+        // Two jobs, on two writers: the held message's append (a whole
+        // save holds no acknowledgement) and the save.
+        let mut pkids = Vec::new();
+        for _ in 0..2 {
+            let done = done_rx.blocking_recv().expect("the writers report");
+            let acks = state.complete(done, &board).into_iter();
+            pkids.extend(acks.filter_map(Ack::release).map(|a| a.pkid));
+        }
+        assert!(!state.busy());
         assert_eq!(pkids, vec![3]);
         assert!(
             journal_dir.segments().unwrap().is_empty(),

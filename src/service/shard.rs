@@ -329,7 +329,7 @@ impl PipelineTask {
                     let _busy = stage.begin();
                     deliver(router.on_results(result, Instant::now()), &board, &out).await;
                 }
-                done = saves_rx.recv(), if state.saving() => {
+                done = saves_rx.recv(), if state.busy() => {
                     let Some(done) = done else {
                         state.writer_lost();
                         continue;
@@ -372,10 +372,12 @@ impl PipelineTask {
         .await;
         // Engines still running stop instead of waiting for room.
         drop(results_rx);
-        // The save with the state writer, if any, is finished first.
-        if state.saving() {
-            if let Some(done) = saves_rx.recv().await {
-                acknowledge(&client, state.complete(done, &board)).await;
+        // The save and the append with the state writers, if any, are
+        // finished first.
+        while state.busy() {
+            match saves_rx.recv().await {
+                Some(done) => acknowledge(&client, state.complete(done, &board)).await,
+                None => state.writer_lost(),
             }
         }
         // Every window that will be scored is: the pipelines' state is
