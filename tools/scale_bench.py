@@ -153,6 +153,9 @@ def main():
     ap.add_argument("--journal", action="store_true",
                     help="state.journal = true: QoS 1 acknowledged once journaled, whole saves every save_interval_ms")
     ap.add_argument("--seconds", type=int, default=0, help="seconds of one sample per channel per second")
+    ap.add_argument("--steady-after", type=float, default=10.0,
+                    help="also report the window latency of the paced part after this many seconds "
+                         "(window_latency_steady: every model's first windows and the start's first saves left out)")
     ap.add_argument("--data-dir", default=None, help="telemanom data set (test split of --channel)")
     ap.add_argument("--channel", default="A-2")
     ap.add_argument("--ready-timeout", type=float, default=1800.0)
@@ -219,11 +222,22 @@ def main():
                   "workers": args.workers, "pipeline_tasks": args.pipeline_tasks,
                   "tract_tuning": args.tract_tuning, "ready_s": round(ready, 2), "at_ready": proc_status(g.pid)}
         if args.seconds > 0:
-            result.update(feed(args, mqtt_port, features, length))
+            early = {}
+
+            def scrape_later(paced_start):
+                def scrape():
+                    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=60) as r:
+                        early["metrics"] = r.read().decode()
+                delay = max(0.0, paced_start + args.steady_after - time.monotonic())
+                threading.Timer(delay, scrape).start()
+
+            result.update(feed(args, mqtt_port, features, length, scrape_later))
             result["at_end"] = proc_status(g.pid)
             with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=60) as r:
                 metrics = r.read().decode()
             result["window_latency"] = window_latency(metrics)
+            if "metrics" in early:
+                result["window_latency_steady"] = window_latency(metrics, early["metrics"])
             result["counters"] = counters(metrics)
         print(json.dumps(result))
     finally:
@@ -255,11 +269,9 @@ def counters(metrics):
     return out
 
 
-def window_latency(metrics):
-    """gsinfer's own end-to-end histogram for telemetry (a window's last
-    sample received to its result scored), summed over every model:
-    count, share within 25.6 ms (the bucket bound above the 20 ms budget),
-    and p50/p99/p99.9 interpolated inside the factor-2 buckets (ms)."""
+def latency_buckets(metrics):
+    """gsinfer's end-to-end histogram for telemetry, summed over every
+    model: cumulative count by upper bound (s)."""
     buckets = {}
     for line in metrics.splitlines():
         m = re.match(r'gsinfer_end_to_end_duration_seconds_bucket\{(.*)\} (\S+)$', line)
@@ -268,6 +280,19 @@ def window_latency(metrics):
         le = re.search(r'le="([^"]+)"', m.group(1)).group(1)
         le = float("inf") if le == "+Inf" else float(le)
         buckets[le] = buckets.get(le, 0.0) + float(m.group(2))
+    return buckets
+
+
+def window_latency(metrics, since=None):
+    """gsinfer's own end-to-end histogram for telemetry (a window's last
+    sample received to its result scored), summed over every model:
+    count, share within 25.6 ms (the bucket bound above the 20 ms budget),
+    and p50/p99/p99.9 interpolated inside the factor-2 buckets (ms); with
+    `since` (an earlier scrape), of the windows scored after it only."""
+    buckets = latency_buckets(metrics)
+    if since is not None:
+        before = latency_buckets(since)
+        buckets = {b: c - before.get(b, 0.0) for b, c in buckets.items()}
     if not buckets:
         return {}
     bounds = sorted(buckets)
@@ -351,7 +376,7 @@ def publisher(args, port, rows, mine, warm, n, warmed, start, out_q):
     out_q.put((sent, paced))
 
 
-def feed(args, port, features, length):
+def feed(args, port, features, length, at_paced=None):
     """The paced part, from --publishers processes (channels dealt round
     robin) and --subscribers processes: one Python process cannot publish
     and acknowledge 10 000 QoS 1 messages a second (its GIL), which would
@@ -399,6 +424,8 @@ def feed(args, port, features, length):
         sys.exit("error: a publisher process did not hand over its first samples (see its error above)")
     time.sleep(5.0)
     start.value = time.monotonic() + 0.5
+    if at_paced:
+        at_paced(start.value)
     sent, paced = {}, 0.0
     for _ in pub_procs:
         try:
