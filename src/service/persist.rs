@@ -1440,4 +1440,83 @@ mod tests {
         let left = journal_dir.segments().unwrap();
         assert_eq!((left.len(), left[0].generation), (1, 6));
     }
+
+    #[test]
+    fn a_staggered_save_deletes_the_journal_only_below_every_unsaved_pipelines_last_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = config(dir.path());
+        // Two pipelines: index 0 in slice 0, index 1 in slice 1.
+        let text = std::fs::read_to_string(dir.path().join("gsinfer.toml")).unwrap();
+        let block = &text[text.find("[[pipeline]]").unwrap()..];
+        let text = format!("{text}\n{}", block.replace("persist_A-1", "persist_A-2"));
+        std::fs::write(dir.path().join("gsinfer.toml"), text).unwrap();
+        let config = Config::load(&dir.path().join("gsinfer.toml")).unwrap();
+        assert_eq!((one.pipelines.len(), config.pipelines.len()), (1, 2));
+        let repo = ModelRepository::open(&config.repository.path).unwrap();
+        let board = StatusBoard::new(StatusConfig::default());
+        let store = Persistence::store(&config.state);
+        let journal_dir = JournalDir::open(store.as_ref().unwrap().dir()).unwrap();
+        let start = JournalStart {
+            dir: journal_dir.clone(),
+            task: 0,
+            generation: 5,
+            old_run: None,
+        };
+        let t0 = Instant::now();
+        let configs: Vec<&PipelineConfig> = config.pipelines.iter().collect();
+        let (mut state, mut done_rx) = Persistence::open(
+            config.state.clone(),
+            store,
+            &configs,
+            &repo,
+            t0,
+            Some(start),
+        );
+        let mut ps: Vec<Pipeline> = config.pipelines.iter().map(Pipeline::new).collect();
+        let take = |p: &mut Pipeline, i: i64| {
+            let s = RawSample {
+                t_ns: None,
+                seq: None,
+                values: vec![0.0; 25],
+            };
+            p.on_sample("A-1", i, &s, t0, &mut Vec::new()).unwrap();
+        };
+        let generations = |dir: &JournalDir| -> Vec<u64> {
+            dir.segments()
+                .unwrap()
+                .iter()
+                .map(|s| s.generation)
+                .collect()
+        };
+        let mut settle = |state: &mut Persistence| {
+            while state.busy() {
+                let done = done_rx.blocking_recv().expect("the writers report");
+                state.complete(done, &board);
+            }
+        };
+        // Both take a sample, journaled in generation 5.
+        take(&mut ps[0], 1);
+        take(&mut ps[1], 1);
+        state.hold(ack(1), Some(&record(1)), t0);
+        assert!(state.flush_journal().is_empty());
+        settle(&mut state);
+        // Slice 0 saved: pipeline 1 has never been saved, so nothing goes.
+        let dirty = state.dirty(ps.iter());
+        assert_eq!(dirty, vec![0]);
+        state.begin_save(&ps.iter().collect::<Vec<_>>(), &dirty, t0, 1);
+        settle(&mut state);
+        assert_eq!(generations(&journal_dir), vec![5]);
+        // Pipeline 0 goes on (journaled in generation 6), then slice 1 is
+        // saved: below 6, where pipeline 0's unsaved samples start.
+        take(&mut ps[0], 2);
+        state.hold(ack(2), Some(&record(2)), t0);
+        assert!(state.flush_journal().is_empty());
+        settle(&mut state);
+        assert_eq!(generations(&journal_dir), vec![5, 6]);
+        let dirty = state.dirty(ps.iter());
+        assert_eq!(dirty, vec![1]);
+        state.begin_save(&ps.iter().collect::<Vec<_>>(), &dirty, t0, 2);
+        settle(&mut state);
+        assert_eq!(generations(&journal_dir), vec![6]);
+    }
 }
