@@ -77,6 +77,21 @@ fn open_journal(
     let Some(store) = store else {
         return (None, Default::default());
     };
+    if !config.journal {
+        // Files a run with the journal left (nothing is created here).
+        let left = (std::fs::read_dir(store.dir().join("journal"))
+            .into_iter()
+            .flatten())
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log"))
+        })
+        .count();
+        if left > 0 {
+            log::warn!(target: "gsinfer::state", "state.journal is off: {left} journal file(s) in {} left unread (set state.journal = true to replay them)", store.dir().join("journal").display());
+        }
+        return (None, Default::default());
+    }
     let dir = match crate::journal::JournalDir::open(store.dir()) {
         Ok(dir) => dir,
         Err(e) => {
@@ -84,14 +99,6 @@ fn open_journal(
             return (None, Default::default());
         }
     };
-    if !config.journal {
-        if let Ok(left) = dir.segments() {
-            if !left.is_empty() {
-                log::warn!(target: "gsinfer::state", "state.journal is off: {} journal file(s) in {} left unread (set state.journal = true to replay them)", left.len(), dir.path().display());
-            }
-        }
-        return (None, Default::default());
-    }
     let replay = match dir.read() {
         Ok(r) => r,
         Err(e) => {
