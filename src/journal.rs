@@ -173,6 +173,13 @@ impl JournalDir {
         Ok(Self { dir })
     }
 
+    /// The journal folder of the state folder `state_dir` if there is one
+    /// (nothing is created).
+    pub fn existing(state_dir: &Path) -> Option<Self> {
+        let dir = state_dir.join("journal");
+        dir.is_dir().then_some(Self { dir })
+    }
+
     /// The folder.
     pub fn path(&self) -> &Path {
         &self.dir

@@ -81,9 +81,9 @@ pub struct StateConfig {
     pub max_unacked: usize,
     /// Keep a journal of the QoS 1/2 telemetry taken since the last whole
     /// save ([`crate::journal`]): a message is then acknowledged once its
-    /// samples are appended and synced, and the whole state is saved every
-    /// `save_interval_ms` only; a crash replays the journal after the last
-    /// save. Off by default: it writes 3-5 times less, but on a 2-core box
+    /// samples are appended and synced, and each pipeline's whole state is
+    /// saved once per `save_interval_ms` only (a tenth of them at a time);
+    /// a crash replays the journal after the last save. Off by default: it writes 3-5 times less, but on a 2-core box
     /// at 1 000 channels it kept fewer windows within their budget at the
     /// default `max_unacked` (BENCHMARKS.md, "The state journal"). Off: the
     /// whole state of every pipeline a held message touched is saved at

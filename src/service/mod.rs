@@ -79,16 +79,10 @@ fn open_journal(
     };
     if !config.journal {
         // Files a run with the journal left (nothing is created here).
-        let left = (std::fs::read_dir(store.dir().join("journal"))
-            .into_iter()
-            .flatten())
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log"))
-        })
-        .count();
-        if left > 0 {
-            log::warn!(target: "gsinfer::state", "state.journal is off: {left} journal file(s) in {} left unread (set state.journal = true to replay them)", store.dir().join("journal").display());
+        let left = crate::journal::JournalDir::existing(store.dir())
+            .and_then(|dir| Some((dir.segments().ok()?.len(), dir)));
+        if let Some((n, dir)) = left.filter(|(n, _)| *n > 0) {
+            log::warn!(target: "gsinfer::state", "state.journal is off: {n} journal file(s) in {} left unread (set state.journal = true to replay them)", dir.path().display());
         }
         return (None, Default::default());
     }

@@ -28,12 +28,14 @@
 //! With the journal (`state.journal = true`; [`crate::journal`]), a
 //! QoS 1/2 message's samples are also framed as the task takes them, and
 //! its acknowledgement waits only for those frames to be appended and
-//! synced by the same writer ([`Due::Journal`]: at `max_unacked` held
-//! messages, or [`JOURNAL_LINGER`] after the oldest); the whole save above
-//! comes every `save_interval_ms` ([`Due::Whole`]), starts a new journal
-//! generation, and once on disk deletes the task's older ones. At start,
-//! [`replay`] feeds what the journal holds after the saved states through
-//! the router and engines before any new telemetry is taken.
+//! synced by a second writer thread, the journal's ([`Due::Journal`]: at
+//! `max_unacked` held messages, or [`JOURNAL_LINGER`] after the oldest).
+//! The whole saves above then hold no acknowledgement and are staggered
+//! ([`Due::Whole`], one slice of [`WHOLE_SAVE_SLICES`] at a time); each
+//! starts a new journal generation and, once on disk, deletes the task's
+//! journal below the oldest save of a pipeline with something unsaved. At
+//! start, [`replay`] feeds what the journal holds after the saved states
+//! through the router and engines before any new telemetry is taken.
 //!
 //! Time comes in as arguments (`now`, `now_ns`).
 
@@ -45,7 +47,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::account::deliver;
-use super::router::{Replayed, Router};
+use super::router::{Fact, Replayed, Router};
 use crate::config::PipelineConfig;
 use crate::infer::BatchResult;
 use crate::ingest::mqtt::Outbox;
@@ -222,7 +224,7 @@ fn start_writer(
             while let Ok(job) = rx.recv() {
                 let started = Instant::now();
                 let report = match job {
-                    WriterJob::Save(job) => save(&store, job, &mut appender, started),
+                    WriterJob::Save(job) => save(&store, job, started),
                     WriterJob::Append(job) => {
                         let appended = (appender.append(&job.path, &job.bytes))
                             .map(|()| job.bytes.len())
@@ -249,11 +251,10 @@ fn start_writer(
 
 /// The state writer's side of a [`SaveJob`]: the snapshots saved, then,
 /// if every one is on disk, the journal files it made obsolete deleted.
-fn save(store: &StateStore, job: SaveJob, appender: &mut Appender, started: Instant) -> SaveDone {
+fn save(store: &StateStore, job: SaveJob, started: Instant) -> SaveDone {
     let results = store.save_snapshots(&job.snapshots, job.now_ns);
     let mut released_old = false;
     if let Some(after) = job.after.filter(|_| results.iter().all(Result::is_ok)) {
-        appender.close_any();
         if let Err(e) = after.journal.delete_below(after.task, after.below) {
             log::warn!(target: "gsinfer::state", "old journal files not deleted: {e}");
         }
@@ -744,14 +745,11 @@ impl Persistence {
                 });
             }
         }
-        if self.journal.is_some() && job.pipelines.is_empty() {
-            return journaled;
-        }
-        if job.pipelines.is_empty() {
-            return std::mem::take(&mut self.held);
-        }
-        if self.journal.is_none() {
-            job.acks = std::mem::take(&mut self.held);
+        match (&self.journal, job.pipelines.is_empty()) {
+            (Some(_), true) => return journaled,
+            (None, true) => return std::mem::take(&mut self.held),
+            (Some(_), false) => {}
+            (None, false) => job.acks = std::mem::take(&mut self.held),
         }
         let Some(writer) = &self.writer else {
             return journaled;
@@ -801,22 +799,21 @@ impl Persistence {
             if done.released_old {
                 j.start.old_run = None;
             }
-            match &done.appended {
-                Some(Ok(bytes)) => board.record_journal_append(Ok((done.acks.len(), *bytes))),
-                Some(Err(_)) => board.record_journal_append(Err(())),
-                None => {}
-            }
             match done.appended {
                 Some(Ok(bytes)) => {
+                    board.record_journal_append(Ok((done.acks.len(), bytes)));
                     log::trace!(target: "gsinfer::state", "journal: {bytes} bytes appended in {} µs", done.took.as_micros());
                     if std::mem::take(&mut j.failing) {
                         log::info!(target: "gsinfer::state", "telemetry journaled again");
                     }
                 }
-                Some(Err(e)) if !std::mem::replace(&mut j.failing, true) => {
-                    log::error!(target: "gsinfer::state", "telemetry not journaled: {e}; its messages are acknowledged anyway, so a crash before the next whole save loses them (logged once until an append succeeds)");
+                Some(Err(e)) => {
+                    board.record_journal_append(Err(()));
+                    if !std::mem::replace(&mut j.failing, true) {
+                        log::error!(target: "gsinfer::state", "telemetry not journaled: {e}; its messages are acknowledged anyway, so a crash before the next whole save loses them (logged once until an append succeeds)");
+                    }
                 }
-                _ => {}
+                None => {}
             }
         }
         done.acks
@@ -974,10 +971,10 @@ pub async fn checkpoint(
     acks
 }
 
-/// Does what `due` (from [`Persistence::due`]) says: a journal append, or
-/// a whole save ([`checkpoint`]); returns the acknowledgements now due.
+/// Does what [`Persistence::due`] says is due now: a journal append, a
+/// whole save ([`checkpoint`]) or nothing; returns the acknowledgements now
+/// due.
 pub async fn step(
-    due: Due,
     router: &mut Router,
     state: &mut Persistence,
     results_rx: &mut mpsc::Receiver<BatchResult>,
@@ -985,7 +982,7 @@ pub async fn step(
     out_tx: &mpsc::Sender<Outgoing>,
     outbox: &Outbox,
 ) -> Vec<Ack> {
-    match due {
+    match state.due(Instant::now()) {
         Due::Nothing => Vec::new(),
         Due::Journal => state.flush_journal(),
         Due::Whole => checkpoint(router, state, results_rx, board, out_tx, outbox).await,
@@ -1011,15 +1008,25 @@ pub async fn replay(
     let lanes: Vec<usize> = (0..router.pipelines().count()).collect();
     let mut total = Replayed::default();
     let mut stalled = false;
+    // Windows cut since the replay last waited: counted from the router's
+    // facts rather than summed over every channel after each record.
+    let mut cut = 0;
     let last = records.len().saturating_sub(1);
     for (n, record) in records.iter().enumerate() {
         let (routed, replayed) = router.on_replay(record, &index, Instant::now());
         total += replayed;
+        cut += (routed.facts.iter())
+            .map(|f| match f {
+                Fact::Windows { count, .. } => *count,
+                _ => 0,
+            })
+            .sum::<u64>();
         deliver(routed, board, out_tx).await;
         let bound = if n == last { 1 } else { REPLAY_IN_FLIGHT };
-        if stalled || router.windows_in_flight(&lanes) < bound {
+        if stalled || cut < bound {
             continue;
         }
+        cut = 0;
         router.expedite(&lanes, Instant::now());
         while router.windows_in_flight(&lanes) > 0 {
             match tokio::time::timeout(REPLAY_RESULT_WAIT, results_rx.recv()).await {

@@ -311,11 +311,8 @@ impl PipelineTask {
                         Some(ack) => acknowledge(&client, vec![ack]).await,
                         None => {}
                     }
-                    let due = state.due(Instant::now());
-                    if due != Due::Nothing {
-                        let acks = step(due, &mut router, &mut state, &mut results_rx, &board, &out, &outbox).await;
-                        acknowledge(&client, acks).await;
-                    }
+                    let acks = step(&mut router, &mut state, &mut results_rx, &board, &out, &outbox).await;
+                    acknowledge(&client, acks).await;
                 }
                 batch = serial_rx.recv(), if serial_open && !stop.is_triggered() => match batch {
                     Some(batch) => {
@@ -337,19 +334,13 @@ impl PipelineTask {
                     let _busy = stage.begin();
                     acknowledge(&client, state.complete(done, &board)).await;
                     // Acknowledgements held meanwhile may already call for the next.
-                    let due = state.due(Instant::now());
-                    if due != Due::Nothing {
-                        let acks = step(due, &mut router, &mut state, &mut results_rx, &board, &out, &outbox).await;
-                        acknowledge(&client, acks).await;
-                    }
+                    let acks = step(&mut router, &mut state, &mut results_rx, &board, &out, &outbox).await;
+                    acknowledge(&client, acks).await;
                 }
-                _ = tick.tick() => {
-                    let due = state.due(Instant::now());
-                    if due != Due::Nothing {
-                        let _busy = stage.begin();
-                        let acks = step(due, &mut router, &mut state, &mut results_rx, &board, &out, &outbox).await;
-                        acknowledge(&client, acks).await;
-                    }
+                _ = tick.tick() => if state.due(Instant::now()) != Due::Nothing {
+                    let _busy = stage.begin();
+                    let acks = step(&mut router, &mut state, &mut results_rx, &board, &out, &outbox).await;
+                    acknowledge(&client, acks).await;
                 },
                 _ = stop.wait(), if !stop.is_triggered() => {}
             }

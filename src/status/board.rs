@@ -155,8 +155,21 @@ struct Inner {
     sources: BTreeMap<String, SourceEntry>,
     channels: BTreeMap<(String, String), ChannelStatus>,
     events: VecDeque<ModelEvent>,
-    /// The state journal: what was replayed at start, and appended since.
-    journal: Value,
+    /// The state journal (`None` until it replays or appends anything).
+    journal: Option<JournalStatus>,
+}
+
+/// The state journal as `/api/status` shows it (`journal`).
+#[derive(Debug, Default, serde::Serialize)]
+struct JournalStatus {
+    /// Held messages appended and synced this run.
+    appended_messages: u64,
+    /// Their frames' bytes.
+    appended_bytes: u64,
+    /// Appends that failed.
+    append_errors: u64,
+    /// What the replay at start did, if there was one.
+    replayed: Option<Value>,
 }
 
 /// See the module docs. Shared as `Arc<StatusBoard>`.
@@ -289,35 +302,26 @@ impl StatusBoard {
         refused: u64,
         seconds: f64,
     ) {
-        let mut inner = self.lock();
-        if !inner.journal.is_object() {
-            inner.journal =
-                json!({"appended_messages": 0, "appended_bytes": 0, "append_errors": 0});
-        }
-        inner.journal["replayed"] = json!({
+        self.lock().journal.get_or_insert_default().replayed = Some(json!({
             "messages": messages, "samples_taken": taken, "samples_already_saved": already,
             "samples_refused": refused, "seconds": seconds,
-        });
+        }));
     }
 
     /// Records one append to the state journal: `messages` held messages'
     /// samples, `bytes` long, synced; or `Err` when it failed.
     pub fn record_journal_append(&self, result: Result<(usize, usize), ()>) {
         let mut inner = self.lock();
-        if !inner.journal.is_object() {
-            inner.journal =
-                json!({"appended_messages": 0, "appended_bytes": 0, "append_errors": 0});
-        }
-        let add = |v: &mut Value, n: usize| *v = json!(v.as_u64().unwrap_or(0) + n as u64);
+        let journal = inner.journal.get_or_insert_default();
         match result {
             Ok((messages, bytes)) => {
                 self.metrics.journal_messages.inc_by(messages as u64);
-                add(&mut inner.journal["appended_messages"], messages);
-                add(&mut inner.journal["appended_bytes"], bytes);
+                journal.appended_messages += messages as u64;
+                journal.appended_bytes += bytes as u64;
             }
             Err(()) => {
                 self.metrics.journal_errors.inc();
-                add(&mut inner.journal["append_errors"], 1);
+                journal.append_errors += 1;
             }
         }
     }
