@@ -5,7 +5,8 @@
 //! queued or when the oldest window's deadline arrives, whichever is first,
 //! or at once when no other window is expected before that deadline (the
 //! running mean gap between arrivals says so: one channel at 1 Hz on its own
-//! model never gets company within a 20 ms budget), and is padded up to the next bucket so an engine's time per dispatch
+//! model never gets company within a 20 ms budget; and a model's first
+//! window, before any gap is known), and is padded up to the next bucket so an engine's time per dispatch
 //! depends only on the bucket. The dispatch size is the largest bucket until
 //! the engine's measured time per window says a smaller bucket is as
 //! efficient ([`BatchQueue::dispatch_size`]). The queue is bounded: when
@@ -82,7 +83,8 @@ pub enum BatchPolicy {
     /// `arrival + latency_budget_us`, dispatch when the dispatch size (the
     /// largest bucket, or a smaller one measured to be as efficient) is
     /// queued or the oldest deadline comes (at once when the mean gap
-    /// between arrivals says no other window can join before it), padded
+    /// between arrivals says no other window can join before it, and for
+    /// the first window, before any gap is known), padded
     /// to the bucket; a bounded
     /// queue that replaces the oldest window of the same channel when full.
     #[default]

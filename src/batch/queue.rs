@@ -131,12 +131,16 @@ impl<T> BatchQueue<T> {
     }
 
     /// Whether no other window is expected before `deadline`: the last
-    /// arrival plus the mean gap between arrivals falls after it. `false`
-    /// until two arrivals have been seen.
+    /// arrival plus the mean gap between arrivals falls after it, or only
+    /// one arrival has been seen (nothing says another is coming: a
+    /// model's first window, e.g. every per-channel model's just after a
+    /// start, would otherwise wait out its whole budget for company that
+    /// at one window a second never comes). `false` before any arrival.
     fn alone_until(&self, deadline: Instant) -> bool {
         match (self.last_arrival, self.gap_us) {
             (Some(last), Some(gap_us)) => last + Duration::from_secs_f64(gap_us / 1e6) > deadline,
-            _ => false,
+            (Some(_), None) => true,
+            (None, _) => false,
         }
     }
 
@@ -305,7 +309,8 @@ impl<T> BatchQueue<T> {
     /// queued, up to that size, once the oldest deadline is reached;
     /// or at once when no other window is expected before that deadline
     /// (the last arrival plus the running mean gap between arrivals falls
-    /// after it: waiting could not fill the batch, only delay it);
+    /// after it, or only one arrival has been seen: waiting could not fill
+    /// the batch, only delay it);
     /// otherwise says when to ask again. While draining, up to the largest
     /// bucket at once. Under [`BatchPolicy::MaxQueueDelay`] a queued count
     /// equal to a bucket also dispatches at once, and the batch is not
@@ -459,17 +464,13 @@ mod tests {
 
     #[test]
     fn a_window_no_other_can_join_goes_at_once() {
-        // One channel at 1 Hz, a 10 ms budget: after two arrivals the queue
-        // knows nothing comes within the budget and stops waiting.
+        // One channel at 1 Hz, a 10 ms budget: the first window goes at
+        // once (no gap known: nothing says company is coming), and after
+        // two arrivals the queue knows nothing comes within the budget.
         let t0 = Instant::now();
         let mut q = queue(64);
         q.push(0, 1, t0);
-        assert_eq!(
-            q.next_batch(t0),
-            Next::WaitUntil(t0 + BUDGET),
-            "no gap known yet"
-        );
-        assert_eq!(items(q.next_batch(t0 + BUDGET)), (vec![1], 1));
+        assert_eq!(items(q.next_batch(t0)), (vec![1], 1), "the first window");
         let t1 = t0 + Duration::from_secs(1);
         q.push(0, 2, t1);
         assert_eq!(items(q.next_batch(t1)), (vec![2], 1));
@@ -500,22 +501,25 @@ mod tests {
 
     #[test]
     fn windows_that_keep_coming_within_the_budget_wait_for_company() {
-        // Every 2 ms against a 10 ms budget: the batch fills before the deadline.
+        // Every 2 ms against a 10 ms budget: the batch fills before the
+        // deadline. The first window went alone: no gap was known yet.
         let t0 = Instant::now();
         let mut q = queue(16);
-        for k in 0..8u32 {
+        for k in 0..9u32 {
             let now = t0 + Duration::from_millis(2 * k as u64);
             q.push(k, k, now);
-            if k < 4 {
+            if k == 0 {
+                assert_eq!(items(q.next_batch(now)), (vec![0], 1), "the first window");
+            } else if k < 5 {
                 assert_eq!(
                     q.next_batch(now),
-                    Next::WaitUntil(t0 + BUDGET),
+                    Next::WaitUntil(t0 + Duration::from_millis(2) + BUDGET),
                     "window {k}"
                 );
             }
         }
-        let now = t0 + Duration::from_millis(14);
-        assert_eq!(items(q.next_batch(now)), ((0..8).collect(), 8));
+        let now = t0 + Duration::from_millis(16);
+        assert_eq!(items(q.next_batch(now)), ((1..9).collect(), 8));
     }
 
     #[test]
