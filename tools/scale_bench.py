@@ -156,6 +156,9 @@ def main():
     ap.add_argument("--steady-after", type=float, default=10.0,
                     help="also report the window latency of the paced part after this many seconds "
                          "(window_latency_steady: every model's first windows and the start's first saves left out)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="also report, per second of the paced part, the windows scored and how many "
+                         "took over 25.6 ms (from a scrape of /metrics every second)")
     ap.add_argument("--data-dir", default=None, help="telemanom data set (test split of --channel)")
     ap.add_argument("--channel", default="A-2")
     ap.add_argument("--ready-timeout", type=float, default=1800.0)
@@ -230,6 +233,26 @@ def main():
                         early["metrics"] = r.read().decode()
                 delay = max(0.0, paced_start + args.steady_after - time.monotonic())
                 threading.Timer(delay, scrape).start()
+                if args.timeline:
+                    # The wall clock of the paced part's start, to match the timeline with gsinfer's log.
+                    early["paced_start_utc"] = time.strftime(
+                        "%H:%M:%S", time.gmtime(time.time() + paced_start - time.monotonic()))
+                    threading.Thread(target=follow, args=(paced_start,), daemon=True).start()
+
+            scrapes = []
+
+            def follow(paced_start):
+                # One scrape a second from the paced part's start to a few
+                # seconds after its end, each against the same clock.
+                for s in range(args.seconds + 5):
+                    delay = paced_start + s - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    try:
+                        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as r:
+                            scrapes.append((s, r.read().decode()))
+                    except Exception:
+                        pass
 
             result.update(feed(args, mqtt_port, features, length, scrape_later))
             result["at_end"] = proc_status(g.pid)
@@ -239,6 +262,8 @@ def main():
             if "metrics" in early:
                 result["window_latency_steady"] = window_latency(metrics, early["metrics"])
             result["counters"] = counters(metrics)
+            if args.timeline:
+                result["timeline"] = {"paced_start_utc": early.get("paced_start_utc"), "seconds": timeline(scrapes)}
         print(json.dumps(result))
     finally:
         for p in reversed(procs):
@@ -269,13 +294,31 @@ def counters(metrics):
     return out
 
 
-def latency_buckets(metrics):
-    """gsinfer's end-to-end histogram for telemetry, summed over every
-    model: cumulative count by upper bound (s)."""
+def timeline(scrapes):
+    """Per second of the paced part, from consecutive scrapes: [second,
+    windows scored in it, of them over 25.6 ms end to end, windows that
+    waited over 12.8 ms in the batch queue, engine runs over 12.8 ms]."""
+    out = []
+    for (_, a), (s, b) in zip(scrapes, scrapes[1:]):
+        row = [s]
+        for name, bound, first in (("end_to_end", 0.0256, True), ("end_to_end", 0.0256, False),
+                                   ("queue", 0.0128, False), ("compute", 0.0128, False)):
+            before, after = latency_buckets(a, name), latency_buckets(b, name)
+            total = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
+            within = max((after[k] - before.get(k, 0.0) for k in after if k <= bound), default=0.0)
+            row.append(int(total) if first else int(total - within))
+        out.append(row)
+    return out
+
+
+def latency_buckets(metrics, name="end_to_end"):
+    """One of gsinfer's latency histograms (`end_to_end`, `queue`: for
+    telemetry; `compute`: every run), summed over every model: cumulative
+    count by upper bound (s)."""
     buckets = {}
     for line in metrics.splitlines():
-        m = re.match(r'gsinfer_end_to_end_duration_seconds_bucket\{(.*)\} (\S+)$', line)
-        if not m or 'source="telemetry"' not in m.group(1):
+        m = re.match(rf'gsinfer_{name}_duration_seconds_bucket\{{(.*)\}} (\S+)$', line)
+        if not m or (name != "compute" and 'source="telemetry"' not in m.group(1)):
             continue
         le = re.search(r'le="([^"]+)"', m.group(1)).group(1)
         le = float("inf") if le == "+Inf" else float(le)
