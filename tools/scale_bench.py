@@ -158,7 +158,9 @@ def main():
                          "(window_latency_steady: every model's first windows and the start's first saves left out)")
     ap.add_argument("--timeline", action="store_true",
                     help="also report, per second of the paced part, the windows scored and how many "
-                         "took over 25.6 ms (from a scrape of /metrics every second)")
+                         "took over 25.6 ms, waited over 12.8 ms in the batch queue, and engine runs over "
+                         "12.8 ms (from a scrape of /metrics every second, which at 1 000 models costs gsinfer "
+                         "some CPU: compare runs taken with it only with each other)")
     ap.add_argument("--data-dir", default=None, help="telemanom data set (test split of --channel)")
     ap.add_argument("--channel", default="A-2")
     ap.add_argument("--ready-timeout", type=float, default=1800.0)
