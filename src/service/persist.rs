@@ -1356,6 +1356,33 @@ mod tests {
         }
     }
 
+    /// The persistence of task 0 with the journal in `journal_dir`, this
+    /// run's first generation 5.
+    fn journaled(
+        config: &Config,
+        store: Option<StateStore>,
+        journal_dir: &JournalDir,
+        old_run: Option<Arc<OldRun>>,
+        pipelines: &[&PipelineConfig],
+        repo: &ModelRepository,
+        t0: Instant,
+    ) -> (Persistence, mpsc::Receiver<SaveDone>) {
+        let start = JournalStart {
+            dir: journal_dir.clone(),
+            task: 0,
+            generation: 5,
+            old_run,
+        };
+        Persistence::open(
+            config.state.clone(),
+            store,
+            pipelines,
+            repo,
+            t0,
+            Some(start),
+        )
+    }
+
     #[test]
     fn held_messages_are_acknowledged_once_journaled_and_a_whole_save_retires_the_journal() {
         let dir = tempfile::tempdir().unwrap();
@@ -1369,21 +1396,16 @@ mod tests {
         let old = journal_dir.segment_path(4, 1);
         Appender::default().append(&old, b"").unwrap();
         let old_run = OldRun::new(vec![old.clone()], 1);
-        let start = JournalStart {
-            dir: journal_dir.clone(),
-            task: 0,
-            generation: 5,
-            old_run: Some(old_run),
-        };
         let t0 = Instant::now();
         let pipelines = [&config.pipelines[0]];
-        let (mut state, mut done_rx) = Persistence::open(
-            config.state.clone(),
+        let (mut state, mut done_rx) = journaled(
+            &config,
             store,
+            &journal_dir,
+            Some(old_run),
             &pipelines,
             &repo,
             t0,
-            Some(start),
         );
         assert!(state.journaling());
         assert_eq!(state.tick_every(), JOURNAL_LINGER);
@@ -1463,22 +1485,10 @@ mod tests {
         let board = StatusBoard::new(StatusConfig::default());
         let store = Persistence::store(&config.state);
         let journal_dir = JournalDir::open(store.as_ref().unwrap().dir()).unwrap();
-        let start = JournalStart {
-            dir: journal_dir.clone(),
-            task: 0,
-            generation: 5,
-            old_run: None,
-        };
         let t0 = Instant::now();
         let configs: Vec<&PipelineConfig> = config.pipelines.iter().collect();
-        let (mut state, mut done_rx) = Persistence::open(
-            config.state.clone(),
-            store,
-            &configs,
-            &repo,
-            t0,
-            Some(start),
-        );
+        let (mut state, mut done_rx) =
+            journaled(&config, store, &journal_dir, None, &configs, &repo, t0);
         let mut ps: Vec<Pipeline> = config.pipelines.iter().map(Pipeline::new).collect();
         let take = |p: &mut Pipeline, i: i64| {
             let s = RawSample {
