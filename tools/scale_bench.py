@@ -300,16 +300,17 @@ def timeline(scrapes):
     """Per second of the paced part, from consecutive scrapes: [second,
     windows scored in it, of them over 25.6 ms end to end, windows that
     waited over 12.8 ms in the batch queue, engine runs over 12.8 ms]."""
+    def counts(a, b, name, bound):
+        # (count, count over `bound`) between the two scrapes
+        before, after = latency_buckets(a, name), latency_buckets(b, name)
+        total = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
+        within = max((after[k] - before.get(k, 0.0) for k in after if k <= bound), default=0.0)
+        return int(total), int(total - within)
+
     out = []
     for (_, a), (s, b) in zip(scrapes, scrapes[1:]):
-        row = [s]
-        for name, bound, first in (("end_to_end", 0.0256, True), ("end_to_end", 0.0256, False),
-                                   ("queue", 0.0128, False), ("compute", 0.0128, False)):
-            before, after = latency_buckets(a, name), latency_buckets(b, name)
-            total = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
-            within = max((after[k] - before.get(k, 0.0) for k in after if k <= bound), default=0.0)
-            row.append(int(total) if first else int(total - within))
-        out.append(row)
+        windows, late = counts(a, b, "end_to_end", 0.0256)
+        out.append([s, windows, late, counts(a, b, "queue", 0.0128)[1], counts(a, b, "compute", 0.0128)[1]])
     return out
 
 
